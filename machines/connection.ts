@@ -1,0 +1,381 @@
+import { assign, type DoneActorEvent, enqueueActions, fromCallback, sendParent, sendTo, setup } from "xstate";
+import type {
+  AvailabilityRequest,
+  JobAssignment,
+  JobInventoryEntry,
+  JobTermination,
+  RegistryMessage,
+  WorkerMessage,
+} from "../src/protocol/registry.ts";
+import { PROTOCOL_VERSION } from "../src/protocol/registry.ts";
+import type { JobSpec, JobUpdate, WorkerStatus } from "./shared.ts";
+
+export interface ConnectionTiming {
+  registrationTimeoutMs: number;
+  pingIntervalMs: number;
+  pongTimeoutMs: number;
+  backoffBaseMs: number;
+  backoffMaxMs: number;
+}
+
+export interface ConnectionInput {
+  agentName: string;
+  maxProcesses: number;
+  loadThreshold: number;
+  maxRetry: number;
+  timing: ConnectionTiming;
+  /** Jitter source in [0, 1). */
+  random: () => number;
+}
+
+/** Commands to the socket actor. Timestamps are the socket's business: machines read no clock. */
+export type SocketCommand =
+  | { type: "send"; message: WorkerMessage }
+  | { type: "send_ping" }
+  | { type: "send_pong"; timestamp: number };
+
+export type SocketEvent =
+  | { type: "socket.open" }
+  | { type: "socket.closed"; code: number; reason: string }
+  | { type: "socket.invalid"; error: string }
+  | { type: "registry.register"; message: Extract<RegistryMessage, { type: "register" }> }
+  | { type: "registry.availability_request"; message: AvailabilityRequest }
+  | { type: "registry.job_assignment"; message: JobAssignment }
+  | { type: "registry.job_termination"; message: JobTermination }
+  | { type: "registry.ping"; message: { type: "ping"; timestamp: number } }
+  | { type: "registry.pong"; message: { type: "pong"; timestamp: number } }
+  | { type: "registry.error"; message: { type: "error"; message: string; code?: string } };
+
+/** From the worker root. */
+export type LinkEvent =
+  | { type: "link.status"; status: WorkerStatus }
+  | { type: "link.job_update"; update: JobUpdate }
+  | { type: "link.offer_answer"; jobId: string; accept: boolean; error?: string };
+
+export type ConnectionEvent = SocketEvent | LinkEvent;
+
+export interface ConnectionContext {
+  agentName: string;
+  maxProcesses: number;
+  loadThreshold: number;
+  maxRetry: number;
+  timing: ConnectionTiming;
+  random: () => number;
+  workerId: string;
+  /** Consecutive failed attempts; reset when a registration succeeds. */
+  retries: number;
+  /** Job updates that could not be sent yet, in order. */
+  buffer: JobUpdate[];
+  /** Running jobs and the most recent final ones, for the registry to reconcile on register. */
+  inventory: JobInventoryEntry[];
+  lastStatus: WorkerStatus | null;
+  lastProblem: string | null;
+}
+
+export interface ConnectionOutput {
+  reason: "max_retry";
+  retries: number;
+  lastProblem: string | null;
+}
+
+export const MAX_BUFFERED_UPDATES = 10_000;
+export const MAX_RECENT_FINAL = 100;
+
+export function specFromAssignment(message: JobAssignment): JobSpec {
+  const spec: JobSpec = { jobId: message.job_id, agentName: message.agent_name };
+  if (message.room_id !== undefined) spec.roomId = message.room_id;
+  if (message.token !== undefined) spec.roomToken = message.token;
+  if (message.url !== undefined) spec.url = message.url;
+  if (message.metadata !== undefined) spec.metadata = message.metadata;
+  if (message.room_options !== undefined) spec.roomOptions = message.room_options;
+  if (message.max_duration) spec.maxDurationMs = message.max_duration * 1000;
+  return spec;
+}
+
+function specFromOffer(message: AvailabilityRequest): JobSpec {
+  const spec: JobSpec = { jobId: message.job_id, agentName: message.agent_name };
+  if (message.room_id !== undefined) spec.roomId = message.room_id;
+  if (message.metadata !== undefined) spec.metadata = message.metadata;
+  return spec;
+}
+
+function toWire(update: JobUpdate): WorkerMessage {
+  return {
+    type: "job_update",
+    job_id: update.jobId,
+    status: update.status,
+    ...(update.reason ? { reason: update.reason } : {}),
+    ...(update.error ? { error: update.error } : {}),
+  };
+}
+
+/** Keeps every running job and the last MAX_RECENT_FINAL finished ones. */
+function updateInventory(inventory: JobInventoryEntry[], update: JobUpdate): JobInventoryEntry[] {
+  const others = inventory.filter((entry) => entry.job_id !== update.jobId);
+  const entry: JobInventoryEntry = { job_id: update.jobId, status: update.status };
+  if (update.reason) entry.reason = update.reason;
+  const next = [...others, entry];
+  const finals = next.filter((e) => e.status !== "running");
+  if (finals.length <= MAX_RECENT_FINAL) return next;
+  const drop = new Set(finals.slice(0, finals.length - MAX_RECENT_FINAL).map((e) => e.job_id));
+  return next.filter((e) => !drop.has(e.job_id));
+}
+
+/**
+ * The worker's link to the registry: online{connecting → registering → registered{quiet ⇄
+ * awaitingPong}} → on any drop backoff (capped exponential, full jitter) → online … → failed after
+ * maxRetry consecutive failures. The socket is the invoked `socket` actor, provided by src/.
+ */
+export const connectionMachine = setup({
+  types: {
+    input: {} as ConnectionInput,
+    context: {} as ConnectionContext,
+    events: {} as ConnectionEvent,
+    output: {} as ConnectionOutput,
+  },
+  actors: {
+    socket: fromCallback<SocketCommand, ConnectionInput, SocketEvent>(() => {
+      throw new Error("connection: the socket actor must be provided with machine.provide()");
+    }),
+  },
+  delays: {
+    registrationTimeout: ({ context }) => context.timing.registrationTimeoutMs,
+    pingInterval: ({ context }) => context.timing.pingIntervalMs,
+    pongTimeout: ({ context }) => context.timing.pongTimeoutMs,
+    // Full jitter: uniform in [0, min(max, base·2^(retries−1))].
+    reconnectDelay: ({ context }) =>
+      context.random() *
+      Math.min(context.timing.backoffMaxMs, context.timing.backoffBaseMs * 2 ** Math.max(0, context.retries - 1)),
+  },
+  guards: {
+    registrationAccepted: ({ event }) => event.type === "registry.register" && event.message.success,
+    retriesExhausted: ({ context }) => context.retries >= context.maxRetry,
+  },
+  actions: {
+    sendRegister: sendTo("socket", ({ context }) => ({
+      type: "send" as const,
+      message: {
+        type: "register" as const,
+        protocol_version: PROTOCOL_VERSION,
+        worker_id: context.workerId,
+        agent_name: context.agentName,
+        capabilities: ["room"],
+        load_threshold: context.loadThreshold,
+        max_processes: context.maxProcesses,
+        jobs: context.inventory,
+      },
+    })),
+    acceptRegistration: assign({
+      workerId: ({ context, event }) =>
+        event.type === "registry.register" && event.message.worker_id ? event.message.worker_id : context.workerId,
+      retries: () => 0,
+      lastProblem: () => null,
+    }),
+    /** Replays, in order, every job update held back while the link was down. */
+    flushBuffer: enqueueActions(({ context, enqueue }) => {
+      for (const update of context.buffer) enqueue.sendTo("socket", { type: "send", message: toWire(update) });
+      enqueue.assign({ buffer: [] });
+    }),
+    sendLastStatus: sendTo("socket", ({ context }) => ({
+      type: "send" as const,
+      message: statusMessage(context, context.lastStatus),
+    })),
+    rememberStatus: assign({ lastStatus: ({ event }) => (event.type === "link.status" ? event.status : null) }),
+    sendStatus: sendTo("socket", ({ context, event }) => ({
+      type: "send" as const,
+      message: statusMessage(context, event.type === "link.status" ? event.status : context.lastStatus),
+    })),
+    trackJob: assign({
+      inventory: ({ context, event }) =>
+        event.type === "link.job_update" ? updateInventory(context.inventory, event.update) : context.inventory,
+    }),
+    bufferUpdate: assign({
+      buffer: ({ context, event }) =>
+        event.type === "link.job_update"
+          ? [...context.buffer, event.update].slice(-MAX_BUFFERED_UPDATES)
+          : context.buffer,
+    }),
+    sendUpdate: sendTo("socket", ({ event }) => ({
+      type: "send" as const,
+      message: toWire((event as Extract<LinkEvent, { type: "link.job_update" }>).update),
+    })),
+    sendAnswer: sendTo("socket", ({ event }) => {
+      const e = event as Extract<LinkEvent, { type: "link.offer_answer" }>;
+      return {
+        type: "send" as const,
+        message: {
+          type: "availability_response" as const,
+          job_id: e.jobId,
+          available: e.accept,
+          ...(e.error ? { error: e.error } : {}),
+        },
+      };
+    }),
+    sendPing: sendTo("socket", { type: "send_ping" as const }),
+    answerPing: sendTo("socket", ({ event }) => ({
+      type: "send_pong" as const,
+      timestamp: event.type === "registry.ping" ? event.message.timestamp : 0,
+    })),
+    forwardOffer: sendParent(({ event }) => ({
+      type: "worker.offer",
+      spec: specFromOffer((event as Extract<SocketEvent, { type: "registry.availability_request" }>).message),
+    })),
+    forwardAssignment: sendParent(({ event }) => ({
+      type: "worker.assignment",
+      spec: specFromAssignment((event as Extract<SocketEvent, { type: "registry.job_assignment" }>).message),
+    })),
+    forwardTermination: sendParent(({ event }) => {
+      const message = (event as Extract<SocketEvent, { type: "registry.job_termination" }>).message;
+      return { type: "worker.terminate", jobId: message.job_id, reason: message.reason ?? "terminated by registry" };
+    }),
+    countFailure: assign({ retries: ({ context }) => context.retries + 1 }),
+    noteProblem: assign({
+      lastProblem: ({ event }) => {
+        switch (event.type) {
+          case "socket.closed":
+            return `connection closed (${event.code}${event.reason ? `: ${event.reason}` : ""})`;
+          case "registry.register":
+            return `registration refused: ${event.message.message ?? "no reason given"}`;
+          case "registry.error":
+            return `registry error: ${event.message.message}`;
+          case "socket.invalid":
+            return `invalid frame from registry: ${event.error}`;
+          default:
+            return `${event.type}`;
+        }
+      },
+    }),
+    noteSocketFailure: assign({
+      lastProblem: ({ event }) => {
+        const error = (event as { error?: unknown }).error;
+        return `socket failed: ${error instanceof Error ? error.message : String(error)}`;
+      },
+    }),
+    noteTimeout: assign({ lastProblem: (_, params: { what: string }) => `${params.what} timed out` }),
+  },
+}).createMachine({
+  id: "connection",
+  context: ({ input }) => ({
+    agentName: input.agentName,
+    maxProcesses: input.maxProcesses,
+    loadThreshold: input.loadThreshold,
+    maxRetry: input.maxRetry,
+    timing: input.timing,
+    random: input.random,
+    workerId: "",
+    retries: 0,
+    buffer: [],
+    inventory: [],
+    lastStatus: null,
+    lastProblem: null,
+  }),
+  initial: "online",
+  on: {
+    // While not registered: remember, buffer, and drop what only makes sense on a live session.
+    "link.status": { actions: "rememberStatus" },
+    "link.job_update": { actions: ["trackJob", "bufferUpdate"] },
+    "link.offer_answer": {},
+    "socket.open": {},
+    "socket.closed": {},
+    "socket.invalid": { actions: "noteProblem" },
+    "registry.register": {},
+    "registry.availability_request": {},
+    "registry.job_assignment": {},
+    "registry.job_termination": {},
+    "registry.ping": {},
+    "registry.pong": {},
+    "registry.error": { actions: "noteProblem" },
+  },
+  states: {
+    online: {
+      invoke: {
+        id: "socket",
+        src: "socket",
+        input: ({ context }) => ({
+          agentName: context.agentName,
+          maxProcesses: context.maxProcesses,
+          loadThreshold: context.loadThreshold,
+          maxRetry: context.maxRetry,
+          timing: context.timing,
+          random: context.random,
+        }),
+        onError: { target: "backoff", actions: "noteSocketFailure" },
+      },
+      on: {
+        "socket.closed": { target: "backoff", actions: "noteProblem" },
+      },
+      initial: "connecting",
+      states: {
+        connecting: {
+          on: { "socket.open": "registering" },
+        },
+        registering: {
+          entry: "sendRegister",
+          after: {
+            registrationTimeout: {
+              target: "#connection.backoff",
+              actions: { type: "noteTimeout", params: { what: "registration" } },
+            },
+          },
+          on: {
+            "registry.register": [
+              { guard: "registrationAccepted", target: "registered", actions: "acceptRegistration" },
+              { target: "#connection.backoff", actions: "noteProblem" },
+            ],
+          },
+        },
+        registered: {
+          entry: ["sendLastStatus", "flushBuffer"],
+          on: {
+            "link.status": { actions: ["rememberStatus", "sendStatus"] },
+            "link.job_update": { actions: ["trackJob", "sendUpdate"] },
+            "link.offer_answer": { actions: "sendAnswer" },
+            "registry.availability_request": { actions: "forwardOffer" },
+            "registry.job_assignment": { actions: "forwardAssignment" },
+            "registry.job_termination": { actions: "forwardTermination" },
+            "registry.ping": { actions: "answerPing" },
+          },
+          initial: "quiet",
+          states: {
+            quiet: {
+              after: { pingInterval: "awaitingPong" },
+            },
+            awaitingPong: {
+              entry: "sendPing",
+              on: { "registry.pong": "quiet" },
+              after: {
+                pongTimeout: {
+                  target: "#connection.backoff",
+                  actions: { type: "noteTimeout", params: { what: "pong" } },
+                },
+              },
+            },
+          },
+        },
+      },
+    },
+    backoff: {
+      entry: "countFailure",
+      always: { guard: "retriesExhausted", target: "failed" },
+      after: { reconnectDelay: "online" },
+    },
+    failed: { type: "final" },
+  },
+  output: ({ context }) => ({ reason: "max_retry", retries: context.retries, lastProblem: context.lastProblem }),
+});
+
+function statusMessage(context: ConnectionContext, status: WorkerStatus | null): WorkerMessage {
+  const s = status ?? { status: "starting", load: 0, jobCount: 0, idleProcesses: 0 };
+  return {
+    type: "status_update",
+    worker_id: context.workerId,
+    agent_name: context.agentName,
+    status: s.status,
+    load: s.load,
+    job_count: s.jobCount,
+    idle_processes: s.idleProcesses,
+  };
+}
+
+export type ConnectionMachine = typeof connectionMachine;
+export type ConnectionDoneEvent = DoneActorEvent<ConnectionOutput>;

@@ -1,0 +1,133 @@
+import { z } from "zod";
+
+/**
+ * The worker ⇄ registry wire protocol: JSON text frames over WebSocket at `<registry>/agent`.
+ * Message types and snake_case fields follow VideoSDK's registry protocol, plus `protocol_version`,
+ * the job inventory in `register`, and failure reasons in `job_update`. Both sides parse with these
+ * schemas. Objects are not strict: unknown fields are ignored so either side can grow.
+ */
+export const PROTOCOL_VERSION = 1;
+export const MAX_FRAME_BYTES = 256 * 1024;
+
+const jobId = z.string().min(1).max(256);
+const errorInfo = z.object({ name: z.string(), message: z.string(), stack: z.string().optional() });
+const finalStatus = z.enum(["completed", "failed", "cancelled"]);
+
+export const jobInventoryEntry = z.object({
+  job_id: jobId,
+  status: z.enum(["running", "completed", "failed", "cancelled"]),
+  reason: z.string().optional(),
+});
+
+// ---- worker → registry ----
+export const registerRequest = z.object({
+  type: z.literal("register"),
+  protocol_version: z.number().int().positive(),
+  worker_id: z.string(),
+  agent_name: z.string().min(1),
+  capabilities: z.array(z.string()).default([]),
+  load_threshold: z.number().gt(0).max(1),
+  max_processes: z.number().int().positive(),
+  /** Jobs still running here, and recently finished ones whose final update may have been lost. */
+  jobs: z.array(jobInventoryEntry).default([]),
+});
+
+export const statusUpdate = z.object({
+  type: z.literal("status_update"),
+  worker_id: z.string(),
+  agent_name: z.string().optional(),
+  status: z.enum(["starting", "available", "full", "draining", "offline"]),
+  load: z.number().min(0).max(1),
+  job_count: z.number().int().min(0),
+  idle_processes: z.number().int().min(0).optional(),
+});
+
+export const availabilityResponse = z.object({
+  type: z.literal("availability_response"),
+  job_id: jobId,
+  available: z.boolean(),
+  error: z.string().optional(),
+});
+
+export const jobUpdate = z.object({
+  type: z.literal("job_update"),
+  job_id: jobId,
+  status: z.enum(["running", "completed", "failed", "cancelled"]),
+  reason: z.string().optional(),
+  error: errorInfo.optional(),
+});
+
+export const ping = z.object({ type: z.literal("ping"), timestamp: z.number() });
+export const pong = z.object({ type: z.literal("pong"), timestamp: z.number() });
+
+export const workerMessage = z.discriminatedUnion("type", [
+  registerRequest,
+  statusUpdate,
+  availabilityResponse,
+  jobUpdate,
+  ping,
+  pong,
+]);
+
+// ---- registry → worker ----
+export const registerResponse = z.object({
+  type: z.literal("register"),
+  success: z.boolean(),
+  worker_id: z.string().optional(),
+  message: z.string().optional(),
+  protocol_version: z.number().int().positive().optional(),
+});
+
+export const availabilityRequest = z.object({
+  type: z.literal("availability_request"),
+  job_id: jobId,
+  agent_name: z.string(),
+  room_id: z.string().optional(),
+  metadata: z.record(z.string(), z.unknown()).optional(),
+});
+
+export const jobAssignment = z.object({
+  type: z.literal("job_assignment"),
+  job_id: jobId,
+  agent_name: z.string(),
+  room_id: z.string().optional(),
+  token: z.string().optional(),
+  url: z.string().optional(),
+  room_options: z.record(z.string(), z.unknown()).optional(),
+  metadata: z.record(z.string(), z.unknown()).optional(),
+  /** Seconds; 0 or absent = the worker's own maxJobDuration. */
+  max_duration: z.number().min(0).optional(),
+});
+
+export const jobTermination = z.object({
+  type: z.literal("job_termination"),
+  job_id: jobId,
+  reason: z.string().optional(),
+});
+
+export const errorFrame = z.object({
+  type: z.literal("error"),
+  message: z.string(),
+  code: z.string().optional(),
+});
+
+export const registryMessage = z.discriminatedUnion("type", [
+  registerResponse,
+  availabilityRequest,
+  jobAssignment,
+  jobTermination,
+  ping,
+  pong,
+  errorFrame,
+]);
+
+export type WorkerMessage = z.infer<typeof workerMessage>;
+export type RegistryMessage = z.infer<typeof registryMessage>;
+export type RegisterRequest = z.infer<typeof registerRequest>;
+export type JobInventoryEntry = z.infer<typeof jobInventoryEntry>;
+export type JobUpdateMessage = z.infer<typeof jobUpdate>;
+export type StatusUpdateMessage = z.infer<typeof statusUpdate>;
+export type AvailabilityRequest = z.infer<typeof availabilityRequest>;
+export type JobAssignment = z.infer<typeof jobAssignment>;
+export type JobTermination = z.infer<typeof jobTermination>;
+export type FinalStatus = z.infer<typeof finalStatus>;

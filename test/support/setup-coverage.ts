@@ -1,0 +1,4 @@
+import { afterAll } from "vitest";
+import { flushCoverage } from "./coverage.ts";
+
+afterAll(() => flushCoverage());
