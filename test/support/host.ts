@@ -8,13 +8,17 @@ import { createTracedActor } from "./actor.ts";
 export function hostChild<TMachine extends AnyStateMachine>(child: TMachine, input: unknown) {
   const clock = new SimulatedClock();
   const received: AnyEventObject[] = [];
-  const hostMachine = setup({ actors: { sut: child } }).createMachine({
-    id: "host",
-    context: {},
-    invoke: { id: "sut", src: "sut", input: () => input as never },
-    on: {
-      "*": { actions: assign(({ event }) => (received.push(event as AnyEventObject), {})) },
+  const hostMachine = setup({
+    actors: { sut: child as AnyStateMachine },
+    actions: {
+      record: ({ event }) => {
+        received.push(event as AnyEventObject);
+      },
     },
+  }).createMachine({
+    id: "host",
+    invoke: { id: "sut", src: "sut", input: () => input },
+    on: { "*": { actions: "record" } },
   });
   const host = createTracedActor(hostMachine, { clock });
   host.start();
