@@ -1,4 +1,5 @@
 import {
+  type AnyActorRef,
   and,
   assign,
   type DoneActorEvent,
@@ -323,10 +324,13 @@ export const workerMachine = setup({
       enqueue.assign({ jobs: { ...context.jobs, [jobId]: { ...job, phase: "reserved", slotId: null } } });
       enqueue.sendTo(jobActorId(jobId), { type: "job.unplaced" });
     }),
-    forwardStop: enqueueActions(({ context, enqueue, event }) => {
+    forwardStop: enqueueActions(({ context, enqueue, event, self }) => {
       if (event.type !== "job.stop") return;
       const slot = context.slots[event.slotId];
       if (!slot || slot.jobId !== event.jobId) return;
+      // A slot that already exited has its done event queued; that settles the job.
+      const child = self.getSnapshot().children[event.slotId] as AnyActorRef | undefined;
+      if (child?.getSnapshot().status !== "active") return;
       enqueue.sendTo(event.slotId, { type: "slot.stop", reason: event.reason });
     }),
     reportRunning: enqueueActions(({ context, enqueue, event }) => {

@@ -1,0 +1,15 @@
+export type { ConnectionInput, ConnectionOutput } from "../machines/connection.ts";
+export { connectionMachine } from "../machines/connection.ts";
+export type { JobOutput } from "../machines/job.ts";
+export { jobMachine } from "../machines/job.ts";
+export type { FailureReason, JobOutcome, JobSpec, StopReason } from "../machines/shared.ts";
+export type { SlotOutput } from "../machines/slot.ts";
+export { slotMachine } from "../machines/slot.ts";
+export type { WorkerInput, WorkerOutput } from "../machines/worker.ts";
+export { workerMachine } from "../machines/worker.ts";
+export { createTransitionInspector } from "./observability/inspect.ts";
+export { createLogger } from "./observability/logger.ts";
+export type { JobRequest, LoadFn, OptionsInput, PrewarmFn, RequestFn, RoomOptionsInput } from "./options.ts";
+export { Options, OptionsError, RoomOptions } from "./options.ts";
+export { connectionInputFrom, workerInputFrom } from "./worker/machine-input.ts";
+export { createWorkerActor } from "./worker/worker-actor.ts";

@@ -1,0 +1,46 @@
+import { type ActorOptions, type AnyActorLogic, createActor } from "xstate";
+import type { ProcessCommand, ProcessEvent, ProcessInput } from "../../machines/slot.ts";
+import { slotMachine } from "../../machines/slot.ts";
+import { workerMachine } from "../../machines/worker.ts";
+import { createTransitionInspector } from "../observability/inspect.ts";
+import type { Logger } from "../observability/logger.ts";
+import type { Options } from "../options.ts";
+import { workerInputFrom } from "./machine-input.ts";
+
+/** The actors that touch the world, provided to the pure machines. */
+export interface WorkerImplementations {
+  /** One child process per slot (a fork in production, a fake in tests). */
+  process: AnyActorLogic & { __process?: [ProcessCommand, ProcessInput, ProcessEvent] };
+  /** The registry link (the connection machine with a real socket) or a local stand-in. */
+  registryLink?: AnyActorLogic;
+  /** Sends `worker.load` samples (CPU or the user's loadFn). */
+  loadSampler?: AnyActorLogic;
+}
+
+export interface WorkerActorSettings {
+  logger: Logger;
+  clock?: ActorOptions<AnyActorLogic>["clock"];
+  random?: () => number;
+  linkInput?: unknown;
+}
+
+/**
+ * Builds the worker root actor from Options: the machine with its real actors provided, every delay
+ * from the options, and, when `options.inspect` is on, every transition logged at debug level.
+ */
+export function createWorkerActor(options: Options, impl: WorkerImplementations, settings: WorkerActorSettings) {
+  const machine = workerMachine.provide({
+    actors: {
+      slot: slotMachine.provide({ actors: { process: impl.process as never } }),
+      ...(impl.registryLink ? { registryLink: impl.registryLink as never } : {}),
+      ...(impl.loadSampler ? { loadSampler: impl.loadSampler as never } : {}),
+    },
+  });
+  return createActor(machine, {
+    id: "worker",
+    systemId: "worker",
+    input: workerInputFrom(options, settings.random ?? Math.random, settings.linkInput),
+    ...(settings.clock ? { clock: settings.clock } : {}),
+    ...(options.inspect ? { inspect: createTransitionInspector(settings.logger) } : {}),
+  });
+}
