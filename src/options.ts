@@ -28,8 +28,7 @@ const seconds = (name: string) =>
   z.number({ error: `${name} must be a number of seconds` }).finite(`${name} must be finite`);
 const positiveSeconds = (name: string) => seconds(name).gt(0, `${name} must be greater than 0 seconds`);
 const nonNegativeSeconds = (name: string) => seconds(name).min(0, `${name} must be 0 or more seconds`);
-const fn = (name: string) =>
-  z.custom<(...args: never[]) => unknown>((v) => typeof v === "function", `${name} must be a function`);
+const fn = <F>(name: string) => z.custom<F>((v) => typeof v === "function", `${name} must be a function`);
 
 const logLevel = z.preprocess(
   (v) => (typeof v === "string" ? v.toUpperCase() : v),
@@ -104,9 +103,9 @@ export const optionsSchema = z
     authToken: z.string({ error: "authToken must be a string" }).min(1, "authToken must not be empty").optional(),
     apiKey: z.string({ error: "apiKey must be a string" }).min(1, "apiKey must not be empty").optional(),
     apiSecret: z.string({ error: "apiSecret must be a string" }).min(1, "apiSecret must not be empty").optional(),
-    prewarm: fn("prewarm").optional(),
-    requestFn: fn("requestFn").optional(),
-    loadFn: fn("loadFn").optional(),
+    prewarm: fn<PrewarmFn>("prewarm").optional(),
+    requestFn: fn<RequestFn>("requestFn").optional(),
+    loadFn: fn<LoadFn>("loadFn").optional(),
     inspect: z.boolean({ error: "inspect must be true or false" }).default(false),
   })
   .superRefine((o, ctx) => {

@@ -1,0 +1,210 @@
+import { type ChildProcess, fork } from "node:child_process";
+import { createRequire } from "node:module";
+import { createInterface } from "node:readline";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { fromCallback } from "xstate";
+import type { ProcessCommand, ProcessEvent, ProcessInput } from "../../machines/slot.ts";
+import type { Logger } from "../observability/logger.ts";
+import type { LogLevel } from "../options.ts";
+import { type ChildConfig, toErrorInfo, toParent } from "../protocol/ipc.ts";
+import { processTreeMemoryMb } from "./process-memory.ts";
+
+/** What the runtime wants to know about processes, for /worker and /metrics. */
+export interface ProcessObserver {
+  spawned?(slotId: string, pid: number): void;
+  ready?(slotId: string, pid: number, spawnSeconds: number): void;
+  jobRunning?(slotId: string, jobId: string, startSeconds: number): void;
+  memory?(slotId: string, mb: number): void;
+  exited?(slotId: string, pid: number | undefined, code: number | null, signal: string | null): void;
+}
+
+export interface ProcessSettings {
+  agentModule: string;
+  logLevel: LogLevel;
+  closeTimeoutMs: number;
+  logger: Logger;
+  observer?: ProcessObserver;
+  env?: NodeJS.ProcessEnv;
+}
+
+const here = fileURLToPath(import.meta.url);
+const runningFromTypeScript = here.endsWith(".ts");
+const childMain = fileURLToPath(new URL(`../job/child-main.${runningFromTypeScript ? "ts" : "js"}`, import.meta.url));
+
+/** A TypeScript child needs the tsx loader unless this process already runs under it. */
+function childExecArgv(): string[] {
+  const inherited = process.execArgv.filter((arg) => !arg.startsWith("--inspect"));
+  const hasTsx = inherited.some((arg) => arg.includes("tsx"));
+  if (!runningFromTypeScript || hasTsx) return inherited;
+  const loader = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href;
+  return [...inherited, "--import", loader];
+}
+
+/** Signals the child's whole process group (it is the group leader), so its descendants go too. */
+function signalGroup(child: ChildProcess, signal: NodeJS.Signals): void {
+  if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
+  try {
+    process.kill(-child.pid, signal);
+  } catch {
+    try {
+      child.kill(signal);
+    } catch {
+      // already gone
+    }
+  }
+}
+
+/**
+ * The slot machine's `process` actor: one forked job process. It translates IPC messages (parsed
+ * with zod) into proc.* events, commands into IPC messages or signals, samples memory on request, and
+ * forwards the child's logs tagged with slot, job and pid. Stopping the actor SIGKILLs a live child.
+ */
+export function createProcessLogic(settings: ProcessSettings) {
+  return fromCallback<ProcessCommand, ProcessInput, ProcessEvent>(({ input, sendBack, receive }) => {
+    const { slotId } = input;
+    const config: ChildConfig = {
+      agentModule: settings.agentModule,
+      slotId,
+      logLevel: settings.logLevel,
+      closeTimeoutMs: settings.closeTimeoutMs,
+    };
+    const forkedAt = performance.now();
+    let jobSentAt = 0;
+    let jobId: string | undefined;
+    let exited = false;
+    let logger = settings.logger.child({ slotId });
+
+    let child: ChildProcess;
+    try {
+      child = fork(childMain, [JSON.stringify(config)], {
+        detached: true,
+        stdio: ["ignore", "pipe", "pipe", "ipc"],
+        execArgv: childExecArgv(),
+        serialization: "json",
+        env: settings.env ?? process.env,
+      });
+    } catch (error) {
+      sendBack({ type: "proc.spawn_failed", error: toErrorInfo(error) });
+      return;
+    }
+    const pid = child.pid;
+    if (pid !== undefined) {
+      logger = logger.child({ jobPid: pid });
+      settings.observer?.spawned?.(slotId, pid);
+      sendBack({ type: "proc.spawned", pid });
+    }
+
+    for (const [stream, level] of [
+      [child.stdout, "info"],
+      [child.stderr, "warn"],
+    ] as const) {
+      if (!stream) continue;
+      createInterface({ input: stream }).on("line", (line) => {
+        logger[level]({ jobId, stream: level === "info" ? "stdout" : "stderr" }, line);
+      });
+    }
+
+    child.on("error", (error) => {
+      if (pid === undefined && !exited) {
+        exited = true;
+        sendBack({ type: "proc.spawn_failed", error: toErrorInfo(error) });
+      } else {
+        logger.warn({ err: error.message }, "job process channel error");
+      }
+    });
+
+    child.on("message", (raw) => {
+      const parsed = toParent.safeParse(raw);
+      if (!parsed.success) {
+        logger.warn(
+          { issues: parsed.error.issues.map((i) => i.message) },
+          "ignored an invalid message from a job process",
+        );
+        return;
+      }
+      const message = parsed.data;
+      switch (message.type) {
+        case "ready":
+          settings.observer?.ready?.(slotId, pid ?? 0, (performance.now() - forkedAt) / 1000);
+          sendBack({ type: "proc.ready" });
+          break;
+        case "init_failed":
+          logger.error({ error: message.error }, "job process failed to initialize");
+          break;
+        case "pong":
+          sendBack({ type: "proc.pong" });
+          break;
+        case "job_status":
+          if (message.status === "running") {
+            settings.observer?.jobRunning?.(slotId, jobId ?? "", (performance.now() - jobSentAt) / 1000);
+            sendBack({ type: "proc.job_running" });
+          } else {
+            sendBack({ type: "proc.job_ending" });
+          }
+          break;
+        case "log": {
+          const { time: _time, pid: _pid, hostname: _hostname, ...own } = message.fields ?? {};
+          const fields = { ...own, jobId: (own.jobId as string | undefined) ?? jobId };
+          logger[levelName(message.level)](fields, message.msg);
+          break;
+        }
+        case "done":
+          sendBack({ type: "proc.done", result: message.result.ok ? { ok: true } : message.result });
+          break;
+      }
+    });
+
+    child.on("exit", (code, signal) => {
+      exited = true;
+      settings.observer?.exited?.(slotId, pid, code, signal);
+      sendBack({ type: "proc.exit", code, signal });
+    });
+
+    const sendToChild = (message: unknown) => {
+      if (child.connected)
+        child.send(message as never, (error) => error && logger.debug({ err: error.message }, "send failed"));
+    };
+
+    receive((command) => {
+      switch (command.type) {
+        case "start_job":
+          jobId = command.job.jobId;
+          jobSentAt = performance.now();
+          sendToChild({ type: "start_job", job: command.job });
+          break;
+        case "shutdown":
+          sendToChild({ type: "shutdown", reason: command.reason });
+          break;
+        case "ping":
+          sendToChild({ type: "ping", ts: Date.now() });
+          break;
+        case "sample_memory":
+          if (pid === undefined || exited) break;
+          processTreeMemoryMb(pid).then(
+            (mb) => {
+              settings.observer?.memory?.(slotId, mb);
+              if (!exited) sendBack({ type: "proc.memory", mb });
+            },
+            () => {},
+          );
+          break;
+        case "signal":
+          logger.info({ jobId, signal: command.signal }, "signalling job process group");
+          signalGroup(child, command.signal);
+          break;
+      }
+    });
+
+    return () => {
+      child.removeAllListeners("message");
+      if (!exited) signalGroup(child, "SIGKILL");
+    };
+  });
+}
+
+function levelName(level: number): "debug" | "info" | "warn" | "error" {
+  if (level >= 50) return "error";
+  if (level >= 40) return "warn";
+  if (level >= 30) return "info";
+  return "debug";
+}

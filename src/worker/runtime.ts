@@ -1,0 +1,200 @@
+import { randomUUID } from "node:crypto";
+import type { Server } from "node:http";
+import { type AnyActorLogic, fromCallback, toPromise } from "xstate";
+import type { JobSpec } from "../../machines/shared.ts";
+import { EXIT_CLEAN } from "../../machines/worker.ts";
+import { JobContext } from "../job/job-context.ts";
+import { createLogger, type Logger } from "../observability/logger.ts";
+import { createWorkerMetrics } from "../observability/metrics.ts";
+import { boundPort, closeServer, startHealthServer } from "./http-server.ts";
+import { createLoadSampler } from "./load-sampler.ts";
+import { createProcessLogic } from "./process-actor.ts";
+import { ProcessTracker } from "./process-tracker.ts";
+import { describeWorker, flattenState, isReady } from "./status.ts";
+import { createWorkerActor } from "./worker-actor.ts";
+import type { WorkerJobDefinition } from "./worker-job-definition.ts";
+
+export const EXIT_JOB_FAILED = 1;
+
+export interface RunSettings {
+  logger?: Logger;
+  /** Install SIGTERM/SIGINT handlers: first signal drains, second stops at once (default true). */
+  handleSignals?: boolean;
+  /** Provides the registry link when `register` is true. */
+  registryLink?: (logger: Logger) => { logic: AnyActorLogic; input: unknown };
+}
+
+export interface WorkerHandle {
+  actor: ReturnType<typeof createWorkerActor>;
+  server: Server;
+  port: number;
+  /** Resolves with the process exit code once the worker has stopped and its server is closed. */
+  done: Promise<number>;
+  drain(): void;
+  stop(): void;
+}
+
+/** In local mode the registry link is a stand-in: nothing is offered, updates only get logged. */
+function localLink(logger: Logger) {
+  return fromCallback(({ receive }) => {
+    receive((command: { type: string }) => {
+      if (command.type === "link.job_update") logger.debug({ command }, "job update (local mode)");
+    });
+  });
+}
+
+async function localJobSpec(definition: WorkerJobDefinition): Promise<JobSpec> {
+  const { jobctx } = definition;
+  const ctx = typeof jobctx === "function" ? await jobctx() : (jobctx ?? new JobContext());
+  const roomOptions = ctx.roomOptions.toJSON() as unknown as Record<string, unknown>;
+  return {
+    jobId: `local-${randomUUID()}`,
+    agentName: definition.options.agentId,
+    ...(ctx.roomOptions.roomId ? { roomId: ctx.roomOptions.roomId } : {}),
+    roomOptions,
+    ...(ctx.roomOptions.metadata ? { metadata: ctx.roomOptions.metadata } : {}),
+  };
+}
+
+/**
+ * Starts a worker for an agent: the HTTP server first (a taken port fails fast), then the root actor
+ * with real process, load and link actors. In local mode (`register: false`) it runs one job at once
+ * and stops when that job ends; the exit code says how it ended.
+ */
+export async function runWorker(definition: WorkerJobDefinition, settings: RunSettings = {}): Promise<WorkerHandle> {
+  const { options } = definition;
+  const logger = settings.logger ?? createLogger(options.logLevel);
+  const metrics = createWorkerMetrics();
+  const tracker = new ProcessTracker(metrics);
+  const processLogic = createProcessLogic({
+    agentModule: definition.agentModule,
+    logLevel: options.logLevel,
+    closeTimeoutMs: options.closeTimeout * 1000,
+    logger,
+    observer: tracker,
+  });
+  const loadSampler = createLoadSampler({
+    intervalMs: 2_000,
+    ...(options.loadFn ? { loadFn: options.loadFn } : {}),
+    onError: (error) => logger.warn({ err: String(error) }, "load sample failed"),
+  });
+  let link: { logic: AnyActorLogic; input: unknown };
+  if (options.register) {
+    if (!settings.registryLink) throw new Error("register: true needs a registry link; none is configured");
+    link = settings.registryLink(logger);
+  } else {
+    link = { logic: localLink(logger), input: undefined };
+  }
+  const localSpec = options.register ? undefined : await localJobSpec(definition);
+
+  const actor = createWorkerActor(
+    options,
+    { process: processLogic, loadSampler, registryLink: link.logic },
+    { logger, linkInput: link.input },
+  );
+  const startedAt = Date.now();
+  const server = await startHealthServer(options.host, options.port, {
+    ready: () => isReady(actor.getSnapshot(), options),
+    worker: () => describeWorker(actor, options, tracker, startedAt),
+    metrics: async () => {
+      metrics.slots.reset();
+      for (const slot of describeWorker(actor, options, tracker, startedAt).slots)
+        metrics.slots.inc({ state: slot.state });
+      return { contentType: metrics.registry.contentType, body: await metrics.registry.metrics() };
+    },
+  });
+  const port = boundPort(server);
+
+  let localOutcome: { status: string } | undefined;
+  actor.on("job.finished", ({ output }) => {
+    metrics.jobsEnded.inc({ status: output.status, reason: output.reason ?? "" });
+    const fields = {
+      jobId: output.jobId,
+      status: output.status,
+      reason: output.reason,
+      error: output.error,
+      exitCode: output.exitCode,
+      signal: output.signal,
+    };
+    if (output.status === "completed") logger.info(fields, "job completed");
+    else if (output.status === "failed") logger.error(fields, "job failed");
+    else logger.info(fields, `job ${output.status}`);
+    if (localSpec && output.jobId === localSpec.jobId) {
+      localOutcome = output;
+      actor.send({ type: "worker.drain" });
+    }
+  });
+  actor.on("slot.exited", ({ output }) => {
+    if (output.stopReason && output.stopReason !== "idle_shutdown") metrics.kills.inc({ reason: output.stopReason });
+    const fields = {
+      slotId: output.slotId,
+      pid: output.pid,
+      jobId: output.jobId,
+      reason: output.stopReason,
+      exit: output.exit,
+    };
+    if (!output.becameReady && output.stopReason !== "idle_shutdown") {
+      logger.warn({ ...fields, error: output.spawnError }, "job process failed to warm; backing off");
+    } else if (!output.jobId && !output.stopReason) {
+      logger.warn(fields, "idle job process died; it will be replaced");
+    } else {
+      logger.debug(fields, "job process exited");
+    }
+  });
+  actor.on("memory.warning", (event) => logger.warn(event, "job process memory above memoryWarnMb"));
+  actor.on("job.rejected", (event) => logger.warn(event, "job rejected"));
+  actor.subscribe({ error: (error) => logger.fatal({ err: String(error) }, "worker state machine failed") });
+
+  let signals = 0;
+  const onSignal = (signal: NodeJS.Signals) => {
+    signals++;
+    if (signals === 1) {
+      logger.info(
+        { signal, drainTimeout: options.drainTimeout },
+        "draining: no new jobs; a second signal stops at once",
+      );
+      actor.send({ type: "worker.drain" });
+    } else {
+      logger.warn({ signal }, "stopping now");
+      actor.send({ type: "worker.stop" });
+    }
+  };
+  if (settings.handleSignals ?? true) {
+    process.on("SIGTERM", onSignal);
+    process.on("SIGINT", onSignal);
+  }
+
+  actor.start();
+  logger.info(
+    { agentId: options.agentId, port, register: options.register, maxProcesses: options.maxProcesses },
+    "worker started",
+  );
+  if (localSpec) actor.send({ type: "worker.run", spec: localSpec });
+
+  const done = toPromise(actor).then(
+    async (output) => {
+      process.off("SIGTERM", onSignal);
+      process.off("SIGINT", onSignal);
+      await closeServer(server);
+      let code = output.exitCode;
+      if (code === EXIT_CLEAN && localSpec) code = localOutcome?.status === "completed" ? 0 : EXIT_JOB_FAILED;
+      logger.info({ exitCode: code, state: flattenState(actor.getSnapshot().value) }, "worker stopped");
+      return code;
+    },
+    async (error) => {
+      process.off("SIGTERM", onSignal);
+      process.off("SIGINT", onSignal);
+      await closeServer(server);
+      logger.fatal({ err: String(error) }, "worker stopped after an internal error");
+      return 1;
+    },
+  );
+  return {
+    actor,
+    server,
+    port,
+    done,
+    drain: () => actor.send({ type: "worker.drain" }),
+    stop: () => actor.send({ type: "worker.stop" }),
+  };
+}

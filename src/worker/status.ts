@@ -1,0 +1,81 @@
+import type { AnyActorRef, AnyMachineSnapshot, StateValue } from "xstate";
+import type { WorkerContext } from "../../machines/worker.ts";
+import { loadOf } from "../../machines/worker.ts";
+import type { Options } from "../options.ts";
+import type { ProcessTracker } from "./process-tracker.ts";
+
+export function flattenState(value: StateValue): string {
+  if (typeof value === "string") return value;
+  return Object.entries(value)
+    .map(([key, child]) => {
+      const inner = child === undefined ? "" : flattenState(child);
+      return inner ? `${key}.${inner}` : key;
+    })
+    .join(" | ");
+}
+
+type WorkerSnapshot = AnyMachineSnapshot & { context: WorkerContext };
+
+function childrenOf(snapshot: WorkerSnapshot): [string, AnyActorRef][] {
+  return Object.entries(snapshot.children as Record<string, AnyActorRef | undefined>).filter(
+    (entry): entry is [string, AnyActorRef] => entry[1] !== undefined,
+  );
+}
+
+/** Ready: warm and running (not starting, draining or stopping), and registered when registering. */
+export function isReady(snapshot: WorkerSnapshot, options: Options): boolean {
+  if (snapshot.status !== "active" || !snapshot.matches({ active: { lifecycle: "running" } })) return false;
+  if (!options.register) return true;
+  const link = snapshot.children.registryLink as AnyActorRef | undefined;
+  const linkSnapshot = link?.getSnapshot() as AnyMachineSnapshot | undefined;
+  return Boolean(linkSnapshot?.matches?.({ online: "registered" }));
+}
+
+/** The whole worker as JSON: options without secrets, every slot and job with its machine state. */
+export function describeWorker(actor: AnyActorRef, options: Options, tracker: ProcessTracker, startedAt: number) {
+  const snapshot = actor.getSnapshot() as WorkerSnapshot;
+  const now = Date.now();
+  const slots = [];
+  const jobs = [];
+  for (const [id, child] of childrenOf(snapshot)) {
+    const childSnapshot = child.getSnapshot() as AnyMachineSnapshot;
+    if (id.startsWith("slot.")) {
+      const record = tracker.bySlot.get(id);
+      slots.push({
+        id,
+        state: flattenState(childSnapshot.value),
+        pid: childSnapshot.context.pid ?? record?.pid ?? null,
+        jobId: childSnapshot.context.job?.jobId ?? null,
+        memoryMb: record?.memoryMb ?? childSnapshot.context.memoryMb ?? null,
+        uptimeSeconds: record ? (now - record.spawnedAt) / 1000 : null,
+      });
+    } else if (id.startsWith("job.")) {
+      const context = childSnapshot.context;
+      const record = [...tracker.bySlot.values()].find((r) => r.jobId === context.spec.jobId);
+      jobs.push({
+        id: context.spec.jobId,
+        state: flattenState(childSnapshot.value),
+        slotId: context.slotId,
+        roomId: context.spec.roomId ?? null,
+        runningSeconds: record?.jobStartedAt ? (now - record.jobStartedAt) / 1000 : null,
+      });
+    } else if (id === "registryLink" && options.register) {
+      // the link's state is reported separately below
+    }
+  }
+  const link = snapshot.children.registryLink as AnyActorRef | undefined;
+  const linkValue = options.register ? (link?.getSnapshot() as AnyMachineSnapshot | undefined)?.value : undefined;
+  return {
+    agentId: options.agentId,
+    state: flattenState(snapshot.value),
+    status: snapshot.status,
+    ready: isReady(snapshot, options),
+    degraded: snapshot.status === "active" && snapshot.matches({ active: { pool: "backingOff" } }),
+    load: snapshot.context ? loadOf(snapshot.context) : 0,
+    uptimeSeconds: (now - startedAt) / 1000,
+    registry: options.register ? { state: linkValue ? flattenState(linkValue) : "stopped" } : null,
+    options: options.toJSON(),
+    slots,
+    jobs,
+  };
+}

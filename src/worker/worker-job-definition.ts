@@ -1,0 +1,14 @@
+import type { JobContext } from "../job/job-context.ts";
+import type { Options } from "../options.ts";
+
+export type Entrypoint = (ctx: JobContext) => unknown | Promise<unknown>;
+export type JobContextFactory = JobContext | (() => JobContext | Promise<JobContext>);
+
+/** What WorkerJob was constructed with; the same in the worker and in each job process. */
+export interface WorkerJobDefinition {
+  entrypoint: Entrypoint;
+  jobctx: JobContextFactory | undefined;
+  options: Options;
+  /** Absolute path of the module that defines the agent; job processes import it. */
+  agentModule: string;
+}
