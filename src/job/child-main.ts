@@ -137,9 +137,7 @@ class JobRunner {
     await send({ type: "job_status", status: "ending" });
     const reason = result.ok ? (result.reason ?? "completed") : "entrypoint_error";
     if (this.#ctx) {
-      // Leave a margin inside closeTimeout for the report and the exit itself.
-      const budget = Math.max(1, this.config.closeTimeoutMs - 250);
-      const report = await this.#ctx.runShutdownCallbacks(reason, budget);
+      const report = await this.#ctx.runShutdownCallbacks(reason, this.config.closeTimeoutMs);
       if (report.failed.length > 0 || report.timedOut > 0) {
         this.logger.warn({ jobId: this.#ctx.job.jobId, ...report }, "shutdown callbacks did not all finish");
       }

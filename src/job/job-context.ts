@@ -83,7 +83,10 @@ export class JobContext {
     return this.#shutdownReason;
   }
 
-  /** Runs when the job ends, last added first. Each gets `timeout` seconds, all within closeTimeout. */
+  /**
+   * Runs when the job ends, last added first. Each gets `timeout` seconds (default closeTimeout); all
+   * of them together must finish within closeTimeout or the worker kills the process.
+   */
   addShutdownCallback(callback: ShutdownCallback, options: ShutdownCallbackOptions = {}): void {
     if (typeof callback !== "function") throw new JobContextError("addShutdownCallback needs a function");
     if (options.timeout !== undefined && !(options.timeout > 0)) {
@@ -113,24 +116,21 @@ export class JobContext {
     return Promise.reject(roomsUnavailable("waitForParticipant()"));
   }
 
-  /** @internal Runs every shutdown callback once, newest first, within `totalMs`. */
-  async runShutdownCallbacks(reason: string, totalMs: number): Promise<ShutdownReport> {
+  /**
+   * @internal Runs every shutdown callback once, newest first. Each callback gets its own timeout,
+   * or `defaultTimeoutMs`; the worker enforces closeTimeout for all of them together by killing the
+   * process, so a callback that overruns is visible as a kill, never silently cut short here.
+   */
+  async runShutdownCallbacks(reason: string, defaultTimeoutMs: number): Promise<ShutdownReport> {
     this.#shutdownReason ??= reason;
     const report: ShutdownReport = { reason, ran: 0, failed: [], timedOut: 0 };
-    const deadline = Date.now() + totalMs;
     const callbacks = this.#callbacks.reverse();
     this.#callbacks = [];
     for (const { callback, timeoutMs } of callbacks) {
-      const remaining = deadline - Date.now();
-      if (remaining <= 0) {
-        report.timedOut++;
-        continue;
-      }
-      const budget = Math.min(remaining, timeoutMs ?? remaining);
       report.ran++;
       let timer: NodeJS.Timeout | undefined;
       const timedOut = new Promise<"timeout">((resolve) => {
-        timer = setTimeout(() => resolve("timeout"), budget);
+        timer = setTimeout(() => resolve("timeout"), timeoutMs ?? defaultTimeoutMs);
       });
       try {
         const result = await Promise.race([Promise.resolve().then(() => callback(reason)), timedOut]);
