@@ -10,6 +10,7 @@ import { boundPort, closeServer, startHealthServer } from "./http-server.ts";
 import { createLoadSampler } from "./load-sampler.ts";
 import { createProcessLogic } from "./process-actor.ts";
 import { ProcessTracker } from "./process-tracker.ts";
+import { createRegistryLink } from "./registry-link.ts";
 import { describeWorker, flattenState, isReady } from "./status.ts";
 import { createWorkerActor } from "./worker-actor.ts";
 import type { WorkerJobDefinition } from "./worker-job-definition.ts";
@@ -80,8 +81,7 @@ export async function runWorker(definition: WorkerJobDefinition, settings: RunSe
   });
   let link: { logic: AnyActorLogic; input: unknown };
   if (options.register) {
-    if (!settings.registryLink) throw new Error("register: true needs a registry link; none is configured");
-    link = settings.registryLink(logger);
+    link = settings.registryLink ? settings.registryLink(logger) : createRegistryLink(options, logger);
   } else {
     link = { logic: localLink(logger), input: undefined };
   }
@@ -106,6 +106,7 @@ export async function runWorker(definition: WorkerJobDefinition, settings: RunSe
   const port = boundPort(server);
 
   let localOutcome: { status: string } | undefined;
+  let linkFailureLogged = false;
   actor.on("job.finished", ({ output }) => {
     metrics.jobsEnded.inc({ status: output.status, reason: output.reason ?? "" });
     const fields = {
@@ -143,6 +144,20 @@ export async function runWorker(definition: WorkerJobDefinition, settings: RunSe
   });
   actor.on("memory.warning", (event) => logger.warn(event, "job process memory above memoryWarnMb"));
   actor.on("job.rejected", (event) => logger.warn(event, "job rejected"));
+  if (options.register) {
+    // The link's own failure (maxRetry) is the worker's exit reason: say why before exiting.
+    actor.subscribe((snapshot) => {
+      const linkRef = snapshot.children.registryLink;
+      const output = linkRef?.getSnapshot().output as { lastProblem?: string; retries?: number } | undefined;
+      if (output && !linkFailureLogged) {
+        linkFailureLogged = true;
+        logger.error(
+          { retries: output.retries, lastProblem: output.lastProblem },
+          "gave up connecting to the registry",
+        );
+      }
+    });
+  }
   actor.subscribe({ error: (error) => logger.fatal({ err: String(error) }, "worker state machine failed") });
 
   let signals = 0;

@@ -1,4 +1,6 @@
-import { type ActorOptions, type AnyActorLogic, createActor } from "xstate";
+import { type ActorOptions, type AnyActorLogic, createActor, fromPromise } from "xstate";
+import { jobMachine } from "../../machines/job.ts";
+import type { JobSpec } from "../../machines/shared.ts";
 import type { ProcessCommand, ProcessEvent, ProcessInput } from "../../machines/slot.ts";
 import { slotMachine } from "../../machines/slot.ts";
 import { workerMachine } from "../../machines/worker.ts";
@@ -24,6 +26,21 @@ export interface WorkerActorSettings {
   linkInput?: unknown;
 }
 
+/** The user's requestFn as the job machine's decideOffer actor: only a literal `true` accepts. */
+function decideWith(options: Options) {
+  const requestFn = options.requestFn;
+  return fromPromise<boolean, JobSpec>(async ({ input }) => {
+    if (!requestFn) return true;
+    const answer = await requestFn({
+      jobId: input.jobId,
+      ...(input.agentName ? { agentName: input.agentName } : {}),
+      ...(input.roomId ? { roomId: input.roomId } : {}),
+      ...(input.metadata ? { metadata: input.metadata } : {}),
+    });
+    return answer === true;
+  });
+}
+
 /**
  * Builds the worker root actor from Options: the machine with its real actors provided, every delay
  * from the options, and, when `options.inspect` is on, every transition logged at debug level.
@@ -32,6 +49,7 @@ export function createWorkerActor(options: Options, impl: WorkerImplementations,
   const machine = workerMachine.provide({
     actors: {
       slot: slotMachine.provide({ actors: { process: impl.process as never } }),
+      ...(options.requestFn ? { job: jobMachine.provide({ actors: { decideOffer: decideWith(options) } }) } : {}),
       ...(impl.registryLink ? { registryLink: impl.registryLink as never } : {}),
       ...(impl.loadSampler ? { loadSampler: impl.loadSampler as never } : {}),
     },

@@ -1,0 +1,78 @@
+import { errors as joseErrors, jwtVerify, SignJWT } from "jose";
+import { z } from "zod";
+
+/**
+ * HS256 tokens minted from an API key and secret. The key is the issuer (so several keys can share a
+ * registry later); the role claim says what the bearer may do; participants also carry a room claim.
+ */
+export const ROLES = ["worker", "dispatcher", "participant"] as const;
+export type Role = (typeof ROLES)[number];
+
+export interface Credentials {
+  apiKey: string;
+  apiSecret: string;
+}
+
+export interface MintRequest {
+  role: Role;
+  /** Seconds; default one hour. */
+  ttl?: number;
+  room?: string;
+  subject?: string;
+}
+
+const claims = z.object({
+  iss: z.string(),
+  role: z.enum(ROLES),
+  room: z.string().optional(),
+  sub: z.string().optional(),
+});
+export type TokenClaims = z.infer<typeof claims>;
+
+export class AuthError extends Error {
+  override readonly name = "AuthError";
+}
+
+const secretKey = (secret: string) => new TextEncoder().encode(secret);
+
+export async function mintToken(credentials: Credentials, request: MintRequest): Promise<string> {
+  if (request.role === "participant" && !request.room) throw new AuthError("a participant token needs a room");
+  const jwt = new SignJWT({ role: request.role, ...(request.room ? { room: request.room } : {}) })
+    .setProtectedHeader({ alg: "HS256" })
+    .setIssuer(credentials.apiKey)
+    .setIssuedAt()
+    .setExpirationTime(`${Math.max(1, Math.round(request.ttl ?? 3600))}s`);
+  if (request.subject) jwt.setSubject(request.subject);
+  return jwt.sign(secretKey(credentials.apiSecret));
+}
+
+/** Verifies signature, expiry, issuer and role. Errors say why without echoing the token. */
+export async function verifyToken(
+  credentials: Credentials,
+  token: string,
+  allowed: readonly Role[],
+): Promise<TokenClaims> {
+  let payload: unknown;
+  try {
+    ({ payload } = await jwtVerify(token, secretKey(credentials.apiSecret), {
+      algorithms: ["HS256"],
+      issuer: credentials.apiKey,
+    }));
+  } catch (error) {
+    if (error instanceof joseErrors.JWTExpired) throw new AuthError("token expired");
+    throw new AuthError("invalid token");
+  }
+  const parsed = claims.safeParse(payload);
+  if (!parsed.success) throw new AuthError("token has no valid role claim");
+  if (!allowed.includes(parsed.data.role)) {
+    throw new AuthError(`a ${parsed.data.role} token cannot do this (needs ${allowed.join(" or ")})`);
+  }
+  return parsed.data;
+}
+
+/** The token from an `Authorization: Bearer …` header, if any. */
+export function bearerToken(header: string | string[] | undefined): string | undefined {
+  const value = Array.isArray(header) ? header[0] : header;
+  const match = value ? /^Bearer\s+(\S+)$/i.exec(value.trim()) : null;
+  return match?.[1];
+}

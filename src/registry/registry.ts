@@ -1,0 +1,497 @@
+import { randomUUID } from "node:crypto";
+import type { IncomingMessage } from "node:http";
+import type { Duplex } from "node:stream";
+import { type RawData, type WebSocket, WebSocketServer } from "ws";
+import { type Actor, createActor } from "xstate";
+import { type DispatchEmitted, dispatchMachine } from "../../machines/registry/dispatch.ts";
+import type { Logger } from "../observability/logger.ts";
+import {
+  type JobInventoryEntry,
+  MAX_FRAME_BYTES,
+  PROTOCOL_VERSION,
+  type RegisterRequest,
+  type RegistryMessage,
+  workerMessage,
+} from "../protocol/registry.ts";
+import { AuthError, bearerToken, type Credentials, verifyToken } from "./auth.ts";
+import type { RegistryMetrics } from "./metrics.ts";
+import { type CandidateView, pickCandidate } from "./picker.ts";
+import { isFinal, type JobRecord, type JobStore } from "./store.ts";
+import type { RegistryTiming } from "./timing.ts";
+import { WorkerLink } from "./worker-link.ts";
+
+export interface DispatchRequest {
+  agentName: string;
+  roomId?: string;
+  metadata?: Record<string, unknown>;
+  roomOptions?: Record<string, unknown>;
+  maxDuration?: number;
+  idempotencyKey?: string;
+  redispatch?: boolean;
+}
+
+interface LiveDispatch {
+  actor: Actor<typeof dispatchMachine>;
+  record: JobRecord;
+  /** workerId → availability epoch when that worker was tried */
+  tried: Map<string, number>;
+  waiting: boolean;
+  /** The worker with an unanswered offer for this job; counted in its inflight. */
+  offeredTo: string | undefined;
+}
+
+/**
+ * The registry's core: worker links (one session actor each) and dispatches (one root actor each,
+ * indexed here, not children of one parent), wired to sockets and the job store. Machines decide;
+ * this class performs what they emit.
+ */
+export class RegistryCore {
+  readonly workers = new Map<string, WorkerLink>();
+  readonly dispatches = new Map<string, LiveDispatch>();
+  readonly wss: WebSocketServer;
+  #closing = false;
+
+  constructor(
+    private readonly credentials: Credentials,
+    readonly store: JobStore,
+    private readonly timing: RegistryTiming,
+    private readonly logger: Logger,
+    private readonly metrics: RegistryMetrics,
+    maxFrameBytes = MAX_FRAME_BYTES,
+    private readonly random: () => number = Math.random,
+  ) {
+    this.wss = new WebSocketServer({ noServer: true, maxPayload: maxFrameBytes, perMessageDeflate: false });
+  }
+
+  // ---------------------------------------------------------------- worker connections
+
+  /** Authenticates the upgrade (worker role) before any WebSocket exists; refusals are plain 401s. */
+  async handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    const refuse = (status: number, message: string) => {
+      socket.write(
+        `HTTP/1.1 ${status} ${status === 401 ? "Unauthorized" : "Forbidden"}\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: ${Buffer.byteLength(message)}\r\n\r\n${message}`,
+      );
+      socket.destroy();
+    };
+    const token = bearerToken(req.headers.authorization);
+    if (!token) return refuse(401, "missing bearer token");
+    try {
+      await verifyToken(this.credentials, token, ["worker"]);
+    } catch (error) {
+      const message = error instanceof AuthError ? error.message : "invalid token";
+      return refuse(message.includes("cannot") ? 403 : 401, message);
+    }
+    if (this.#closing) return refuse(403, "registry is shutting down");
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.#accept(ws));
+  }
+
+  #accept(ws: WebSocket): void {
+    let link: WorkerLink | undefined;
+    const registrationTimer = setTimeout(() => {
+      if (!link) ws.close(4008, "no register message in time");
+    }, this.timing.registrationTimeoutMs);
+    ws.on("message", (data: RawData, isBinary: boolean) => {
+      if (isBinary) return this.#sendError(ws, "binary frames are not part of the protocol", "bad_frame");
+      let raw: unknown;
+      try {
+        raw = JSON.parse(data.toString());
+      } catch {
+        return this.#sendError(ws, "frame is not valid JSON", "bad_json");
+      }
+      const parsed = workerMessage.safeParse(raw);
+      if (!parsed.success) {
+        const type = (raw as { type?: unknown } | null)?.type;
+        const known = ["register", "status_update", "availability_response", "job_update", "ping", "pong"];
+        if (typeof type !== "string" || !known.includes(type)) {
+          return this.#sendError(ws, `unknown message type ${JSON.stringify(type ?? null)}`, "unknown_type");
+        }
+        const fields = parsed.error.issues.map((i) => i.path.join(".") || "(message)").join(", ");
+        return this.#sendError(ws, `invalid ${type}: bad fields ${fields}`, "invalid_message");
+      }
+      const message = parsed.data;
+      if (message.type === "register") {
+        if (link) return this.#sendError(ws, "already registered on this connection", "already_registered");
+        clearTimeout(registrationTimer);
+        link = this.#register(ws, message);
+        return;
+      }
+      if (!link) return this.#sendError(ws, "register first", "not_registered");
+      this.#onWorkerMessage(link, message);
+    });
+    ws.on("close", () => {
+      clearTimeout(registrationTimer);
+      if (link && link.socket === ws) {
+        link.socket = undefined;
+        link.session.send({ type: "socket_closed" });
+      }
+    });
+    ws.on("error", (error) => this.logger.debug({ err: error.message }, "worker socket error"));
+  }
+
+  #sendError(ws: WebSocket, message: string, code: string): void {
+    this.metrics.protocolErrors.inc({ code });
+    if (ws.readyState === ws.OPEN) ws.send(JSON.stringify({ type: "error", message, code }));
+  }
+
+  #register(ws: WebSocket, message: RegisterRequest): WorkerLink {
+    const requested = message.worker_id;
+    const existing = requested ? this.workers.get(requested) : undefined;
+    let link: WorkerLink;
+    if (existing && existing.session.getSnapshot().status === "active") {
+      // The same worker, reconnected: keep its session and jobs, swap the socket.
+      const old = existing.socket;
+      existing.socket = ws;
+      if (old && old !== ws) old.terminate();
+      existing.session.send({ type: "reattached" });
+      link = existing;
+      this.logger.info({ workerId: link.workerId }, "worker reconnected");
+    } else {
+      const workerId = requested && !this.workers.has(requested) ? requested : `w-${randomUUID()}`;
+      link = new WorkerLink(workerId, ws, this.timing, this.logger);
+      this.workers.set(workerId, link);
+      this.#wireSession(link);
+      link.session.start();
+      link.session.send({
+        type: "registered",
+        agentName: message.agent_name,
+        maxProcesses: message.max_processes,
+        loadThreshold: message.load_threshold,
+      });
+      this.logger.info(
+        { workerId, agentName: message.agent_name, maxProcesses: message.max_processes },
+        "worker registered",
+      );
+    }
+    link.send({ type: "register", success: true, worker_id: link.workerId, protocol_version: PROTOCOL_VERSION });
+    this.#reconcile(link, message.agent_name, message.jobs);
+    this.metrics.workers.set(this.workers.size);
+    return link;
+  }
+
+  #wireSession(link: WorkerLink): void {
+    link.session.on("ping", () => link.send({ type: "ping", timestamp: Date.now() }));
+    link.session.on("availability_changed", () => {
+      link.availabilityEpoch++;
+      this.#wakeWaitingDispatches();
+    });
+    link.session.on("gone", ({ reason }) => {
+      this.logger.warn({ workerId: link.workerId, reason, jobs: [...link.jobs] }, "worker gone");
+      link.socket?.terminate();
+      link.socket = undefined;
+      this.workers.delete(link.workerId);
+      this.metrics.workers.set(this.workers.size);
+      for (const dispatch of this.dispatches.values()) {
+        dispatch.actor.send({ type: "worker_gone", workerId: link.workerId });
+      }
+      link.session.stop();
+    });
+  }
+
+  /**
+   * A (re)registering worker reports what it runs and what it finished recently. Records catch up,
+   * jobs the registry no longer knows are adopted, and a job that is someone else's is terminated
+   * here, so nothing runs twice.
+   */
+  #reconcile(link: WorkerLink, agentName: string, inventory: JobInventoryEntry[]): void {
+    for (const entry of inventory) {
+      const live = this.dispatches.get(entry.job_id);
+      if (entry.status !== "running") {
+        if (live) {
+          live.actor.send({
+            type: "job_update",
+            workerId: link.workerId,
+            status: entry.status,
+            ...(entry.reason ? { reason: entry.reason } : {}),
+          });
+        } else {
+          void this.store.get(entry.job_id).then((record) => {
+            if (record && !isFinal(record.status) && record.workerId === link.workerId) {
+              void this.store.update(entry.job_id, {
+                status: entry.status,
+                ...(entry.reason ? { reason: entry.reason } : {}),
+              });
+            }
+          });
+        }
+        continue;
+      }
+      if (live) {
+        if (live.actor.getSnapshot().context.workerId === link.workerId) {
+          link.jobs.add(entry.job_id);
+        } else {
+          link.send({ type: "job_termination", job_id: entry.job_id, reason: "job belongs to another worker" });
+        }
+        continue;
+      }
+      void this.#adopt(link, agentName, entry.job_id);
+    }
+  }
+
+  async #adopt(link: WorkerLink, agentName: string, jobId: string): Promise<void> {
+    const record = await this.store.get(jobId);
+    if (record && isFinal(record.status)) {
+      link.send({ type: "job_termination", job_id: jobId, reason: `job already ${record.status}` });
+      return;
+    }
+    if (this.dispatches.has(jobId)) return;
+    const now = Date.now();
+    const base: JobRecord = record ?? {
+      id: jobId,
+      agentName,
+      metadata: {},
+      roomOptions: {},
+      redispatch: false,
+      status: "running",
+      workerId: link.workerId,
+      attempts: 1,
+      createdAt: now,
+      updatedAt: now,
+    };
+    if (!record) await this.store.create(base);
+    this.logger.info({ jobId, workerId: link.workerId }, "adopted a running job from a worker's inventory");
+    this.#startDispatch(base, link.workerId);
+  }
+
+  #onWorkerMessage(link: WorkerLink, message: ReturnType<typeof workerMessage.parse>): void {
+    switch (message.type) {
+      case "status_update":
+        link.session.send({
+          type: "status",
+          status: message.status,
+          load: message.load,
+          jobCount: message.job_count,
+        });
+        break;
+      case "availability_response": {
+        const dispatch = this.dispatches.get(message.job_id);
+        if (!dispatch) break;
+        this.metrics.offers.inc({ answer: message.available ? "yes" : "no" });
+        dispatch.actor.send({
+          type: "answer",
+          workerId: link.workerId,
+          available: message.available,
+          ...(message.error ? { error: message.error } : {}),
+        });
+        break;
+      }
+      case "job_update": {
+        const dispatch = this.dispatches.get(message.job_id);
+        if (!dispatch) {
+          if (message.status === "running") void this.#adopt(link, link.context.agentName, message.job_id);
+          break;
+        }
+        dispatch.actor.send({
+          type: "job_update",
+          workerId: link.workerId,
+          status: message.status,
+          ...(message.reason ? { reason: message.reason } : {}),
+          ...(message.error ? { error: message.error } : {}),
+        });
+        break;
+      }
+      case "ping":
+        link.send({ type: "pong", timestamp: message.timestamp });
+        break;
+      case "pong":
+        link.session.send({ type: "pong" });
+        break;
+      case "register":
+        break;
+    }
+  }
+
+  // ---------------------------------------------------------------- dispatches
+
+  async dispatch(request: DispatchRequest): Promise<{ record: JobRecord; created: boolean }> {
+    const now = Date.now();
+    const record: JobRecord = {
+      id: `job-${randomUUID()}`,
+      agentName: request.agentName,
+      metadata: request.metadata ?? {},
+      roomOptions: request.roomOptions ?? {},
+      redispatch: request.redispatch ?? false,
+      status: "pending",
+      attempts: 0,
+      createdAt: now,
+      updatedAt: now,
+      ...(request.roomId ? { roomId: request.roomId } : {}),
+      ...(request.maxDuration !== undefined ? { maxDuration: request.maxDuration } : {}),
+      ...(request.idempotencyKey ? { idempotencyKey: request.idempotencyKey } : {}),
+    };
+    const result = await this.store.create(record);
+    if (result.created) {
+      this.metrics.dispatches.inc();
+      this.#startDispatch(result.record);
+    }
+    return result;
+  }
+
+  async cancel(jobId: string, reason = "cancelled by request"): Promise<JobRecord | undefined> {
+    const live = this.dispatches.get(jobId);
+    if (live) live.actor.send({ type: "cancel", reason });
+    return this.store.get(jobId);
+  }
+
+  #startDispatch(record: JobRecord, adoptedBy?: string): void {
+    const actor = createActor(dispatchMachine, {
+      id: `dispatch.${record.id}`,
+      input: {
+        jobId: record.id,
+        redispatch: record.redispatch,
+        timing: this.timing,
+        ...(adoptedBy ? { adoptedBy } : {}),
+      },
+    });
+    const live: LiveDispatch = { actor, record, tried: new Map(), waiting: false, offeredTo: undefined };
+    this.dispatches.set(record.id, live);
+    if (adoptedBy) this.workers.get(adoptedBy)?.jobs.add(record.id);
+    actor.on("*", (event) => this.#onDispatchEmitted(live, event as DispatchEmitted));
+    actor.start();
+  }
+
+  #onDispatchEmitted(live: LiveDispatch, event: DispatchEmitted): void {
+    const { record } = live;
+    switch (event.type) {
+      case "need_candidate": {
+        const views: CandidateView[] = [...this.workers.values()].map((w) => ({
+          workerId: w.workerId,
+          agentName: w.context.agentName,
+          available: w.available && w.socket !== undefined,
+          maxProcesses: w.context.maxProcesses,
+          jobCount: w.context.jobCount,
+          inflight: w.inflight,
+          load: w.context.load,
+        }));
+        const excluded = (workerId: string) => {
+          const epoch = live.tried.get(workerId);
+          return epoch !== undefined && epoch >= (this.workers.get(workerId)?.availabilityEpoch ?? 0);
+        };
+        const pick = pickCandidate(views, record.agentName, excluded, this.random);
+        // Deliver after this transition completes: the machine is still processing its entry actions.
+        queueMicrotask(() => {
+          if (pick) {
+            live.waiting = false;
+            live.actor.send({ type: "candidate", workerId: pick.workerId });
+          } else {
+            live.waiting = true;
+            live.actor.send({ type: "no_candidate" });
+          }
+        });
+        break;
+      }
+      case "offer": {
+        const link = this.workers.get(event.workerId);
+        live.tried.set(event.workerId, link?.availabilityEpoch ?? 0);
+        if (!link) {
+          queueMicrotask(() => live.actor.send({ type: "worker_gone", workerId: event.workerId }));
+          break;
+        }
+        link.inflight++;
+        live.offeredTo = event.workerId;
+        const sent = link.send({
+          type: "availability_request",
+          job_id: record.id,
+          agent_name: record.agentName,
+          ...(record.roomId ? { room_id: record.roomId } : {}),
+          ...(Object.keys(record.metadata).length ? { metadata: record.metadata } : {}),
+        });
+        if (!sent) {
+          queueMicrotask(() => live.actor.send({ type: "answer", workerId: event.workerId, available: false }));
+        }
+        break;
+      }
+      case "assign": {
+        const link = this.workers.get(event.workerId);
+        link?.jobs.add(record.id);
+        link?.send({
+          type: "job_assignment",
+          job_id: record.id,
+          agent_name: record.agentName,
+          ...(record.roomId ? { room_id: record.roomId } : {}),
+          room_options: record.roomOptions,
+          metadata: record.metadata,
+          ...(record.maxDuration ? { max_duration: record.maxDuration } : {}),
+        });
+        break;
+      }
+      case "terminate": {
+        const link = this.workers.get(event.workerId);
+        link?.send({ type: "job_termination", job_id: record.id, reason: event.reason });
+        link?.jobs.delete(record.id);
+        break;
+      }
+      case "status":
+        if (event.status !== "offering") this.#releaseOffer(live);
+        void this.store.update(record.id, {
+          status: event.status,
+          attempts: event.attempts,
+          ...(event.workerId ? { workerId: event.workerId } : {}),
+        });
+        break;
+      case "finished": {
+        const { output } = event;
+        this.#releaseOffer(live);
+        this.dispatches.delete(record.id);
+        if (output.workerId) this.workers.get(output.workerId)?.jobs.delete(record.id);
+        this.metrics.finished.inc({ status: output.status, reason: output.reason ?? "" });
+        this.metrics.dispatchDuration.observe((Date.now() - record.createdAt) / 1000);
+        void this.store.update(record.id, {
+          status: output.status,
+          attempts: output.attempts,
+          ...(output.workerId ? { workerId: output.workerId } : {}),
+          ...(output.reason ? { reason: output.reason } : {}),
+          ...(output.error ? { error: output.error } : {}),
+        });
+        queueMicrotask(() => live.actor.stop());
+        break;
+      }
+    }
+  }
+
+  /** The offer is answered, timed out or moot: the worker's capacity shows in its own status again. */
+  #releaseOffer(live: LiveDispatch): void {
+    if (!live.offeredTo) return;
+    const link = this.workers.get(live.offeredTo);
+    if (link) link.inflight = Math.max(0, link.inflight - 1);
+    live.offeredTo = undefined;
+  }
+
+  #wakeWaitingDispatches(): void {
+    for (const live of this.dispatches.values()) {
+      if (live.waiting) {
+        live.waiting = false;
+        live.actor.send({ type: "capacity_changed" });
+      }
+    }
+  }
+
+  /** Workers for GET /v1/workers. */
+  describeWorkers() {
+    return [...this.workers.values()].map((w) => ({
+      id: w.workerId,
+      agentName: w.context.agentName,
+      state: w.state,
+      connected: w.socket !== undefined,
+      status: w.context.reportedStatus,
+      load: w.context.load,
+      jobCount: w.context.jobCount,
+      maxProcesses: w.context.maxProcesses,
+      jobs: [...w.jobs],
+    }));
+  }
+
+  async close(): Promise<void> {
+    this.#closing = true;
+    for (const link of this.workers.values()) {
+      link.socket?.close(1001, "registry shutting down");
+      link.session.stop();
+    }
+    for (const live of this.dispatches.values()) live.actor.stop();
+    this.workers.clear();
+    this.dispatches.clear();
+    for (const client of this.wss.clients) client.terminate();
+    await new Promise<void>((resolve) => this.wss.close(() => resolve()));
+  }
+}
+
+export type { RegistryMessage };

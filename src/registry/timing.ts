@@ -1,0 +1,16 @@
+import type { DispatchTiming } from "../../machines/registry/dispatch.ts";
+import type { SessionTiming } from "../../machines/registry/session.ts";
+
+export interface RegistryTiming extends DispatchTiming, SessionTiming {}
+
+/** Defaults: a silent worker is declared gone within pingInterval + pongTimeout = 15 s. */
+export const DEFAULT_REGISTRY_TIMING: RegistryTiming = {
+  offerTimeoutMs: 2_000,
+  runningTimeoutMs: 15_000,
+  dispatchTimeoutMs: 30_000,
+  cancelTimeoutMs: 10_000,
+  registrationTimeoutMs: 10_000,
+  pingIntervalMs: 5_000,
+  pongTimeoutMs: 10_000,
+  reconnectGraceMs: 10_000,
+};
