@@ -1,0 +1,206 @@
+/**
+ * bench/dispatch: end-to-end dispatch latency (HTTP POST → the job's entrypoint running in a warm
+ * child of a real worker) next to the loopback WebSocket round trip measured in the same run;
+ * dispatch throughput with 20 simulated workers and short jobs; registry memory and CPU with 1,000,
+ * 5,000 and 10,000 simulated workers connected and heartbeating. Prints JSON.
+ * Run: npx tsx bench/dispatch.ts   (BENCH_SKIP_CAPACITY=1 skips the connection-count part)
+ */
+import { fork } from "node:child_process";
+import { createInterface } from "node:readline";
+import { Writable } from "node:stream";
+import { fileURLToPath } from "node:url";
+import pidusage from "pidusage";
+import WebSocket, { WebSocketServer } from "ws";
+import { createLogger } from "../src/observability/logger.ts";
+import { Options } from "../src/options.ts";
+import { mintToken } from "../src/registry/auth.ts";
+import { createRegistry } from "../src/registry/server.ts";
+import { type JobRecord, MemoryJobStore } from "../src/registry/store.ts";
+import { runWorker } from "../src/worker/runtime.ts";
+import { SimWorker } from "./sim-worker.ts";
+import { summarize } from "./stats.ts";
+
+const credentials = { apiKey: "bench", apiSecret: "bench-secret-bench-secret" };
+const silent = createLogger("ERROR", new Writable({ write: (_c, _e, done) => done() }));
+const agentModule = fileURLToPath(new URL("./agents/noop.ts", import.meta.url));
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function wsRoundTrip() {
+  const server = new WebSocketServer({ port: 0, host: "127.0.0.1", perMessageDeflate: false });
+  await new Promise((resolve) => server.once("listening", resolve));
+  server.on("connection", (ws) => ws.on("message", (data) => ws.send(data)));
+  const port = (server.address() as { port: number }).port;
+  const ws = new WebSocket(`ws://127.0.0.1:${port}`, { perMessageDeflate: false });
+  await new Promise((resolve) => ws.once("open", resolve));
+  const samples: number[] = [];
+  for (let i = 0; i < 3_000; i++) {
+    const started = performance.now();
+    ws.send(JSON.stringify({ type: "ping", i, ts: started }));
+    await new Promise((resolve) => ws.once("message", resolve));
+    if (i >= 300) samples.push(performance.now() - started);
+  }
+  ws.terminate();
+  await new Promise((resolve) => server.close(resolve));
+  return summarize(samples);
+}
+
+/** Records when each job record first turns running: the entrypoint has started in its child. */
+class TimedStore extends MemoryJobStore {
+  readonly runningAt = new Map<string, number>();
+  readonly waiters = new Map<string, () => void>();
+  override async update(id: string, patch: Partial<JobRecord>) {
+    if (patch.status === "running" && !this.runningAt.has(id)) {
+      this.runningAt.set(id, performance.now());
+      this.waiters.get(id)?.();
+    }
+    return super.update(id, patch);
+  }
+}
+
+async function endToEnd(jobs: number) {
+  const store = new TimedStore();
+  const registry = await createRegistry({ ...credentials, port: 0, logger: silent, store });
+  const options = new Options(
+    {
+      register: true,
+      registryUrl: registry.url,
+      ...credentials,
+      maxProcesses: 4,
+      numIdleProcesses: 3,
+      loadThreshold: 1,
+      port: 0,
+      host: "127.0.0.1",
+      logLevel: "ERROR",
+    },
+    {},
+  );
+  const worker = await runWorker(
+    { entrypoint: async () => {}, jobctx: undefined, options, agentModule },
+    { logger: silent, handleSignals: false },
+  );
+  const idle = () => Object.values(worker.actor.getSnapshot().context.slots).filter((s) => s.phase === "idle").length;
+  const token = await mintToken(credentials, { role: "dispatcher" });
+  const samples: number[] = [];
+  for (let i = 0; i < jobs; i++) {
+    while (idle() < 3 || registry.core.dispatches.size > 0) await sleep(2);
+    const started = performance.now();
+    const response = await fetch(`${registry.url}/v1/jobs`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      body: JSON.stringify({ agent_name: "Agent" }),
+    });
+    const { job } = (await response.json()) as { job: { id: string } };
+    if (!store.runningAt.has(job.id)) {
+      await new Promise<void>((resolve) => store.waiters.set(job.id, resolve));
+    }
+    samples.push((store.runningAt.get(job.id) as number) - started);
+  }
+  worker.stop();
+  await worker.done;
+  await registry.close();
+  return summarize(samples);
+}
+
+async function throughput(workers: number, dispatches: number, concurrency: number) {
+  const registry = await createRegistry({ ...credentials, port: 0, logger: silent });
+  const workerToken = await mintToken(credentials, { role: "worker" });
+  const sims = Array.from(
+    { length: workers },
+    () => new SimWorker({ url: registry.url, token: workerToken, agentName: "Agent", maxProcesses: 50, jobMs: 5 }),
+  );
+  await Promise.all(sims.map((s) => s.ready));
+  await sleep(200);
+  const token = await mintToken(credentials, { role: "dispatcher" });
+  let next = 0;
+  const started = performance.now();
+  const post = async () => {
+    while (next < dispatches) {
+      next++;
+      await fetch(`${registry.url}/v1/jobs`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+        body: JSON.stringify({ agent_name: "Agent" }),
+      });
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, post));
+  const accepted = performance.now();
+  while (sims.reduce((sum, s) => sum + s.completed, 0) < dispatches) {
+    if (performance.now() - accepted > 120_000) break;
+    await sleep(5);
+  }
+  const finished = performance.now();
+  const completed = sims.reduce((sum, s) => sum + s.completed, 0);
+  const perWorker = sims.map((s) => s.completed);
+  for (const s of sims) s.close();
+  await registry.close();
+  return {
+    workers,
+    dispatches,
+    completed,
+    http_concurrency: concurrency,
+    dispatches_per_second: Math.round((completed / (finished - started)) * 1000),
+    per_worker_min: Math.min(...perWorker),
+    per_worker_max: Math.max(...perWorker),
+  };
+}
+
+async function capacity(counts: number[]) {
+  const child = fork(fileURLToPath(new URL("./registry-server.ts", import.meta.url)), [], {
+    stdio: ["ignore", "pipe", "inherit", "ipc"],
+    execArgv: ["--import", "tsx"],
+    env: { ...process.env, BENCH_KEY: credentials.apiKey, BENCH_SECRET: credentials.apiSecret },
+  });
+  const { url } = await new Promise<{ url: string }>((resolve) => {
+    createInterface({ input: child.stdout as NodeJS.ReadableStream }).once("line", (line) => resolve(JSON.parse(line)));
+  });
+  const token = await mintToken(credentials, { role: "worker" });
+  const sims: SimWorker[] = [];
+  const results = [];
+  for (const count of counts) {
+    while (sims.length < count) {
+      const batch = Array.from(
+        { length: Math.min(250, count - sims.length) },
+        () => new SimWorker({ url, token, agentName: "Agent", maxProcesses: 1, jobMs: 10 }),
+      );
+      await Promise.all(batch.map((s) => s.ready));
+      sims.push(...batch);
+    }
+    await sleep(6_000); // let every session settle and see a full ping round
+    const before = await pidusage(child.pid as number);
+    const cpuStart = process.hrtime.bigint();
+    const usageStart = (before as unknown as { ctime: number }).ctime;
+    // Workers heartbeat every 5 s (the default is 30 s): ten seconds covers two registry ping rounds too.
+    const heartbeats = setInterval(() => {
+      for (const s of sims) s.heartbeat();
+    }, 5_000);
+    await sleep(10_000);
+    clearInterval(heartbeats);
+    const after = await pidusage(child.pid as number);
+    const elapsedMs = Number(process.hrtime.bigint() - cpuStart) / 1e6;
+    const cpuMs = (after as unknown as { ctime: number }).ctime - usageStart;
+    results.push({
+      connected_workers: count,
+      registry_rss_mb: Math.round((after.memory / 1024 / 1024) * 10) / 10,
+      registry_cpu_percent_of_one_core: Math.round((cpuMs / elapsedMs) * 1000) / 10,
+    });
+  }
+  for (const s of sims) s.close();
+  child.kill("SIGTERM");
+  await new Promise((resolve) => child.once("exit", resolve));
+  return results;
+}
+
+const result: Record<string, unknown> = { bench: "dispatch", node: process.version };
+result.ws_round_trip = await wsRoundTrip();
+result.end_to_end_dispatch = await endToEnd(Number(process.env.BENCH_JOBS ?? 200));
+result.throughput = await throughput(20, Number(process.env.BENCH_DISPATCHES ?? 5_000), 64);
+if (!process.env.BENCH_SKIP_CAPACITY) result.capacity = await capacity([1_000, 5_000, 10_000]);
+result.targets = {
+  dispatch_p50_ms: 10,
+  dispatch_p99_ms: 50,
+  dispatches_per_second: 1_000,
+  rss_mb_at_10k: 1_024,
+  cpu_percent_at_10k: 10,
+};
+console.log(JSON.stringify(result, null, 2));

@@ -1,0 +1,15 @@
+/** A registry in its own process for the capacity benchmark; prints its URL as one JSON line. */
+import { Writable } from "node:stream";
+import { createLogger } from "../src/observability/logger.ts";
+import { createRegistry } from "../src/registry/server.ts";
+
+const registry = await createRegistry({
+  apiKey: process.env.BENCH_KEY ?? "bench",
+  apiSecret: process.env.BENCH_SECRET ?? "bench-secret-bench-secret",
+  port: 0,
+  logger: createLogger("ERROR", new Writable({ write: (_c, _e, done) => done() })),
+  timing: { pingIntervalMs: 5_000, pongTimeoutMs: 10_000, registrationTimeoutMs: 60_000 },
+});
+process.stdout.write(`${JSON.stringify({ url: registry.url })}\n`);
+process.on("disconnect", () => process.exit(0));
+process.on("SIGTERM", () => registry.close().then(() => process.exit(0)));
