@@ -6,9 +6,10 @@
  * Run: npx tsx bench/dispatch.ts   (BENCH_SKIP_CAPACITY=1 skips the connection-count part)
  */
 import { fork } from "node:child_process";
+import { createRequire } from "node:module";
 import { createInterface } from "node:readline";
 import { Writable } from "node:stream";
-import { fileURLToPath } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import pidusage from "pidusage";
 import WebSocket, { WebSocketServer } from "ws";
 import { createLogger } from "../src/observability/logger.ts";
@@ -23,6 +24,7 @@ import { summarize } from "./stats.ts";
 const credentials = { apiKey: "bench", apiSecret: "bench-secret-bench-secret" };
 const silent = createLogger("ERROR", new Writable({ write: (_c, _e, done) => done() }));
 const agentModule = fileURLToPath(new URL("./agents/noop.ts", import.meta.url));
+const tsxLoader = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function wsRoundTrip() {
@@ -101,8 +103,28 @@ async function endToEnd(jobs: number) {
   return summarize(samples);
 }
 
+/** The registry runs in its own process, so the simulated workers and the HTTP client do not share its core. */
+async function startRegistryProcess() {
+  const child = fork(fileURLToPath(new URL("./registry-server.ts", import.meta.url)), [], {
+    stdio: ["ignore", "pipe", "inherit", "ipc"],
+    execArgv: ["--import", tsxLoader, ...(process.env.BENCH_PROFILE ? ["--cpu-prof"] : [])],
+    env: { ...process.env, BENCH_KEY: credentials.apiKey, BENCH_SECRET: credentials.apiSecret },
+  });
+  const { url } = await new Promise<{ url: string }>((resolve) => {
+    createInterface({ input: child.stdout as NodeJS.ReadableStream }).once("line", (line) => resolve(JSON.parse(line)));
+  });
+  return {
+    child,
+    url,
+    stop: async () => {
+      child.kill("SIGTERM");
+      await new Promise((resolve) => child.once("exit", resolve));
+    },
+  };
+}
+
 async function throughput(workers: number, dispatches: number, concurrency: number) {
-  const registry = await createRegistry({ ...credentials, port: 0, logger: silent });
+  const registry = await startRegistryProcess();
   const workerToken = await mintToken(credentials, { role: "worker" });
   const sims = Array.from(
     { length: workers },
@@ -133,7 +155,7 @@ async function throughput(workers: number, dispatches: number, concurrency: numb
   const completed = sims.reduce((sum, s) => sum + s.completed, 0);
   const perWorker = sims.map((s) => s.completed);
   for (const s of sims) s.close();
-  await registry.close();
+  await registry.stop();
   return {
     workers,
     dispatches,
@@ -146,14 +168,8 @@ async function throughput(workers: number, dispatches: number, concurrency: numb
 }
 
 async function capacity(counts: number[]) {
-  const child = fork(fileURLToPath(new URL("./registry-server.ts", import.meta.url)), [], {
-    stdio: ["ignore", "pipe", "inherit", "ipc"],
-    execArgv: ["--import", "tsx"],
-    env: { ...process.env, BENCH_KEY: credentials.apiKey, BENCH_SECRET: credentials.apiSecret },
-  });
-  const { url } = await new Promise<{ url: string }>((resolve) => {
-    createInterface({ input: child.stdout as NodeJS.ReadableStream }).once("line", (line) => resolve(JSON.parse(line)));
-  });
+  const registry = await startRegistryProcess();
+  const { child, url } = registry;
   const token = await mintToken(credentials, { role: "worker" });
   const sims: SimWorker[] = [];
   const results = [];
@@ -186,14 +202,15 @@ async function capacity(counts: number[]) {
     });
   }
   for (const s of sims) s.close();
-  child.kill("SIGTERM");
-  await new Promise((resolve) => child.once("exit", resolve));
+  await registry.stop();
   return results;
 }
 
 const result: Record<string, unknown> = { bench: "dispatch", node: process.version };
-result.ws_round_trip = await wsRoundTrip();
-result.end_to_end_dispatch = await endToEnd(Number(process.env.BENCH_JOBS ?? 200));
+if (!process.env.BENCH_ONLY_THROUGHPUT) {
+  result.ws_round_trip = await wsRoundTrip();
+  result.end_to_end_dispatch = await endToEnd(Number(process.env.BENCH_JOBS ?? 200));
+}
 result.throughput = await throughput(20, Number(process.env.BENCH_DISPATCHES ?? 5_000), 64);
 if (!process.env.BENCH_SKIP_CAPACITY) result.capacity = await capacity([1_000, 5_000, 10_000]);
 result.targets = {

@@ -10,7 +10,7 @@ import { fileURLToPath } from "node:url";
 import { fromCallback } from "xstate";
 import { createLogger } from "../src/observability/logger.ts";
 import { Options } from "../src/options.ts";
-import { type WorkerHandle, runWorker } from "../src/worker/runtime.ts";
+import { runWorker, type WorkerHandle } from "../src/worker/runtime.ts";
 import { summarize } from "./stats.ts";
 
 const JOBS = Number(process.env.BENCH_JOBS ?? 200);

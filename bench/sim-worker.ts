@@ -23,7 +23,10 @@ export class SimWorker {
 
   constructor(private readonly options: SimWorkerOptions) {
     const endpoint = `${options.url.replace(/^http/, "ws")}/agent`;
-    this.ws = new WebSocket(endpoint, { headers: { authorization: `Bearer ${options.token}` }, perMessageDeflate: false });
+    this.ws = new WebSocket(endpoint, {
+      headers: { authorization: `Bearer ${options.token}` },
+      perMessageDeflate: false,
+    });
     this.ready = new Promise((resolve, reject) => {
       this.ws.once("error", reject);
       this.ws.on("message", (data) => {

@@ -35,7 +35,6 @@ interface LiveDispatch {
   record: JobRecord;
   /** workerId → availability epoch when that worker was tried */
   tried: Map<string, number>;
-  waiting: boolean;
   /** The worker with an unanswered offer for this job; counted in its inflight. */
   offeredTo: string | undefined;
 }
@@ -48,6 +47,8 @@ interface LiveDispatch {
 export class RegistryCore {
   readonly workers = new Map<string, WorkerLink>();
   readonly dispatches = new Map<string, LiveDispatch>();
+  /** Dispatches that found no worker and wait for capacity. */
+  readonly #waiting = new Set<LiveDispatch>();
   readonly wss: WebSocketServer;
   #closing = false;
 
@@ -342,7 +343,7 @@ export class RegistryCore {
         ...(adoptedBy ? { adoptedBy } : {}),
       },
     });
-    const live: LiveDispatch = { actor, record, tried: new Map(), waiting: false, offeredTo: undefined };
+    const live: LiveDispatch = { actor, record, tried: new Map(), offeredTo: undefined };
     this.dispatches.set(record.id, live);
     if (adoptedBy) this.workers.get(adoptedBy)?.jobs.add(record.id);
     actor.on("*", (event) => this.#onDispatchEmitted(live, event as DispatchEmitted));
@@ -370,10 +371,10 @@ export class RegistryCore {
         // Deliver after this transition completes: the machine is still processing its entry actions.
         queueMicrotask(() => {
           if (pick) {
-            live.waiting = false;
+            this.#waiting.delete(live);
             live.actor.send({ type: "candidate", workerId: pick.workerId });
           } else {
-            live.waiting = true;
+            this.#waiting.add(live);
             live.actor.send({ type: "no_candidate" });
           }
         });
@@ -431,6 +432,7 @@ export class RegistryCore {
       case "finished": {
         const { output } = event;
         this.#releaseOffer(live);
+        this.#waiting.delete(live);
         this.dispatches.delete(record.id);
         if (output.workerId) this.workers.get(output.workerId)?.jobs.delete(record.id);
         this.metrics.finished.inc({ status: output.status, reason: output.reason ?? "" });
@@ -457,12 +459,9 @@ export class RegistryCore {
   }
 
   #wakeWaitingDispatches(): void {
-    for (const live of this.dispatches.values()) {
-      if (live.waiting) {
-        live.waiting = false;
-        live.actor.send({ type: "capacity_changed" });
-      }
-    }
+    const waiting = [...this.#waiting];
+    this.#waiting.clear();
+    for (const live of waiting) live.actor.send({ type: "capacity_changed" });
   }
 
   /** Workers for GET /v1/workers. */
