@@ -14,6 +14,7 @@ interface StateNodeLike {
 }
 interface TransitionLike {
   source: StateNodeLike;
+  target?: StateNodeLike[];
   eventType: string;
 }
 
@@ -54,6 +55,10 @@ export function recordCoverage(event: InspectionEvent): void {
       if (typeof t.eventType !== "string") continue; // initial transitions
       const i = indexOf(t);
       if (i >= 0) takenTransitions.add(transitionKey(t.source.id, t.eventType, i));
+      // A transient state (left by an eventless transition at once) shows in no snapshot: its
+      // transitions taken and their targets prove it was entered.
+      reachedStates.add(t.source.id);
+      for (const target of t.target ?? []) reachedStates.add(target.id);
     }
   }
 }
