@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest";
 import { fromCallback } from "xstate";
 import {
   type ConnectionEvent,
+  type ConnectionInput,
   type ConnectionOutput,
   connectionMachine,
   MAX_RECENT_FINAL,
@@ -24,7 +25,7 @@ class FakeSocket {
   readonly commands: SocketCommand[][] = [];
   sendBack: ((event: SocketEvent) => void) | undefined;
   connections = 0;
-  readonly logic = fromCallback<SocketCommand, unknown, SocketEvent>(({ sendBack, receive }) => {
+  readonly logic = fromCallback<SocketCommand, ConnectionInput, SocketEvent>(({ sendBack, receive }) => {
     this.connections++;
     const mine: SocketCommand[] = [];
     this.commands.push(mine);
