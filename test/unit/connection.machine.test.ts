@@ -255,7 +255,7 @@ describe("connection machine", () => {
     for (let i = 0; i < MAX_RECENT_FINAL + 20; i++) {
       t.send({ type: "link.job_update", update: { jobId: `j${i}`, status: "completed" } });
     }
-    const inventory = t.snapshot().context.inventory;
+    const inventory = t.snapshot().context.inventory as { job_id: string; status: string }[];
     expect(inventory.filter((e) => e.status !== "running")).toHaveLength(MAX_RECENT_FINAL);
     expect(inventory.find((e) => e.job_id === "long")?.status).toBe("running");
     expect(inventory.find((e) => e.job_id === "j0")).toBeUndefined();
