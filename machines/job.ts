@@ -1,4 +1,4 @@
-import { assign, type DoneActorEvent, fromPromise, sendParent, setup } from "xstate";
+import { assign, type DoneActorEvent, enqueueActions, fromPromise, sendParent, setup } from "xstate";
 import type { ErrorInfo, FailureReason, JobOutcome, JobSpec } from "./shared.ts";
 
 export interface JobTiming {
@@ -55,6 +55,8 @@ export interface JobContext {
   slotId: string | null;
   outcome: JobOutcome | null;
   declineReason: string | null;
+  /** Why a stop was requested, once one was. */
+  stopReason: StopRequestReason | null;
   finalStatus: JobFinalStatus | null;
 }
 
@@ -86,6 +88,7 @@ export const jobMachine = setup({
     isPreassigned: ({ context }) => context.preassigned,
     accepted: ({ event }) => (event as unknown as DoneActorEvent<boolean>).output === true,
     hasMaxDuration: ({ context }) => (context.spec.maxDurationMs || context.timing.maxDurationMs) > 0,
+    stoppedToCancel: ({ context }) => context.stopReason === "cancelled",
     outcomeCompleted: ({ event }) => event.type === "job.ended" && event.outcome.status === "completed",
     outcomeCancelled: ({ event }) => event.type === "job.ended" && event.outcome.status === "cancelled",
   },
@@ -121,12 +124,23 @@ export const jobMachine = setup({
       }),
     }),
     finish: assign({ finalStatus: (_, params: { status: JobFinalStatus }) => params.status }),
-    requestStop: sendParent(({ context }, params: { reason: StopRequestReason }) => ({
-      type: "job.stop",
-      jobId: context.spec.jobId,
-      slotId: context.slotId ?? "",
-      reason: params.reason,
-    })),
+    requestStop: enqueueActions(({ context, enqueue }, params: { reason: StopRequestReason }) => {
+      enqueue.assign({ stopReason: params.reason });
+      enqueue.sendParent({
+        type: "job.stop",
+        jobId: context.spec.jobId,
+        slotId: context.slotId ?? "",
+        reason: params.reason,
+      });
+    }),
+    /** The process never took the job it was asked to stop: the stop's own reason is the outcome. */
+    failWithStopReason: assign({
+      outcome: ({ context }): JobOutcome => ({
+        status: "failed",
+        reason:
+          context.stopReason === "cancelled" || context.stopReason === null ? "launch_failed" : context.stopReason,
+      }),
+    }),
   },
 }).createMachine({
   id: "job",
@@ -137,6 +151,7 @@ export const jobMachine = setup({
     slotId: null,
     outcome: null,
     declineReason: null,
+    stopReason: null,
     finalStatus: null,
   }),
   initial: "received",
@@ -231,6 +246,10 @@ export const jobMachine = setup({
     /** A stop was requested; the slot's exit decides the final outcome. */
     ending: {
       on: {
+        "job.unplaced": [
+          { guard: "stoppedToCancel", target: "cancelled" },
+          { target: "failed", actions: "failWithStopReason" },
+        ],
         "job.ended": [
           { guard: "outcomeCompleted", target: "completed", actions: "recordOutcome" },
           { guard: "outcomeCancelled", target: "cancelled", actions: "recordOutcome" },

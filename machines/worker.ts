@@ -62,6 +62,8 @@ export interface WorkerContext {
   waiting: string[];
   nextSlotNumber: number;
   spawnFailures: number;
+  /** Processes that failed to warm since the pool last looked; the pool backs off on the next step. */
+  unseenSpawnFailures: number;
   externalLoad: number;
   exitCode: number;
 }
@@ -81,7 +83,6 @@ export type WorkerEvent =
   | { type: "worker.drain" }
   | { type: "worker.stop" }
   | { type: "worker.capacity_changed" }
-  | { type: "pool.spawn_failed" }
   | { type: "slot.ready"; slotId: string }
   | { type: "slot.job_running"; slotId: string; jobId: string }
   | { type: "slot.assign_refused"; slotId: string; job: JobSpec }
@@ -175,6 +176,7 @@ export const workerMachine = setup({
       "spec" in event && jobCount(context) < context.maxProcesses && !context.jobs[event.spec.jobId],
     knownJob: ({ context, event }) => "spec" in event && Boolean(context.jobs[event.spec.jobId]),
     poolWarm: ({ context }) => count(context.slots, "idle") >= Math.min(context.numIdleProcesses, context.maxProcesses),
+    processesFailedToWarm: ({ context }) => context.unseenSpawnFailures > 0,
     noJobs: ({ context }) => jobCount(context) === 0,
     nothingAlive: ({ context }) => jobCount(context) === 0 && Object.keys(context.slots).length === 0,
     belowWarmTarget: ({ context }) => {
@@ -365,8 +367,11 @@ export const workerMachine = setup({
         output.stopReason !== "initialize_timeout" &&
         output.stopReason !== "unresponsive";
       const diedWithoutJob = output.jobId === null && !requestedStop;
-      if (diedWithoutJob) enqueue.raise({ type: "pool.spawn_failed" });
-      enqueue.assign({ slots, jobs });
+      enqueue.assign({
+        slots,
+        jobs,
+        unseenSpawnFailures: context.unseenSpawnFailures + (diedWithoutJob ? 1 : 0),
+      });
       enqueue.stopChild(actorId);
       enqueue.emit({ type: "slot.exited", output });
       enqueue.raise({ type: "worker.capacity_changed" });
@@ -383,9 +388,8 @@ export const workerMachine = setup({
           outcome: { status: "failed", reason: "crashed", error: { name: "Error", message: "slot supervisor failed" } },
         });
       }
-      enqueue.assign({ slots });
+      enqueue.assign({ slots, unseenSpawnFailures: context.unseenSpawnFailures + 1 });
       enqueue.stopChild(actorId);
-      enqueue.raise({ type: "pool.spawn_failed" });
     }),
     /** Final job actors are stopped at once and reported exactly once. */
     settleJob: enqueueActions(({ context, enqueue, event }) => {
@@ -431,7 +435,10 @@ export const workerMachine = setup({
       externalLoad: ({ event }) =>
         event.type === "worker.load" && Number.isFinite(event.value) ? Math.min(1, Math.max(0, event.value)) : 0,
     }),
-    countSpawnFailure: assign({ spawnFailures: ({ context }) => context.spawnFailures + 1 }),
+    countSpawnFailures: assign({
+      spawnFailures: ({ context }) => context.spawnFailures + context.unseenSpawnFailures,
+      unseenSpawnFailures: () => 0,
+    }),
     exitWith: assign({ exitCode: (_, params: { code: number }) => params.code }),
     exitForcedIfJobs: assign({ exitCode: ({ context }) => (jobCount(context) > 0 ? EXIT_FORCED : context.exitCode) }),
   },
@@ -451,6 +458,7 @@ export const workerMachine = setup({
     waiting: [],
     nextSlotNumber: 0,
     spawnFailures: 0,
+    unseenSpawnFailures: 0,
     externalLoad: 0,
     exitCode: EXIT_CLEAN,
   }),
@@ -490,7 +498,6 @@ export const workerMachine = setup({
         "worker.capacity_changed": {},
         "worker.drain": {},
         "worker.stop": {},
-        "pool.spawn_failed": {},
         "slot.ready": { actions: ["markSlotIdle", "matchSlots", raise({ type: "worker.capacity_changed" })] },
         "slot.job_running": { actions: "reportRunning" },
         "slot.assign_refused": { actions: "unplaceRefused" },
@@ -578,19 +585,20 @@ export const workerMachine = setup({
           initial: "ready",
           states: {
             ready: {
+              // Checked before spawning, in the same step the failure was settled: no respawn slips in.
               always: [
+                { guard: "processesFailedToWarm", target: "backingOff", actions: "countSpawnFailures" },
                 {
                   guard: and([not(stateIn(DRAINING)), not(stateIn(STOPPING)), "belowWarmTarget"]),
                   actions: "spawnSlot",
                 },
                 { guard: and([stateIn(DRAINING), "jobsWaitingForSlots"]), actions: "spawnSlot" },
               ],
-              on: { "pool.spawn_failed": { target: "backingOff", actions: "countSpawnFailure" } },
             },
             /** Processes failed to warm: no spawns until the backoff elapses (the pool is degraded). */
             backingOff: {
               after: { spawnBackoff: "ready" },
-              on: { "pool.spawn_failed": { actions: "countSpawnFailure" } },
+              always: { guard: "processesFailedToWarm", actions: "countSpawnFailures" },
             },
           },
         },
