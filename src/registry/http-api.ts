@@ -78,8 +78,14 @@ export function createHttpApi(core: RegistryCore, credentials: Credentials, metr
     const url = new URL(req.url ?? "/", "http://registry");
     const path = url.pathname;
     try {
-      if (path === "/healthz") return (send(res, 200, { ok: true }), true);
-      if (path === "/readyz") return (send(res, 200, { ready: true, workers: core.workers.size }), true);
+      if (path === "/healthz") {
+        send(res, 200, { ok: true });
+        return true;
+      }
+      if (path === "/readyz") {
+        send(res, 200, { ready: true, workers: core.workers.size });
+        return true;
+      }
       if (path === "/metrics") {
         res.writeHead(200, { "content-type": metrics.registry.contentType });
         res.end(await metrics.registry.metrics());

@@ -1,4 +1,4 @@
-import { type AnyActorRef, type AnyEventObject, type AnyStateMachine, assign, SimulatedClock, setup } from "xstate";
+import { type AnyActorRef, type AnyEventObject, type AnyStateMachine, SimulatedClock, setup } from "xstate";
 import { createTracedActor } from "./actor.ts";
 
 /**
