@@ -62,6 +62,8 @@ export interface WorkerContext {
   waiting: string[];
   nextSlotNumber: number;
   spawnFailures: number;
+  /** The last final reports, so a job that already ran here is never started again. */
+  finishedJobs: JobUpdate[];
   /** Processes that failed to warm since the pool last looked; the pool backs off on the next step. */
   unseenSpawnFailures: number;
   externalLoad: number;
@@ -110,6 +112,9 @@ export interface WorkerOutput {
 export const slotActorId = (n: number) => `slot.${n}`;
 export const jobActorId = (jobId: string) => `job.${jobId}`;
 const jobIdOfActor = (actorId: string) => actorId.slice("job.".length);
+
+/** How many finished job ids the worker remembers to refuse a repeated assignment. */
+export const REMEMBERED_FINISHED_JOBS = 500;
 
 export const EXIT_CLEAN = 0;
 export const EXIT_LINK_FAILED = 1;
@@ -171,7 +176,12 @@ export const workerMachine = setup({
   guards: {
     isFull: ({ context }) => isFull(context),
     canAcceptOffer: ({ context, event }) =>
-      event.type === "worker.offer" && !isFull(context) && !context.jobs[event.spec.jobId],
+      event.type === "worker.offer" &&
+      !isFull(context) &&
+      !context.jobs[event.spec.jobId] &&
+      !context.finishedJobs.some((f) => f.jobId === event.spec.jobId),
+    finishedHere: ({ context, event }) =>
+      "spec" in event && context.finishedJobs.some((f) => f.jobId === event.spec.jobId),
     hasCapacityFor: ({ context, event }) =>
       "spec" in event && jobCount(context) < context.maxProcesses && !context.jobs[event.spec.jobId],
     knownJob: ({ context, event }) => "spec" in event && Boolean(context.jobs[event.spec.jobId]),
@@ -186,6 +196,10 @@ export const workerMachine = setup({
       const alive = Object.keys(context.slots).length;
       // After a failure, probe with one process at a time.
       return spare < demand && alive < context.maxProcesses && (context.spawnFailures === 0 || warming === 0);
+    },
+    aboveWarmTarget: ({ context }) => {
+      const demand = context.numIdleProcesses + context.waiting.length + reservedCount(context);
+      return count(context.slots, "idle") > demand;
     },
     jobsWaitingForSlots: ({ context }) => {
       const spare = count(context.slots, "idle") + count(context.slots, "warming");
@@ -225,6 +239,15 @@ export const workerMachine = setup({
         enqueue.sendTo(jobActorId(jobId), { type: "job.launching", slotId });
       }
       enqueue.assign({ slots, jobs, waiting });
+    }),
+    /** One idle process more than the pool needs (its job went away before it came): let it go. */
+    retireIdleSlot: enqueueActions(({ context, enqueue }) => {
+      const id = Object.keys(context.slots)
+        .filter((slotId) => context.slots[slotId]?.phase === "idle")
+        .at(-1);
+      if (!id) return;
+      enqueue.assign({ slots: { ...context.slots, [id]: { phase: "closing", jobId: null } } });
+      enqueue.sendTo(id, { type: "slot.stop", reason: "idle_shutdown" });
     }),
     /** Stops processes no job will need: every idle one, and warming ones beyond the jobs waiting. */
     stopIdleSlots: enqueueActions(({ context, enqueue }) => {
@@ -269,7 +292,12 @@ export const workerMachine = setup({
     }),
     declineOffer: enqueueActions(({ context, enqueue, event }) => {
       if (event.type !== "worker.offer") return;
-      const error = context.jobs[event.spec.jobId] ? "job already on this worker" : "worker not available";
+      const jobId = event.spec.jobId;
+      const error = context.jobs[jobId]
+        ? "job already on this worker"
+        : context.finishedJobs.some((f) => f.jobId === jobId)
+          ? "job already ran on this worker"
+          : "worker not available";
       sendToLink(enqueue, { type: "link.offer_answer", jobId: event.spec.jobId, accept: false, error });
     }),
     rejectJob: enqueueActions(({ enqueue, event }, params: { reason: string }) => {
@@ -280,6 +308,13 @@ export const workerMachine = setup({
         update: { jobId, status: "failed", reason: "launch_failed", error: { name: "Error", message: params.reason } },
       });
       enqueue.emit({ type: "job.rejected", jobId, reason: params.reason });
+    }),
+    /** A job that already ran here is reported again, never run again. */
+    repeatFinal: enqueueActions(({ context, enqueue, event }) => {
+      if (!("spec" in event)) return;
+      const update = context.finishedJobs.find((f) => f.jobId === event.spec.jobId);
+      if (update) sendToLink(enqueue, { type: "link.job_update", update });
+      enqueue.emit({ type: "job.rejected", jobId: event.spec.jobId, reason: "job already ran on this worker" });
     }),
     forwardAssignment: enqueueActions(({ context, enqueue, event }) => {
       if (event.type !== "worker.assignment") return;
@@ -404,6 +439,7 @@ export const workerMachine = setup({
         if (output.reason) update.reason = output.reason;
         if (output.error) update.error = output.error;
         sendToLink(enqueue, { type: "link.job_update", update });
+        enqueue.assign({ finishedJobs: [...context.finishedJobs, update].slice(-REMEMBERED_FINISHED_JOBS) });
       }
       enqueue.emit({ type: "job.finished", output });
       enqueue.raise({ type: "worker.capacity_changed" });
@@ -422,6 +458,7 @@ export const workerMachine = setup({
       const message = error instanceof Error ? error.message : String(error);
       const update: JobUpdate = { jobId, status: "failed", reason: "crashed", error: { name: "Error", message } };
       sendToLink(enqueue, { type: "link.job_update", update });
+      enqueue.assign({ finishedJobs: [...context.finishedJobs, update].slice(-REMEMBERED_FINISHED_JOBS) });
       enqueue.emit({
         type: "job.finished",
         output: { jobId, status: "failed", reason: "crashed", error: update.error },
@@ -459,6 +496,7 @@ export const workerMachine = setup({
     nextSlotNumber: 0,
     spawnFailures: 0,
     unseenSpawnFailures: 0,
+    finishedJobs: [],
     externalLoad: 0,
     exitCode: EXIT_CLEAN,
   }),
@@ -486,10 +524,12 @@ export const workerMachine = setup({
         "worker.offer": { actions: "declineOffer" },
         "worker.assignment": [
           { guard: "knownJob", actions: "forwardAssignment" },
+          { guard: "finishedHere", actions: "repeatFinal" },
           { guard: "hasCapacityFor", actions: { type: "spawnJob", params: { preassigned: true } } },
           { actions: { type: "rejectJob", params: { reason: "no capacity for an unannounced assignment" } } },
         ],
         "worker.run": [
+          { guard: "finishedHere", actions: "repeatFinal" },
           { guard: "hasCapacityFor", actions: { type: "spawnJob", params: { preassigned: true } } },
           { actions: { type: "rejectJob", params: { reason: "no free process for this job" } } },
         ],
@@ -593,6 +633,10 @@ export const workerMachine = setup({
                   actions: "spawnSlot",
                 },
                 { guard: and([stateIn(DRAINING), "jobsWaitingForSlots"]), actions: "spawnSlot" },
+                {
+                  guard: and([not(stateIn(DRAINING)), not(stateIn(STOPPING)), "aboveWarmTarget"]),
+                  actions: "retireIdleSlot",
+                },
               ],
             },
             /** Processes failed to warm: no spawns until the backoff elapses (the pool is degraded). */
