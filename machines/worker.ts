@@ -300,13 +300,18 @@ export const workerMachine = setup({
           : "worker not available";
       sendToLink(enqueue, { type: "link.offer_answer", jobId: event.spec.jobId, accept: false, error });
     }),
-    rejectJob: enqueueActions(({ enqueue, event }, params: { reason: string }) => {
+    /** Reported failed once and remembered: a job refused here is never started here later. */
+    rejectJob: enqueueActions(({ context, enqueue, event }, params: { reason: string }) => {
       if (!("spec" in event)) return;
       const jobId = event.spec.jobId;
-      sendToLink(enqueue, {
-        type: "link.job_update",
-        update: { jobId, status: "failed", reason: "launch_failed", error: { name: "Error", message: params.reason } },
-      });
+      const update: JobUpdate = {
+        jobId,
+        status: "failed",
+        reason: "launch_failed",
+        error: { name: "Error", message: params.reason },
+      };
+      sendToLink(enqueue, { type: "link.job_update", update });
+      enqueue.assign({ finishedJobs: [...context.finishedJobs, update].slice(-REMEMBERED_FINISHED_JOBS) });
       enqueue.emit({ type: "job.rejected", jobId, reason: params.reason });
     }),
     /** A job that already ran here is reported again, never run again. */

@@ -238,6 +238,33 @@ describe("worker machine", () => {
     expect(Object.keys(w.slots())).toEqual(["slot.0", "slot.1"]);
   });
 
+  it("never runs a job twice: a repeated run or assignment gets the same final report again", async () => {
+    const w = worker();
+    w.send({ type: "worker.run", spec: spec("a") });
+    complete(w, "a");
+    const finalReport = w.updates().at(-1);
+    w.send({ type: "worker.run", spec: spec("a") });
+    w.send({ type: "worker.assignment", spec: spec("a") });
+    w.send({ type: "worker.offer", spec: spec("a") });
+    await flush();
+    expect(w.updates().slice(-2)).toEqual([finalReport, finalReport]);
+    expect(w.sent("link.offer_answer").at(-1)).toMatchObject({
+      accept: false,
+      error: "job already ran on this worker",
+    });
+    expect(w.finished()).toHaveLength(1);
+  });
+
+  it("retires an idle process the pool no longer needs", async () => {
+    const w = worker({ input: { numIdleProcesses: 0, maxProcesses: 2 } });
+    w.send({ type: "worker.offer", spec: spec("a") });
+    await flush();
+    expect(w.phases("idle")).toBe(1);
+    w.clock.increment(5_000);
+    expect(w.finished()).toEqual([{ jobId: "a", status: "expired" }]);
+    expect(w.phases("idle")).toBe(0);
+  });
+
   it("cancels a job on termination", () => {
     const w = worker();
     w.send({ type: "worker.run", spec: spec("a") });
