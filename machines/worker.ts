@@ -46,6 +46,8 @@ export interface JobView {
   spec: JobSpec;
   phase: "reserved" | "waiting" | "placed";
   slotId: string | null;
+  /** Set once `running` went to the registry, so a repeated report is not forwarded twice. */
+  reportedRunning?: true;
 }
 
 export interface WorkerContext {
@@ -272,8 +274,10 @@ export const workerMachine = setup({
       }
       enqueue.assign({ slots });
     }),
-    refuseSlot: enqueueActions(({ enqueue, event }) => {
-      if (event.type === "job.needs_slot") enqueue.sendTo(jobActorId(event.jobId), { type: "job.shutdown" });
+    refuseSlot: enqueueActions(({ context, enqueue, event }) => {
+      // A job that already settled has no actor left to tell.
+      if (event.type !== "job.needs_slot" || !context.jobs[event.jobId]) return;
+      enqueue.sendTo(jobActorId(event.jobId), { type: "job.shutdown" });
     }),
     shutdownJobs: enqueueActions(({ context, enqueue }) => {
       for (const jobId of Object.keys(context.jobs)) enqueue.sendTo(jobActorId(jobId), { type: "job.shutdown" });
@@ -376,7 +380,10 @@ export const workerMachine = setup({
       enqueue.sendTo(event.slotId, { type: "slot.stop", reason: event.reason });
     }),
     reportRunning: enqueueActions(({ context, enqueue, event }) => {
-      if (event.type !== "slot.job_running" || context.jobs[event.jobId]?.slotId !== event.slotId) return;
+      if (event.type !== "slot.job_running") return;
+      const job = context.jobs[event.jobId];
+      if (!job || job.slotId !== event.slotId || job.reportedRunning) return;
+      enqueue.assign({ jobs: { ...context.jobs, [event.jobId]: { ...job, reportedRunning: true } } });
       enqueue.sendTo(jobActorId(event.jobId), { type: "job.running" });
       sendToLink(enqueue, { type: "link.job_update", update: { jobId: event.jobId, status: "running" } });
     }),
@@ -429,6 +436,14 @@ export const workerMachine = setup({
         });
       }
       enqueue.assign({ slots, unseenSpawnFailures: context.unseenSpawnFailures + 1 });
+      // A machine that fails leaves its invocations running (xstate #5153): stop its process actor
+      // ourselves, or the process would outlive its supervisor and break the maxProcesses bound.
+      enqueue(({ self }) => {
+        const broken = self.getSnapshot().children[actorId] as AnyActorRef | undefined;
+        const processActor = broken?.getSnapshot().children?.process as { _stop?: () => void } | undefined;
+        // Public stop() refuses non-root actors; _stop() is what a parent calls to stop its child.
+        processActor?._stop?.();
+      });
       enqueue.stopChild(actorId);
     }),
     /** Final job actors are stopped at once and reported exactly once. */
@@ -534,6 +549,8 @@ export const workerMachine = setup({
           { actions: { type: "rejectJob", params: { reason: "no capacity for an unannounced assignment" } } },
         ],
         "worker.run": [
+          // The same job run twice while it is live: it is already running here.
+          { guard: "knownJob" },
           { guard: "finishedHere", actions: "repeatFinal" },
           { guard: "hasCapacityFor", actions: { type: "spawnJob", params: { preassigned: true } } },
           { actions: { type: "rejectJob", params: { reason: "no free process for this job" } } },
@@ -603,9 +620,14 @@ export const workerMachine = setup({
                 drainTimeout: { target: "stopping", actions: { type: "exitWith", params: { code: EXIT_FORCED } } },
               },
               on: {
-                "worker.run": { actions: { type: "rejectJob", params: { reason: "worker is draining" } } },
+                "worker.run": [
+                  { guard: "knownJob" },
+                  { guard: "finishedHere", actions: "repeatFinal" },
+                  { actions: { type: "rejectJob", params: { reason: "worker is draining" } } },
+                ],
                 "worker.assignment": [
                   { guard: "knownJob", actions: "forwardAssignment" },
+                  { guard: "finishedHere", actions: "repeatFinal" },
                   { actions: { type: "rejectJob", params: { reason: "worker is draining" } } },
                 ],
                 "worker.capacity_changed": { actions: { type: "publishStatus", params: { status: "draining" } } },
@@ -618,8 +640,17 @@ export const workerMachine = setup({
               entry: ["shutdownJobs", "stopAllSlots"],
               always: { guard: "nothingAlive", target: "#worker.stopped" },
               on: {
-                "worker.run": { actions: { type: "rejectJob", params: { reason: "worker is stopping" } } },
-                "worker.assignment": { actions: { type: "rejectJob", params: { reason: "worker is stopping" } } },
+                // A live job is already being stopped and will report its own end; never a second one.
+                "worker.run": [
+                  { guard: "knownJob" },
+                  { guard: "finishedHere", actions: "repeatFinal" },
+                  { actions: { type: "rejectJob", params: { reason: "worker is stopping" } } },
+                ],
+                "worker.assignment": [
+                  { guard: "knownJob" },
+                  { guard: "finishedHere", actions: "repeatFinal" },
+                  { actions: { type: "rejectJob", params: { reason: "worker is stopping" } } },
+                ],
                 "slot.ready": { actions: ["markSlotIdle", "stopAllSlots"] },
                 "job.needs_slot": { actions: "refuseSlot" },
               },

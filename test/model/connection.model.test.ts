@@ -1,8 +1,9 @@
 import { describe, expect, it } from "vitest";
-import { assign, fromCallback, setup } from "xstate";
+import { type AnyActorRef, assign, fromCallback, type SnapshotFrom, setup } from "xstate";
 import { createTestModel } from "xstate/graph";
 import {
   type ConnectionInput,
+  type ConnectionTiming,
   connectionMachine,
   type SocketCommand,
   type SocketEvent,
@@ -10,7 +11,8 @@ import {
 import { hostChild } from "../support/host.ts";
 
 const MAX_RETRY = 2;
-const timing = {
+const RANDOM = 0.5;
+const timing: ConnectionTiming = {
   registrationTimeoutMs: 1_000,
   pingIntervalMs: 500,
   pongTimeoutMs: 200,
@@ -18,97 +20,207 @@ const timing = {
   backoffMaxMs: 400,
 };
 
-/** The link as the worker sees it, with a failure count that ends in `failed` after MAX_RETRY. */
-const fail = {
-  guard: ({ context }: { context: { retries: number } }) => context.retries + 1 >= MAX_RETRY,
-  target: "failed",
-};
-const backOff = { target: "backoff", actions: "countFailure" } as const;
+interface ModelContext {
+  /** Consecutive failures, as the real machine counts them. */
+  retries: number;
+  /** The worker id the registry gave ("" before the first accepted registration). */
+  workerId: string;
+}
+
+/**
+ * The link as the worker sees it. Timers and the socket are plain events here (no invoke, no after):
+ * each is played on the real machine by the event handlers below. Every failure counts one retry; the
+ * MAX_RETRY-th consecutive one ends in `failed`; an accepted registration resets the count.
+ */
+const failure = [
+  {
+    guard: ({ context }: { context: ModelContext }) => context.retries + 1 >= MAX_RETRY,
+    target: "failed",
+    actions: "countFailure",
+  },
+  { target: "backoff", actions: "countFailure" },
+] as const;
+
 const connectionModel = setup({
-  types: { context: {} as { retries: number } },
-  actions: { countFailure: assign({ retries: ({ context }) => context.retries + 1 }), reset: assign({ retries: 0 }) },
+  types: { context: {} as ModelContext },
+  actions: {
+    countFailure: assign({ retries: ({ context }) => context.retries + 1 }),
+    acceptRegistration: assign({ retries: 0, workerId: "w-1" }),
+  },
 }).createMachine({
   id: "connectionModel",
-  context: { retries: 0 },
+  context: { retries: 0, workerId: "" },
   initial: "connecting",
   states: {
-    connecting: { on: { OPEN: "registering", DROP: [fail, backOff] } },
+    connecting: {
+      on: { OPEN: "registering", DROP: failure, SOCKET_ERROR: failure },
+    },
     registering: {
       on: {
-        REGISTER_OK: { target: "quiet", actions: "reset" },
-        REGISTER_REFUSED: [fail, backOff],
-        REGISTER_TIMEOUT: [fail, backOff],
-        DROP: [fail, backOff],
+        REGISTER_OK: { target: "quiet", actions: "acceptRegistration" },
+        REGISTER_REFUSED: failure,
+        REGISTER_TIMEOUT: failure,
+        DROP: failure,
+        SOCKET_ERROR: failure,
       },
     },
-    quiet: { on: { PING_DUE: "awaitingPong", DROP: [fail, backOff] } },
-    awaitingPong: { on: { PONG: "quiet", PONG_TIMEOUT: [fail, backOff], DROP: [fail, backOff] } },
-    backoff: { on: { BACKOFF_ELAPSED: "connecting" } },
+    quiet: {
+      on: { PING_DUE: "awaitingPong", DROP: failure, SOCKET_ERROR: failure },
+    },
+    awaitingPong: {
+      on: { PONG: "quiet", PONG_TIMEOUT: failure, DROP: failure, SOCKET_ERROR: failure },
+    },
+    backoff: {
+      on: { BACKOFF_ELAPSED: "connecting" },
+    },
     failed: { type: "final" },
   },
 });
 
+type ConnectionSnapshot = SnapshotFrom<typeof connectionMachine>;
+
+/** The real machine, hosted as the worker would host it, with a fake socket the events speak through. */
 function createSut() {
   let sendBack: ((event: SocketEvent) => void) | undefined;
-  const sent: SocketCommand[] = [];
+  let sockets = 0;
+  let commands: SocketCommand[] = [];
   const socket = fromCallback<SocketCommand, ConnectionInput, SocketEvent>(({ sendBack: back, receive }) => {
+    sockets++;
     sendBack = back;
-    receive((command) => sent.push(command));
+    const mine: SocketCommand[] = [];
+    commands = mine;
+    receive((command) => {
+      if ((command as { type: string }).type === "test.crash") throw new Error("socket crashed");
+      mine.push(command);
+    });
   });
   const t = hostChild(connectionMachine.provide({ actors: { socket } }), {
-    agentName: "A",
+    agentName: "agent-a",
     maxProcesses: 2,
     loadThreshold: 0.75,
     maxRetry: MAX_RETRY,
     timing,
-    random: () => 0.5,
-  });
-  return { ...t, sent, emit: (event: SocketEvent) => sendBack?.(event) };
+    random: () => RANDOM,
+  } satisfies ConnectionInput);
+  const snap = () => t.snapshot() as ConnectionSnapshot;
+  return {
+    ...t,
+    snap,
+    /** Commands the current socket received. */
+    commands: () => commands,
+    sockets: () => sockets,
+    emit: (event: SocketEvent) => {
+      if (!sendBack) throw new Error("no socket");
+      sendBack(event);
+    },
+    crash: () => {
+      const child = snap().children.socket as AnyActorRef | undefined;
+      if (!child) throw new Error("no live socket to crash");
+      child.send({ type: "test.crash" });
+    },
+  };
 }
 
 describe("connection machine (model-based)", () => {
   const paths = createTestModel(connectionModel).getShortestPaths();
-  it("covers every model state", () => {
+
+  it("the paths visit every state of the model", () => {
     const reached = new Set(paths.flatMap((p) => p.steps.map((s) => s.state.value as string)));
     expect([...reached].sort()).toEqual(Object.keys(connectionModel.states).sort());
   });
+
+  it("the paths reach failed and backoff at every retry count below MAX_RETRY", () => {
+    const seen = new Set(paths.flatMap((p) => p.steps.map((s) => `${s.state.value}:${s.state.context.retries}`)));
+    expect(seen.has(`failed:${MAX_RETRY}`)).toBe(true);
+    for (let r = 1; r < MAX_RETRY; r++) expect(seen.has(`backoff:${r}`)).toBe(true);
+  });
+
   for (const path of paths) {
     it(path.description, async () => {
       const sut = createSut();
-      const value = () => sut.snapshot().value;
+      const value = () => sut.snap().value;
+      const healthy = (model: { context: ModelContext }) => {
+        expect(sut.snap().status).not.toBe("error");
+        expect(sut.host.getSnapshot().status).toBe("active");
+        expect(sut.snap().context.retries).toBe(model.context.retries);
+        expect(sut.snap().context.workerId).toBe(model.context.workerId);
+      };
       await path.test({
         states: {
-          connecting: () => expect(value()).toEqual({ online: "connecting" }),
-          registering: () => {
+          connecting: (model) => {
+            healthy(model);
+            expect(value()).toEqual({ online: "connecting" });
+            expect(sut.commands()).toEqual([]);
+          },
+          registering: (model) => {
+            healthy(model);
             expect(value()).toEqual({ online: "registering" });
-            expect(sut.sent.at(-1)).toMatchObject({ type: "send", message: { type: "register" } });
+            expect(sut.commands()).toEqual([
+              {
+                type: "send",
+                message: expect.objectContaining({ type: "register", worker_id: model.context.workerId }),
+              },
+            ]);
           },
-          quiet: () => expect(value()).toEqual({ online: { registered: "quiet" } }),
-          awaitingPong: () => {
+          quiet: (model) => {
+            healthy(model);
+            expect(value()).toEqual({ online: { registered: "quiet" } });
+          },
+          awaitingPong: (model) => {
+            healthy(model);
             expect(value()).toEqual({ online: { registered: "awaitingPong" } });
-            expect(sut.sent.at(-1)).toEqual({ type: "send_ping" });
+            expect(sut.commands().at(-1)).toEqual({ type: "send_ping" });
           },
-          backoff: () => expect(value()).toBe("backoff"),
-          failed: () => {
-            expect(sut.snapshot().status).toBe("done");
-            expect(sut.snapshot().output).toMatchObject({ reason: "max_retry", retries: MAX_RETRY });
+          backoff: (model) => {
+            healthy(model);
+            expect(value()).toBe("backoff");
+            expect(sut.snap().children.socket).toBeUndefined();
+          },
+          failed: (model) => {
+            expect(value()).toBe("failed");
+            expect(sut.snap().status).toBe("done");
+            expect(sut.snap().output).toEqual({
+              reason: "max_retry",
+              retries: model.context.retries,
+              lastProblem: expect.any(String),
+            });
+            expect(sut.ofType("xstate.done.actor.sut")).toHaveLength(1);
+            expect(sut.host.getSnapshot().status).toBe("active");
           },
         },
         events: {
           OPEN: () => sut.emit({ type: "socket.open" }),
           REGISTER_OK: () =>
-            sut.emit({ type: "registry.register", message: { type: "register", success: true, worker_id: "w" } }),
+            sut.emit({ type: "registry.register", message: { type: "register", success: true, worker_id: "w-1" } }),
           REGISTER_REFUSED: () =>
-            sut.emit({ type: "registry.register", message: { type: "register", success: false } }),
-          REGISTER_TIMEOUT: () => sut.clock.increment(timing.registrationTimeoutMs),
+            sut.emit({ type: "registry.register", message: { type: "register", success: false, message: "no" } }),
+          REGISTER_TIMEOUT: () => {
+            sut.clock.increment(timing.registrationTimeoutMs - 1);
+            expect(value()).toEqual({ online: "registering" });
+            sut.clock.increment(1);
+          },
           DROP: () => sut.emit({ type: "socket.closed", code: 1006, reason: "" }),
-          PING_DUE: () => sut.clock.increment(timing.pingIntervalMs),
+          SOCKET_ERROR: () => sut.crash(),
+          PING_DUE: () => {
+            sut.clock.increment(timing.pingIntervalMs - 1);
+            expect(value()).toEqual({ online: { registered: "quiet" } });
+            sut.clock.increment(1);
+          },
           PONG: () => sut.emit({ type: "registry.pong", message: { type: "pong", timestamp: 1 } }),
-          PONG_TIMEOUT: () => sut.clock.increment(timing.pongTimeoutMs),
-          // Full jitter with random() = 0.5: half of min(max, base·2^(retries−1)).
+          PONG_TIMEOUT: () => {
+            sut.clock.increment(timing.pongTimeoutMs - 1);
+            expect(value()).toEqual({ online: { registered: "awaitingPong" } });
+            sut.clock.increment(1);
+          },
+          // Full jitter: random · min(max, base·2^(retries−1)), not a millisecond earlier.
           BACKOFF_ELAPSED: () => {
-            const retries = (sut.snapshot().context as { retries: number }).retries;
-            sut.clock.increment(0.5 * Math.min(timing.backoffMaxMs, timing.backoffBaseMs * 2 ** (retries - 1)));
+            const retries = sut.snap().context.retries;
+            const delay = RANDOM * Math.min(timing.backoffMaxMs, timing.backoffBaseMs * 2 ** (retries - 1));
+            const before = sut.sockets();
+            sut.clock.increment(delay - 1);
+            expect(value()).toBe("backoff");
+            sut.clock.increment(1);
+            expect(sut.sockets()).toBe(before + 1);
           },
         },
       });

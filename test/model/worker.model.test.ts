@@ -1,17 +1,28 @@
-import { describe, expect, it } from "vitest";
-import { type AnyActorRef, assign, SimulatedClock, setup } from "xstate";
+import { afterEach, describe, expect, it } from "vitest";
+import { type AnyActorRef, type AnyEventObject, assign, fromCallback, SimulatedClock, setup } from "xstate";
 import { createTestModel } from "xstate/graph";
+import type { JobUpdate } from "../../machines/shared.ts";
 import { slotMachine } from "../../machines/slot.ts";
-import { type WorkerInput, workerMachine } from "../../machines/worker.ts";
+import {
+  EXIT_CLEAN,
+  EXIT_FORCED,
+  EXIT_LINK_FAILED,
+  type LinkCommand,
+  type WorkerEmitted,
+  type WorkerEvent,
+  type WorkerInput,
+  workerMachine,
+} from "../../machines/worker.ts";
 import { createTracedActor } from "../support/actor.ts";
 import { FakeProcesses } from "../support/fake-process.ts";
 
+/** One process, so one job (or the load) makes the worker full. Offers outlive the drain timeout. */
 const input: WorkerInput = {
   maxProcesses: 1,
   numIdleProcesses: 1,
   loadThreshold: 0.75,
   timing: { drainTimeoutMs: 5_000, spawnBackoffBaseMs: 100, spawnBackoffMaxMs: 1_000 },
-  job: { offerTtlMs: 1_000, launchTimeoutMs: 2_000, maxDurationMs: 0 },
+  job: { offerTtlMs: 60_000, launchTimeoutMs: 30_000, maxDurationMs: 0 },
   slot: {
     timing: {
       initializeTimeoutMs: 60_000,
@@ -28,12 +39,28 @@ const input: WorkerInput = {
   random: () => 0.5,
 };
 
+const exit = (code: number) => ({ type: "exit" as const, params: { code } });
+
 /**
- * The worker's lifecycle with one process slot: why it is full (a job or the load) is part of the
- * state, and the exit code the worker must end with is in the context.
+ * The worker's lifecycle as the registry sees it, with timers and children turned into events.
+ * Why the worker is full (an accepted offer, a running job, the load) and whether a drain still
+ * has a job are states of their own; the exit code the worker must end with is in the context.
  */
 const workerModel = setup({
-  types: { context: {} as { exitCode: number } },
+  types: {
+    context: {} as { exitCode: number },
+    events: {} as
+      | { type: "WARM" }
+      | { type: "OFFER" }
+      | { type: "ASSIGN" }
+      | { type: "JOB_DONE" }
+      | { type: "FILL" }
+      | { type: "UNLOAD" }
+      | { type: "DRAIN" }
+      | { type: "DRAIN_TIMEOUT" }
+      | { type: "STOP" }
+      | { type: "LINK_FAILED" },
+  },
   actions: { exit: assign({ exitCode: (_, params: { code: number }) => params.code }) },
 }).createMachine({
   id: "workerModel",
@@ -43,46 +70,76 @@ const workerModel = setup({
     starting: {
       on: {
         WARM: "available",
-        STOP: { target: "stopped", actions: { type: "exit", params: { code: 0 } } },
-        LINK_FAILED: { target: "stopped", actions: { type: "exit", params: { code: 1 } } },
+        DRAIN: { target: "stopped", actions: exit(EXIT_CLEAN) },
+        STOP: { target: "stopped", actions: exit(EXIT_CLEAN) },
+        LINK_FAILED: { target: "stopped", actions: exit(EXIT_LINK_FAILED) },
       },
     },
     available: {
       on: {
-        RUN: "fullByJob",
-        FILL: "fullByLoad",
-        DRAIN: { target: "stopped", actions: { type: "exit", params: { code: 0 } } },
-        LINK_FAILED: { target: "stopped", actions: { type: "exit", params: { code: 1 } } },
+        OFFER: "reserved",
+        // An unannounced assignment: the registry skipped the offer.
+        ASSIGN: "running",
+        FILL: "loaded",
+        DRAIN: { target: "stopped", actions: exit(EXIT_CLEAN) },
+        STOP: { target: "stopped", actions: exit(EXIT_CLEAN) },
+        LINK_FAILED: { target: "stopped", actions: exit(EXIT_LINK_FAILED) },
       },
     },
-    fullByJob: {
+    /** An accepted offer holds the only process; full until it is assigned or given up. */
+    reserved: {
+      on: {
+        ASSIGN: "running",
+        DRAIN: "drainingReserved",
+        STOP: { target: "stopped", actions: exit(EXIT_FORCED) },
+        LINK_FAILED: { target: "stopped", actions: exit(EXIT_LINK_FAILED) },
+      },
+    },
+    running: {
       on: {
         JOB_DONE: "available",
-        DRAIN: "drainingWithJob",
-        STOP: { target: "stopped", actions: { type: "exit", params: { code: 2 } } },
+        DRAIN: "drainingRunning",
+        STOP: { target: "stopped", actions: exit(EXIT_FORCED) },
+        LINK_FAILED: { target: "stopped", actions: exit(EXIT_LINK_FAILED) },
       },
     },
-    fullByLoad: {
-      on: { UNLOAD: "available", DRAIN: { target: "stopped", actions: { type: "exit", params: { code: 0 } } } },
-    },
-    drainingWithJob: {
+    /** Full by external load alone. */
+    loaded: {
       on: {
-        JOB_DONE: { target: "stopped", actions: { type: "exit", params: { code: 0 } } },
-        DRAIN_TIMEOUT: { target: "stopped", actions: { type: "exit", params: { code: 2 } } },
-        STOP: { target: "stopped", actions: { type: "exit", params: { code: 2 } } },
+        UNLOAD: "available",
+        DRAIN: { target: "stopped", actions: exit(EXIT_CLEAN) },
+        STOP: { target: "stopped", actions: exit(EXIT_CLEAN) },
+        LINK_FAILED: { target: "stopped", actions: exit(EXIT_LINK_FAILED) },
+      },
+    },
+    drainingReserved: {
+      on: {
+        ASSIGN: "drainingRunning",
+        DRAIN_TIMEOUT: { target: "stopped", actions: exit(EXIT_FORCED) },
+        STOP: { target: "stopped", actions: exit(EXIT_FORCED) },
+        LINK_FAILED: { target: "stopped", actions: exit(EXIT_LINK_FAILED) },
+      },
+    },
+    drainingRunning: {
+      on: {
+        JOB_DONE: { target: "stopped", actions: exit(EXIT_CLEAN) },
+        DRAIN_TIMEOUT: { target: "stopped", actions: exit(EXIT_FORCED) },
+        STOP: { target: "stopped", actions: exit(EXIT_FORCED) },
+        LINK_FAILED: { target: "stopped", actions: exit(EXIT_LINK_FAILED) },
       },
     },
     stopped: { type: "final" },
   },
 });
 
-function fakeLink() {
-  return setup({}).createMachine({
-    initial: "up",
-    states: { up: { on: { "test.finish": "gone" } }, gone: { type: "final" } },
-  });
-}
+const flush = () => new Promise<void>((resolve) => setImmediate(resolve));
 
+const systems: Array<{ stop: () => void }> = [];
+afterEach(() => {
+  for (const s of systems.splice(0)) s.stop();
+});
+
+/** The real worker root: fake processes (warm only after WARM), a recording link, a fake sampler. */
 function createSut() {
   let warm = false;
   const fakes = new FakeProcesses({
@@ -93,78 +150,213 @@ function createSut() {
     onCommand: (p, command) => {
       if (command.type === "ping") p.emit({ type: "proc.pong" });
       if (command.type === "start_job") p.emit({ type: "proc.job_running" });
-      if (command.type === "shutdown" || command.type === "signal") {
+      if (command.type === "shutdown") {
         p.emit({ type: "proc.done", result: { ok: true } });
         p.emit({ type: "proc.exit", code: 0, signal: null });
       }
+      if (command.type === "signal") p.emit({ type: "proc.exit", code: null, signal: command.signal });
     },
+  });
+  const commands: LinkCommand[] = [];
+  let linkBack: ((event: WorkerEvent) => void) | null = null;
+  const registryLink = fromCallback<LinkCommand, unknown>(({ receive, sendBack }) => {
+    linkBack = sendBack;
+    receive((command) => {
+      if ((command as AnyEventObject).type === "test.break") throw new Error("registry link broke");
+      commands.push(command);
+    });
+  });
+  let samplerBack: ((event: WorkerEvent) => void) | null = null;
+  const loadSampler = fromCallback(({ sendBack }) => {
+    samplerBack = sendBack;
   });
   const clock = new SimulatedClock();
   const machine = workerMachine.provide({
-    actors: { slot: slotMachine.provide({ actors: { process: fakes.logic } }), registryLink: fakeLink() as never },
+    actors: { slot: slotMachine.provide({ actors: { process: fakes.logic } }), registryLink, loadSampler },
   });
   const actor = createTracedActor(machine, { clock, input });
+  const errors: unknown[] = [];
+  const emitted: WorkerEmitted[] = [];
+  actor.subscribe({ error: (error) => errors.push(error) });
+  actor.on("*", (event) => emitted.push(event as WorkerEmitted));
   actor.start();
-  return {
+  systems.push(actor);
+  /** Jobs the registry offered or assigned to this worker. */
+  const announced = new Set<string>();
+
+  let nextJob = 0;
+  const snapshot = () => actor.getSnapshot();
+  const registry = (event: WorkerEvent) => {
+    if (!linkBack) throw new Error("link not started");
+    linkBack(event);
+  };
+  const jobsIn = (phase: string) => Object.entries(snapshot().context.jobs).filter(([, j]) => j.phase === phase);
+  const sut = {
     actor,
-    clock,
     fakes,
+    commands,
+    errors,
+    announced,
+    snapshot,
+    finished: () => emitted.flatMap((e) => (e.type === "job.finished" ? [e.output] : [])),
+    lifecycle: () => (snapshot().value as { active: { lifecycle: unknown } }).active.lifecycle,
+    idle: () => Object.values(snapshot().context.slots).filter((s) => s.phase === "idle").length,
+    jobsIn,
+    updates: () => commands.flatMap((c) => (c.type === "link.job_update" ? [c.update] : [])),
+    lastStatus: () => commands.filter((c) => c.type === "link.status").at(-1),
     warm: () => {
       warm = true;
       for (const p of fakes.live) p.emit({ type: "proc.ready" });
     },
-    link: () => actor.getSnapshot().children.registryLink as AnyActorRef,
+    offer: async () => {
+      const jobId = `j${++nextJob}`;
+      announced.add(jobId);
+      registry({ type: "worker.offer", spec: { jobId } });
+      await flush();
+    },
+    /** Assigns the accepted offer, or, with none, a job the registry never offered. */
+    assign: () => {
+      const jobId = jobsIn("reserved")[0]?.[0] ?? `j${++nextJob}`;
+      announced.add(jobId);
+      registry({ type: "worker.assignment", spec: { jobId, roomId: "room" } });
+    },
+    load: (value: number) => {
+      if (!samplerBack) throw new Error("sampler not started");
+      samplerBack({ type: "worker.load", value });
+    },
+    jobDone: () => {
+      const slotId = jobsIn("placed")[0]?.[1].slotId;
+      if (!slotId) throw new Error("no placed job");
+      const p = fakes.bySlot(slotId);
+      p.emit({ type: "proc.job_ending" });
+      p.emit({ type: "proc.done", result: { ok: true } });
+      p.emit({ type: "proc.exit", code: 0, signal: null });
+    },
+    tick: (ms: number) => {
+      for (let t = 0; t < ms; t++) clock.increment(1);
+    },
+    breakLink: () => (snapshot().children.registryLink as AnyActorRef).send({ type: "test.break" }),
+    /** Holds in every state: no error, at most maxProcesses slots and processes, no finished job actor kept. */
+    invariants: () => {
+      expect(errors).toEqual([]);
+      expect(snapshot().status).not.toBe("error");
+      expect(Object.keys(snapshot().context.slots).length).toBeLessThanOrEqual(input.maxProcesses);
+      expect(fakes.live.length).toBeLessThanOrEqual(input.maxProcesses);
+      for (const [id, child] of Object.entries(snapshot().children)) {
+        if (id.startsWith("job.")) expect((child as AnyActorRef).getSnapshot().status).toBe("active");
+      }
+    },
   };
+  return sut;
+}
+
+/**
+ * Each job the link heard of is reported running at most once and final at most once; exactly once
+ * while the link is still there to hear it (a failed link hears nothing more).
+ */
+function expectReportedOnce(updates: JobUpdate[], linkAlive: boolean) {
+  const byJob = new Map<string, JobUpdate[]>();
+  for (const u of updates) byJob.set(u.jobId, [...(byJob.get(u.jobId) ?? []), u]);
+  for (const [jobId, list] of byJob) {
+    expect(list.filter((u) => u.status === "running").length, jobId).toBeLessThanOrEqual(1);
+    const finals = list.filter((u) => u.status !== "running").length;
+    if (linkAlive) expect(finals, jobId).toBe(1);
+    else expect(finals, jobId).toBeLessThanOrEqual(1);
+  }
 }
 
 describe("worker machine (model-based)", () => {
   const paths = createTestModel(workerModel).getShortestPaths();
-  it("covers every model state", () => {
+
+  it("the paths cover every state of the model", () => {
     const reached = new Set(paths.flatMap((p) => p.steps.map((s) => s.state.value as string)));
     expect([...reached].sort()).toEqual(Object.keys(workerModel.states).sort());
+    const exitCodes = new Set(
+      paths.flatMap((p) => p.steps.filter((s) => s.state.value === "stopped").map((s) => s.state.context.exitCode)),
+    );
+    expect([...exitCodes].sort()).toEqual([EXIT_CLEAN, EXIT_LINK_FAILED, EXIT_FORCED]);
   });
+
   for (const path of paths) {
     it(path.description, async () => {
       const sut = createSut();
-      const lifecycle = () => (sut.actor.getSnapshot().value as { active: { lifecycle: unknown } }).active.lifecycle;
-      const slotsAlive = () =>
-        Object.keys(sut.actor.getSnapshot().children).filter((id) => id.startsWith("slot.")).length;
+      const full = () => expect(sut.lifecycle()).toEqual({ running: "full" });
       await path.test({
         states: {
-          starting: () => expect(lifecycle()).toBe("starting"),
+          starting: () => {
+            sut.invariants();
+            expect(sut.lifecycle()).toBe("starting");
+            expect(sut.lastStatus()).toMatchObject({ status: { status: "starting" } });
+          },
           available: () => {
-            expect(lifecycle()).toEqual({ running: "available" });
-            expect(slotsAlive()).toBeLessThanOrEqual(1);
+            sut.invariants();
+            expect(sut.lifecycle()).toEqual({ running: "available" });
+            expect(sut.snapshot().context.jobs).toEqual({});
+            expect(sut.idle()).toBe(1);
+            expect(sut.lastStatus()).toMatchObject({ status: { status: "available", jobCount: 0 } });
           },
-          fullByJob: () => {
-            expect(lifecycle()).toEqual({ running: "full" });
-            expect(sut.actor.getSnapshot().context.jobs.j1?.phase).toBe("placed");
+          reserved: () => {
+            sut.invariants();
+            full();
+            const [jobId] = sut.jobsIn("reserved")[0] ?? [];
+            expect(jobId).toBeDefined();
+            expect(sut.commands).toContainEqual({ type: "link.offer_answer", jobId, accept: true });
+            expect(sut.lastStatus()).toMatchObject({ status: { status: "full", jobCount: 1 } });
           },
-          fullByLoad: () => expect(lifecycle()).toEqual({ running: "full" }),
-          drainingWithJob: () => expect(lifecycle()).toBe("draining"),
-          stopped: (state) => {
-            expect(sut.actor.getSnapshot().status).toBe("done");
-            expect(sut.actor.getSnapshot().output).toEqual({
-              exitCode: (state.context as { exitCode: number }).exitCode,
+          running: () => {
+            sut.invariants();
+            full();
+            const [jobId, job] = sut.jobsIn("placed")[0] ?? [];
+            expect(job?.slotId).toBeTruthy();
+            expect(sut.fakes.bySlot(job?.slotId as string).last("start_job")).toMatchObject({
+              job: { jobId, roomId: "room" },
             });
-            expect(sut.fakes.live.filter((p) => !p.disposed)).toEqual([]);
+            expect(sut.updates().filter((u) => u.jobId === jobId)).toEqual([{ jobId, status: "running" }]);
+          },
+          loaded: () => {
+            sut.invariants();
+            full();
+            expect(sut.snapshot().context.jobs).toEqual({});
+            expect(sut.snapshot().context.externalLoad).toBeGreaterThanOrEqual(input.loadThreshold);
+          },
+          drainingReserved: () => {
+            sut.invariants();
+            expect(sut.lifecycle()).toBe("draining");
+            expect(sut.jobsIn("reserved")).toHaveLength(1);
+            expect(sut.idle()).toBe(0);
+            expect(sut.lastStatus()).toMatchObject({ status: { status: "draining" } });
+          },
+          drainingRunning: () => {
+            sut.invariants();
+            expect(sut.lifecycle()).toBe("draining");
+            const [jobId] = sut.jobsIn("placed")[0] ?? [];
+            expect(sut.updates().filter((u) => u.jobId === jobId)).toEqual([{ jobId, status: "running" }]);
+          },
+          stopped: (state) => {
+            expect(sut.errors).toEqual([]);
+            expect(sut.snapshot().status).toBe("done");
+            expect(sut.snapshot().output).toEqual({ exitCode: (state.context as { exitCode: number }).exitCode });
+            expect(sut.fakes.all.filter((p) => !p.disposed && !p.exited)).toEqual([]);
+            expect(Object.keys(sut.snapshot().children).filter((id) => id.startsWith("job."))).toEqual([]);
+            const exitCode = (state.context as { exitCode: number }).exitCode;
+            expectReportedOnce(sut.updates(), exitCode !== EXIT_LINK_FAILED);
+            // Every job the worker took on ended exactly once, link or no link.
+            const finished = sut.finished().map((o) => o.jobId);
+            expect(new Set(finished).size).toBe(finished.length);
+            expect(finished.sort()).toEqual([...sut.announced].sort());
           },
         },
         events: {
           WARM: () => sut.warm(),
-          RUN: () => sut.actor.send({ type: "worker.run", spec: { jobId: "j1" } }),
-          FILL: () => sut.actor.send({ type: "worker.load", value: 0.9 }),
-          UNLOAD: () => sut.actor.send({ type: "worker.load", value: 0.1 }),
-          JOB_DONE: () => {
-            const p = sut.fakes.live.find((f) => f.count("start_job") > 0);
-            p?.emit({ type: "proc.job_ending" });
-            p?.emit({ type: "proc.done", result: { ok: true } });
-            p?.emit({ type: "proc.exit", code: 0, signal: null });
-          },
+          OFFER: () => sut.offer(),
+          ASSIGN: () => sut.assign(),
+          JOB_DONE: () => sut.jobDone(),
+          FILL: () => sut.load(0.9),
+          UNLOAD: () => sut.load(0.1),
           DRAIN: () => sut.actor.send({ type: "worker.drain" }),
-          DRAIN_TIMEOUT: () => sut.clock.increment(input.timing.drainTimeoutMs),
+          DRAIN_TIMEOUT: () => sut.tick(input.timing.drainTimeoutMs),
           STOP: () => sut.actor.send({ type: "worker.stop" }),
-          LINK_FAILED: () => sut.link().send({ type: "test.finish" }),
+          LINK_FAILED: () => sut.breakLink(),
         },
       });
     });
