@@ -1,150 +1,33 @@
-import { pathToFileURL } from "node:url";
-import { type DestinationStream, pino } from "pino";
-import type { JobSpec } from "../../machines/shared.ts";
-import { REDACTED_PATHS } from "../observability/logger.ts";
-import { type ChildConfig, childConfig, type ToParent, toChild, toErrorInfo } from "../protocol/ipc.ts";
-import type { WorkerJobDefinition } from "../worker/worker-job-definition.ts";
-import { installJobProcessHook } from "./hook.ts";
-import { JobContext } from "./job-context.ts";
+import { watchParent } from "./parent-watch.ts";
 
 /**
- * Main of a job process: load the agent module, prewarm, report ready, run one job, end it (shutdown
- * callbacks within closeTimeout), report the outcome, exit. Exits on its own when the worker's IPC
- * channel closes, so a SIGKILLed worker leaves no orphan.
+ * Entry of a job process. Before anything slow is loaded (the agent, its dependencies, the rest of
+ * troupe) it makes sure the process cannot outlive its worker: on IPC `disconnect`, on finding the
+ * channel already closed, and, from a watchdog thread that works while the event loop is blocked, on
+ * being re-parented. A SIGKILLed worker therefore leaves no job process and none of its descendants.
  */
 
 const EXIT_ORPHANED = 70;
 
-function send(message: ToParent): Promise<void> {
-  return new Promise((resolve) => {
-    if (!process.connected || !process.send) return resolve();
-    process.send(message, undefined, {}, () => resolve());
-  });
-}
-
-/** Child log lines travel to the worker over IPC, where they are tagged with job id and pid. */
-function ipcLogStream(): DestinationStream {
-  return {
-    write(line: string) {
-      try {
-        const { level, msg, ...fields } = JSON.parse(line) as { level: number; msg?: string };
-        void send({ type: "log", level, msg: msg ?? "", fields });
-      } catch {
-        void send({ type: "log", level: 30, msg: line.trimEnd() });
-      }
-    },
-  };
-}
-
-async function exitWith(code: number): Promise<never> {
-  process.exit(code);
-}
-
-async function main(): Promise<void> {
-  process.on("disconnect", () => process.exit(EXIT_ORPHANED));
-  let config: ChildConfig;
+/**
+ * The worker is gone: take down the whole process group (this process leads it), so nothing the job
+ * started outlives it either, then exit in case the group could not be signalled.
+ */
+function exitOrphaned(): never {
   try {
-    config = childConfig.parse(JSON.parse(process.argv[2] ?? "{}"));
-  } catch (error) {
-    await send({ type: "init_failed", error: toErrorInfo(error) });
-    return exitWith(1);
+    process.kill(-process.pid, "SIGKILL");
+  } catch {
+    // not a group leader (started by hand): exiting is all there is to do
   }
-  const logger = pino(
-    { level: config.logLevel.toLowerCase(), redact: { paths: REDACTED_PATHS, censor: "[redacted]" }, base: {} },
-    ipcLogStream(),
-  );
-
-  let definition: WorkerJobDefinition | undefined;
-  installJobProcessHook({
-    register: (d) => {
-      definition ??= d;
-    },
-  });
-  try {
-    await import(pathToFileURL(config.agentModule).href);
-    if (!definition) throw new Error(`${config.agentModule} did not call new WorkerJob(...).start()`);
-    await definition.options.prewarm?.();
-  } catch (error) {
-    await send({ type: "init_failed", error: toErrorInfo(error) });
-    return exitWith(1);
-  }
-  const agent = definition;
-  const runner = new JobRunner(agent, config, logger);
-
-  process.on("message", (raw) => {
-    const parsed = toChild.safeParse(raw);
-    if (!parsed.success) {
-      logger.warn({ issues: parsed.error.issues.length }, "ignored an invalid message from the worker");
-      return;
-    }
-    const message = parsed.data;
-    switch (message.type) {
-      case "ping":
-        void send({ type: "pong", ts: message.ts });
-        break;
-      case "start_job":
-        void runner.start(message.job);
-        break;
-      case "shutdown":
-        void runner.end({ ok: true, reason: message.reason });
-        break;
-    }
-  });
-  process.on("uncaughtException", (error) => void runner.end({ ok: false, error: toErrorInfo(error) }));
-  process.on("unhandledRejection", (error) => void runner.end({ ok: false, error: toErrorInfo(error) }));
-  await send({ type: "ready" });
+  process.exit(EXIT_ORPHANED);
 }
 
-type Result = { ok: true; reason?: string } | { ok: false; error: ReturnType<typeof toErrorInfo> };
+process.on("disconnect", exitOrphaned);
+// The worker may have died while this module was loading, before anyone listened.
+if (!process.connected) exitOrphaned();
+watchParent(process.ppid, (error) => {
+  process.send?.({ type: "log", level: 40, msg: `orphan watchdog failed: ${error.message}` });
+});
 
-class JobRunner {
-  #ctx: JobContext | undefined;
-  #ending = false;
-  #started = false;
-
-  constructor(
-    private readonly agent: WorkerJobDefinition,
-    private readonly config: ChildConfig,
-    private readonly logger: pino.Logger,
-  ) {}
-
-  async start(job: JobSpec): Promise<void> {
-    if (this.#started || this.#ending) return;
-    this.#started = true;
-    try {
-      const { jobctx } = this.agent;
-      const ctx = typeof jobctx === "function" ? await jobctx() : (jobctx ?? new JobContext());
-      if (!(ctx instanceof JobContext)) throw new TypeError("jobctx must be a JobContext or return one");
-      ctx.attach({
-        job,
-        logger: this.logger.child({ jobId: job.jobId }),
-        requestShutdown: (reason) => void this.end({ ok: true, reason }),
-      });
-      this.#ctx = ctx;
-      await send({ type: "job_status", status: "running" });
-      await this.agent.entrypoint(ctx);
-      await this.end({ ok: true, reason: "entrypoint returned" });
-    } catch (error) {
-      await this.end({ ok: false, error: toErrorInfo(error) });
-    }
-  }
-
-  /** Ends the job once: shutdown callbacks, the outcome to the worker, then exit. */
-  async end(result: Result): Promise<void> {
-    if (this.#ending) return;
-    this.#ending = true;
-    if (!this.#started) return exitWith(0);
-    await send({ type: "job_status", status: "ending" });
-    const reason = result.ok ? (result.reason ?? "completed") : "entrypoint_error";
-    if (this.#ctx) {
-      const report = await this.#ctx.runShutdownCallbacks(reason, this.config.closeTimeoutMs);
-      if (report.failed.length > 0 || report.timedOut > 0) {
-        this.logger.warn({ jobId: this.#ctx.job.jobId, ...report }, "shutdown callbacks did not all finish");
-      }
-    }
-    await send({ type: "done", result });
-    return exitWith(result.ok ? 0 : 1);
-  }
-}
-
-void main();
+const { runJobProcess } = await import("./job-process.ts");
+await runJobProcess();

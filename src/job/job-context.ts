@@ -84,8 +84,9 @@ export class JobContext {
   }
 
   /**
-   * Runs when the job ends, last added first. Each gets `timeout` seconds (default closeTimeout); all
-   * of them together must finish within closeTimeout or the worker kills the process.
+   * Runs when the job ends, last added first. With `timeout` (seconds) the callback is abandoned after
+   * that long; all of them together must finish within closeTimeout or the worker kills the process
+   * and the job fails with close_timeout.
    */
   addShutdownCallback(callback: ShutdownCallback, options: ShutdownCallbackOptions = {}): void {
     if (typeof callback !== "function") throw new JobContextError("addShutdownCallback needs a function");
@@ -117,11 +118,12 @@ export class JobContext {
   }
 
   /**
-   * @internal Runs every shutdown callback once, newest first. Each callback gets its own timeout,
-   * or `defaultTimeoutMs`; the worker enforces closeTimeout for all of them together by killing the
-   * process, so a callback that overruns is visible as a kill, never silently cut short here.
+   * @internal Runs every shutdown callback once, newest first. A callback given its own timeout is
+   * abandoned after it; the others have no deadline here: the worker enforces closeTimeout for all of
+   * them together by killing the process, so a callback that overruns is a kill (close_timeout),
+   * never a success that raced the worker's clock.
    */
-  async runShutdownCallbacks(reason: string, defaultTimeoutMs: number): Promise<ShutdownReport> {
+  async runShutdownCallbacks(reason: string): Promise<ShutdownReport> {
     this.#shutdownReason ??= reason;
     const report: ShutdownReport = { reason, ran: 0, failed: [], timedOut: 0 };
     const callbacks = this.#callbacks.reverse();
@@ -129,11 +131,16 @@ export class JobContext {
     for (const { callback, timeoutMs } of callbacks) {
       report.ran++;
       let timer: NodeJS.Timeout | undefined;
-      const timedOut = new Promise<"timeout">((resolve) => {
-        timer = setTimeout(() => resolve("timeout"), timeoutMs ?? defaultTimeoutMs);
-      });
+      const deadlines: Promise<"timeout">[] =
+        timeoutMs === undefined
+          ? []
+          : [
+              new Promise<"timeout">((resolve) => {
+                timer = setTimeout(() => resolve("timeout"), timeoutMs);
+              }),
+            ];
       try {
-        const result = await Promise.race([Promise.resolve().then(() => callback(reason)), timedOut]);
+        const result = await Promise.race([Promise.resolve().then(() => callback(reason)), ...deadlines]);
         if (result === "timeout") report.timedOut++;
       } catch (error) {
         const e = error instanceof Error ? error : new Error(String(error));

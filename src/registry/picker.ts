@@ -4,13 +4,20 @@ export interface CandidateView {
   agentName: string;
   available: boolean;
   maxProcesses: number;
+  /** Jobs the worker last reported (its own count; it includes offers it said yes to). */
   jobCount: number;
-  /** Offers sent and not yet answered: capacity the worker's status does not show yet. */
+  /**
+   * Jobs the registry has bound to the worker (assigned or running). Its report lags behind an
+   * assignment, so the larger of the two counts is what the worker is busy with.
+   */
+  assigned: number;
+  /** Offers picked or sent and not yet answered: capacity reserved that no count shows yet. */
   inflight: number;
   load: number;
 }
 
-export const spareOf = (c: CandidateView) => c.maxProcesses - c.jobCount - c.inflight;
+/** Processes still free on the worker, after its jobs, the jobs just assigned to it and offers out. */
+export const spareOf = (c: CandidateView) => c.maxProcesses - Math.max(c.jobCount, c.assigned) - c.inflight;
 
 /**
  * Power of two choices: of the eligible workers, take two at random and keep the one with more

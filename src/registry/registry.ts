@@ -15,10 +15,13 @@ import {
 } from "../protocol/registry.ts";
 import { AuthError, bearerToken, type Credentials, verifyToken } from "./auth.ts";
 import type { RegistryMetrics } from "./metrics.ts";
-import { type CandidateView, pickCandidate } from "./picker.ts";
+import { type CandidateView, pickCandidate, spareOf } from "./picker.ts";
 import { isFinal, type JobRecord, type JobStore } from "./store.ts";
 import type { RegistryTiming } from "./timing.ts";
 import { WorkerLink } from "./worker-link.ts";
+
+/** How long a closing registry waits for each worker socket to answer its close frame. */
+const CLOSE_GRACE_MS = 1_000;
 
 export interface DispatchRequest {
   agentName: string;
@@ -35,8 +38,8 @@ interface LiveDispatch {
   record: JobRecord;
   /** workerId → availability epoch when that worker was tried */
   tried: Map<string, number>;
-  /** The worker with an unanswered offer for this job; counted in its inflight. */
-  offeredTo: string | undefined;
+  /** The worker picked for, or holding, an unanswered offer of this job; counted in its inflight. */
+  offeredTo: WorkerLink | undefined;
 }
 
 /**
@@ -51,6 +54,7 @@ export class RegistryCore {
   readonly #waiting = new Set<LiveDispatch>();
   readonly wss: WebSocketServer;
   #closing = false;
+  #closed: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly credentials: Credentials,
@@ -92,6 +96,8 @@ export class RegistryCore {
       if (!link) ws.close(4008, "no register message in time");
     }, this.timing.registrationTimeoutMs);
     ws.on("message", (data: RawData, isBinary: boolean) => {
+      // A closing registry has stopped its sessions: nothing a worker says can be acted on any more.
+      if (this.#closing) return;
       if (isBinary) return this.#sendError(ws, "binary frames are not part of the protocol", "bad_frame");
       let raw: unknown;
       try {
@@ -117,6 +123,8 @@ export class RegistryCore {
         return;
       }
       if (!link) return this.#sendError(ws, "register first", "not_registered");
+      // A socket the worker has since replaced (or whose session is gone) speaks for nobody.
+      if (link.socket !== ws) return;
       this.#onWorkerMessage(link, message);
     });
     ws.on("close", () => {
@@ -171,10 +179,7 @@ export class RegistryCore {
 
   #wireSession(link: WorkerLink): void {
     link.session.on("ping", () => link.send({ type: "ping", timestamp: Date.now() }));
-    link.session.on("availability_changed", () => {
-      link.availabilityEpoch++;
-      this.#wakeWaitingDispatches();
-    });
+    link.session.on("availability_changed", () => this.#capacityGrew(link, { newEpoch: true }));
     link.session.on("gone", ({ reason }) => {
       this.logger.warn({ workerId: link.workerId, reason, jobs: [...link.jobs] }, "worker gone");
       link.socket?.terminate();
@@ -230,6 +235,7 @@ export class RegistryCore {
 
   async #adopt(link: WorkerLink, agentName: string, jobId: string): Promise<void> {
     const record = await this.store.get(jobId);
+    if (this.#closing) return;
     if (record && isFinal(record.status)) {
       link.send({ type: "job_termination", job_id: jobId, reason: `job already ${record.status}` });
       return;
@@ -249,20 +255,29 @@ export class RegistryCore {
       updatedAt: now,
     };
     if (!record) await this.store.create(base);
+    // Another report of the same job may have adopted it while the store answered.
+    if (this.#closing || this.dispatches.has(jobId)) return;
     this.logger.info({ jobId, workerId: link.workerId }, "adopted a running job from a worker's inventory");
-    this.#startDispatch(base, link.workerId);
+    const live = this.#startDispatch(base, link.workerId);
+    // Its worker went away while the store answered: the job settles as if it had been known all along.
+    if (!this.workers.has(link.workerId)) live.actor.send({ type: "worker_gone", workerId: link.workerId });
   }
 
   #onWorkerMessage(link: WorkerLink, message: ReturnType<typeof workerMessage.parse>): void {
     switch (message.type) {
-      case "status_update":
+      case "status_update": {
+        const before = link.context;
         link.session.send({
           type: "status",
           status: message.status,
           load: message.load,
           jobCount: message.job_count,
         });
+        // Fewer jobs than it had: a process is free, and a worker that said no may say yes now. (A
+        // worker that turns available again announces that itself, through its session.)
+        if (message.job_count < before.jobCount) this.#capacityGrew(link, { newEpoch: true });
         break;
+      }
       case "availability_response": {
         const dispatch = this.dispatches.get(message.job_id);
         if (!dispatch) break;
@@ -333,7 +348,7 @@ export class RegistryCore {
     return this.store.get(jobId);
   }
 
-  #startDispatch(record: JobRecord, adoptedBy?: string): void {
+  #startDispatch(record: JobRecord, adoptedBy?: string): LiveDispatch {
     const actor = createActor(dispatchMachine, {
       id: `dispatch.${record.id}`,
       input: {
@@ -348,47 +363,36 @@ export class RegistryCore {
     if (adoptedBy) this.workers.get(adoptedBy)?.jobs.add(record.id);
     actor.on("*", (event) => this.#onDispatchEmitted(live, event as DispatchEmitted));
     actor.start();
+    return live;
   }
 
   #onDispatchEmitted(live: LiveDispatch, event: DispatchEmitted): void {
     const { record } = live;
     switch (event.type) {
       case "need_candidate": {
-        const views: CandidateView[] = [...this.workers.values()].map((w) => ({
-          workerId: w.workerId,
-          agentName: w.context.agentName,
-          available: w.available && w.socket !== undefined,
-          maxProcesses: w.context.maxProcesses,
-          jobCount: w.context.jobCount,
-          inflight: w.inflight,
-          load: w.context.load,
-        }));
-        const excluded = (workerId: string) => {
-          const epoch = live.tried.get(workerId);
-          return epoch !== undefined && epoch >= (this.workers.get(workerId)?.availabilityEpoch ?? 0);
-        };
-        const pick = pickCandidate(views, record.agentName, excluded, this.random);
-        // Deliver after this transition completes: the machine is still processing its entry actions.
-        queueMicrotask(() => {
-          if (pick) {
-            this.#waiting.delete(live);
-            live.actor.send({ type: "candidate", workerId: pick.workerId });
-          } else {
-            this.#waiting.add(live);
-            live.actor.send({ type: "no_candidate" });
-          }
-        });
+        // Decided now, against the registry as it is now: the machine's mailbox delivers the answer
+        // right after this transition, and a dispatch that waits is in #waiting before anything
+        // else can free capacity, so no wake-up is lost.
+        const pick = this.#pick(live);
+        if (pick) {
+          this.#waiting.delete(live);
+          // Reserved at once, so a burst of dispatches spreads instead of piling onto one worker.
+          this.#reserveOffer(live, pick);
+          live.actor.send({ type: "candidate", workerId: pick.workerId });
+        } else {
+          this.#waiting.add(live);
+          live.actor.send({ type: "no_candidate" });
+        }
         break;
       }
       case "offer": {
         const link = this.workers.get(event.workerId);
         live.tried.set(event.workerId, link?.availabilityEpoch ?? 0);
         if (!link) {
-          queueMicrotask(() => live.actor.send({ type: "worker_gone", workerId: event.workerId }));
+          live.actor.send({ type: "worker_gone", workerId: event.workerId });
           break;
         }
-        link.inflight++;
-        live.offeredTo = event.workerId;
+        if (live.offeredTo !== link) this.#reserveOffer(live, link);
         const sent = link.send({
           type: "availability_request",
           job_id: record.id,
@@ -396,9 +400,7 @@ export class RegistryCore {
           ...(record.roomId ? { room_id: record.roomId } : {}),
           ...(Object.keys(record.metadata).length ? { metadata: record.metadata } : {}),
         });
-        if (!sent) {
-          queueMicrotask(() => live.actor.send({ type: "answer", workerId: event.workerId, available: false }));
-        }
+        if (!sent) live.actor.send({ type: "answer", workerId: event.workerId, available: false });
         break;
       }
       case "assign": {
@@ -418,10 +420,14 @@ export class RegistryCore {
       case "terminate": {
         const link = this.workers.get(event.workerId);
         link?.send({ type: "job_termination", job_id: record.id, reason: event.reason });
-        link?.jobs.delete(record.id);
+        if (link?.jobs.delete(record.id)) this.#capacityGrew(link);
         break;
       }
       case "status":
+        // Bound to its worker before the offer's reservation goes: its capacity never looks free between.
+        if (event.workerId && (event.status === "assigned" || event.status === "running")) {
+          this.workers.get(event.workerId)?.jobs.add(record.id);
+        }
         if (event.status !== "offering") this.#releaseOffer(live);
         void this.store.update(record.id, {
           status: event.status,
@@ -431,10 +437,11 @@ export class RegistryCore {
         break;
       case "finished": {
         const { output } = event;
-        this.#releaseOffer(live);
         this.#waiting.delete(live);
+        this.#releaseOffer(live);
         this.dispatches.delete(record.id);
-        if (output.workerId) this.workers.get(output.workerId)?.jobs.delete(record.id);
+        const link = output.workerId ? this.workers.get(output.workerId) : undefined;
+        if (link?.jobs.delete(record.id)) this.#capacityGrew(link);
         this.metrics.finished.inc({ status: output.status, reason: output.reason ?? "" });
         this.metrics.dispatchDuration.observe((Date.now() - record.createdAt) / 1000);
         void this.store.update(record.id, {
@@ -450,18 +457,64 @@ export class RegistryCore {
     }
   }
 
-  /** The offer is answered, timed out or moot: the worker's capacity shows in its own status again. */
-  #releaseOffer(live: LiveDispatch): void {
-    if (!live.offeredTo) return;
-    const link = this.workers.get(live.offeredTo);
-    if (link) link.inflight = Math.max(0, link.inflight - 1);
-    live.offeredTo = undefined;
+  /** What the picker sees of a worker. */
+  #viewOf(link: WorkerLink): CandidateView {
+    return {
+      workerId: link.workerId,
+      agentName: link.context.agentName,
+      available: link.available && link.socket !== undefined,
+      maxProcesses: link.context.maxProcesses,
+      jobCount: link.context.jobCount,
+      assigned: link.jobs.size,
+      inflight: link.inflight,
+      load: link.context.load,
+    };
   }
 
-  #wakeWaitingDispatches(): void {
-    const waiting = [...this.#waiting];
-    this.#waiting.clear();
-    for (const live of waiting) live.actor.send({ type: "capacity_changed" });
+  /** A worker for the dispatch, skipping those that already said no at their current availability. */
+  #pick(live: LiveDispatch): WorkerLink | undefined {
+    const excluded = (workerId: string) => {
+      const epoch = live.tried.get(workerId);
+      return epoch !== undefined && epoch >= (this.workers.get(workerId)?.availabilityEpoch ?? 0);
+    };
+    const views = [...this.workers.values()].map((link) => this.#viewOf(link));
+    const pick = pickCandidate(views, live.record.agentName, excluded, this.random);
+    return pick ? this.workers.get(pick.workerId) : undefined;
+  }
+
+  /** Counts the offer against the worker's capacity until it is answered, times out or is moot. */
+  #reserveOffer(live: LiveDispatch, link: WorkerLink): void {
+    this.#releaseOffer(live);
+    link.inflight++;
+    live.offeredTo = link;
+  }
+
+  /** The offer is answered, timed out or moot: the worker's capacity shows in its own status again. */
+  #releaseOffer(live: LiveDispatch): void {
+    const link = live.offeredTo;
+    if (!link) return;
+    live.offeredTo = undefined;
+    link.inflight = Math.max(0, link.inflight - 1);
+    this.#capacityGrew(link);
+  }
+
+  /**
+   * The worker may have room it did not have: dispatches waiting for capacity try again. With
+   * `newEpoch` (the worker's own report: available again, or fewer jobs) a worker that said no to a
+   * dispatch may be asked again.
+   */
+  #capacityGrew(link: WorkerLink, { newEpoch = false } = {}): void {
+    if (newEpoch) link.availabilityEpoch++;
+    if (this.#closing || this.workers.get(link.workerId) !== link) return;
+    if (this.#waiting.size === 0 || spareOf(this.#viewOf(link)) <= 0 || !link.available) return;
+    this.#wakeWaitingDispatches(link.context.agentName);
+  }
+
+  /** Every dispatch waiting for a worker of this agent tries again. */
+  #wakeWaitingDispatches(agentName: string): void {
+    const waking = [...this.#waiting].filter((live) => live.record.agentName === agentName);
+    for (const live of waking) this.#waiting.delete(live);
+    for (const live of waking) live.actor.send({ type: "capacity_changed" });
   }
 
   /** Workers for GET /v1/workers. */
@@ -479,16 +532,47 @@ export class RegistryCore {
     }));
   }
 
+  /**
+   * Stops in order, quietly: no new connections; dispatches stop (their records keep their last
+   * status, for the workers' inventories to reconcile with the next registry); each session is
+   * detached from its socket and stopped, so a closing socket has nobody left to tell; then every
+   * socket gets a close frame (1001) and the time to answer it, and whatever did not is cut.
+   */
   async close(): Promise<void> {
+    if (this.#closing) return this.#closed;
     this.#closing = true;
+    this.#closed = this.#close();
+    return this.#closed;
+  }
+
+  async #close(): Promise<void> {
+    this.#waiting.clear();
+    for (const live of this.dispatches.values()) live.actor.stop();
+    this.dispatches.clear();
     for (const link of this.workers.values()) {
-      link.socket?.close(1001, "registry shutting down");
+      link.socket = undefined;
       link.session.stop();
     }
-    for (const live of this.dispatches.values()) live.actor.stop();
     this.workers.clear();
-    this.dispatches.clear();
-    for (const client of this.wss.clients) client.terminate();
+    this.metrics.workers.set(0);
+    const sockets = [...this.wss.clients];
+    await Promise.all(
+      sockets.map(
+        (ws) =>
+          new Promise<void>((resolve) => {
+            if (ws.readyState === ws.CLOSED) return resolve();
+            const timer = setTimeout(() => {
+              ws.terminate();
+              resolve();
+            }, CLOSE_GRACE_MS);
+            ws.once("close", () => {
+              clearTimeout(timer);
+              resolve();
+            });
+            ws.close(1001, "registry shutting down");
+          }),
+      ),
+    );
     await new Promise<void>((resolve) => this.wss.close(() => resolve()));
   }
 }

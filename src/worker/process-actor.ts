@@ -54,6 +54,21 @@ function signalGroup(child: ChildProcess, signal: NodeJS.Signals): void {
   }
 }
 
+/** How long after a child's exit its stdio may stay open before the exit is reported anyway. */
+const EXIT_REPORT_CAP_MS = 500;
+
+/**
+ * After the group leader (the job process) exited, SIGKILLs what is left of its process group. The
+ * group id cannot be reused while any member lives, so this reaches only the job's own descendants.
+ */
+function killGroupRemnants(pid: number): void {
+  try {
+    process.kill(-pid, "SIGKILL");
+  } catch {
+    // ESRCH: the group is empty
+  }
+}
+
 /**
  * The slot machine's `process` actor: one forked job process. It translates IPC messages (parsed
  * with zod) into proc.* events, commands into IPC messages or signals, samples memory on request, and
@@ -72,6 +87,7 @@ export function createProcessLogic(settings: ProcessSettings) {
     let jobSentAt = 0;
     let jobId: string | undefined;
     let exited = false;
+    let exitReported = false;
     let logger = settings.logger.child({ slotId });
 
     let child: ChildProcess;
@@ -154,11 +170,24 @@ export function createProcessLogic(settings: ProcessSettings) {
       }
     });
 
-    child.on("exit", (code, signal) => {
-      exited = true;
+    // Reported on `close`, once the child's last log lines and IPC messages are in, so an outcome
+    // never arrives after the exit that settles the job. A descendant that kept our stdout open would
+    // hold `close` back forever, hence the short cap after `exit`.
+    let reportTimer: NodeJS.Timeout | undefined;
+    const reportExit = (code: number | null, signal: NodeJS.Signals | null) => {
+      if (exitReported) return;
+      exitReported = true;
+      clearTimeout(reportTimer);
       settings.observer?.exited?.(slotId, pid, code, signal);
       sendBack({ type: "proc.exit", code, signal });
+    };
+    child.on("exit", (code, signal) => {
+      exited = true;
+      // Whatever the job started in its process group goes with it (a media tool, a shell).
+      if (pid !== undefined) killGroupRemnants(pid);
+      reportTimer = setTimeout(() => reportExit(code, signal), EXIT_REPORT_CAP_MS);
     });
+    child.on("close", (code, signal) => reportExit(code, signal));
 
     const sendToChild = (message: unknown) => {
       if (child.connected)
@@ -196,8 +225,10 @@ export function createProcessLogic(settings: ProcessSettings) {
     });
 
     return () => {
+      clearTimeout(reportTimer);
       child.removeAllListeners("message");
       if (!exited) signalGroup(child, "SIGKILL");
+      else if (pid !== undefined) killGroupRemnants(pid);
     };
   });
 }
