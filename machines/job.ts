@@ -285,6 +285,9 @@ export const jobMachine = setup({
     if (value === "declined") {
       return { jobId: context.spec.jobId, status: "declined", reason: context.declineReason ?? "declined" };
     }
+    if (value === "completed" && outcome?.status === "completed" && outcome.reason) {
+      return { jobId: context.spec.jobId, status: "completed", reason: outcome.reason };
+    }
     return { jobId: context.spec.jobId, status: value };
   },
 });

@@ -31,7 +31,7 @@ export interface ErrorInfo {
 }
 
 export type JobOutcome =
-  | { status: "completed" }
+  | { status: "completed"; reason?: string }
   | { status: "failed"; reason: FailureReason; error?: ErrorInfo; exitCode?: number | null; signal?: string | null }
   | { status: "cancelled"; reason?: string };
 

@@ -40,7 +40,7 @@ export type ProcessEvent =
   | { type: "proc.pong" }
   | { type: "proc.job_running" }
   | { type: "proc.job_ending" }
-  | { type: "proc.done"; result: { ok: true } | { ok: false; error: ErrorInfo } }
+  | { type: "proc.done"; result: { ok: true; reason?: string } | { ok: false; error: ErrorInfo } }
   | { type: "proc.memory"; mb: number }
   | { type: "proc.exit"; code: number | null; signal: string | null };
 
@@ -65,7 +65,7 @@ export interface SlotContext {
   job: JobSpec | null;
   becameReady: boolean;
   stopReason: StopReason | null;
-  jobResult: { ok: true } | { ok: false; error: ErrorInfo } | null;
+  jobResult: { ok: true; reason?: string } | { ok: false; error: ErrorInfo } | null;
   spawnError: ErrorInfo | null;
   exit: ProcessExit | null;
   exitConfirmed: boolean;
@@ -107,7 +107,8 @@ export function jobOutcomeOf(context: SlotContext): JobOutcome | null {
     };
   }
   if (context.jobResult?.ok && context.exitConfirmed && exit.code === 0 && exit.signal === null) {
-    return { status: "completed" };
+    const { reason } = context.jobResult;
+    return reason ? { status: "completed", reason } : { status: "completed" };
   }
   return { status: "failed", reason: "crashed", exitCode: exit.code, signal: exit.signal };
 }

@@ -1,6 +1,9 @@
 import type { Logger } from "pino";
 import type { JobSpec } from "../../machines/shared.ts";
 import { RoomOptions, type RoomOptionsInput } from "../options.ts";
+import type { ParticipantInfo } from "../protocol/room.ts";
+import { RoomConnection } from "../room/client.ts";
+import { superviseSession } from "./room-session.ts";
 
 export type ShutdownCallback = (reason: string) => unknown | Promise<unknown>;
 
@@ -42,6 +45,9 @@ export class JobContext {
   #attached: AttachedJob | undefined;
   #callbacks: RegisteredCallback[] = [];
   #shutdownReason: string | undefined;
+  #room: RoomConnection | undefined;
+  #connecting: Promise<RoomConnection> | undefined;
+  #stopSupervising: (() => void) | undefined;
 
   constructor(init: { roomOptions?: RoomOptions | RoomOptionsInput } = {}) {
     const roomOptions = init.roomOptions ?? {};
@@ -104,17 +110,87 @@ export class JobContext {
     this.#job().requestShutdown(reason);
   }
 
-  /** Rooms arrive in a later release; until then every room API says so instead of failing silently. */
-  connect(): Promise<never> {
-    return Promise.reject(roomsUnavailable("connect()"));
+  /**
+   * Joins the job's room as its agent participant and returns it. The room id, token and hub come
+   * with the job (from the registry's assignment, or from the worker in local mode); RoomOptions
+   * decide when the session ends by itself: `sessionTimeoutSeconds` after the last participant left
+   * (with `autoEndSession`), or `noParticipantTimeoutSeconds` when nobody joins. The job then ends
+   * with that reason (`session_ended`, `no_participant`, `room_ended`). Calling it again returns the
+   * same room.
+   */
+  connect(options: { timeout?: number } = {}): Promise<RoomConnection> {
+    this.#connecting ??= this.#join(options.timeout ?? 10);
+    return this.#connecting;
   }
 
-  get room(): never {
-    throw roomsUnavailable("room");
+  async #join(timeoutSeconds: number): Promise<RoomConnection> {
+    const { job, requestShutdown, logger } = this.#job();
+    if (!job.roomId || !job.roomToken || !job.url) {
+      throw new JobContextError(
+        `job ${job.jobId} has no room: its assignment carried no ${[
+          !job.roomId && "room id",
+          !job.roomToken && "room token",
+          !job.url && "room hub url",
+        ]
+          .filter(Boolean)
+          .join(", ")}`,
+      );
+    }
+    const options = this.effectiveRoomOptions();
+    const room = await RoomConnection.connect(job.url, job.roomId, job.roomToken, {
+      name: options.name,
+      timeoutMs: Math.round(timeoutSeconds * 1000),
+    });
+    this.#room = room;
+    room.on("error", (error) => logger.warn({ err: error.message, roomId: room.id }, "room error"));
+    this.#stopSupervising = superviseSession(room, options, (reason, detail) => {
+      logger.info({ roomId: room.id, reason, ...(detail ? { detail } : {}) }, "room session ended");
+      requestShutdown(reason);
+    });
+    logger.info({ roomId: room.id, participants: room.others().length }, "joined the room");
+    return room;
   }
 
-  waitForParticipant(): Promise<never> {
-    return Promise.reject(roomsUnavailable("waitForParticipant()"));
+  /** RoomOptions of this job: the context's own, with what the dispatch asked for on top. */
+  effectiveRoomOptions(): RoomOptions {
+    const requested = this.#attached?.job.roomOptions;
+    if (!requested || Object.keys(requested).length === 0) return this.roomOptions;
+    try {
+      return new RoomOptions({ ...this.roomOptions.toJSON(), ...requested } as RoomOptionsInput);
+    } catch (error) {
+      this.#attached?.logger.warn({ err: (error as Error).message }, "ignored the dispatch's invalid room options");
+      return this.roomOptions;
+    }
+  }
+
+  /** The room joined by `connect()`. */
+  get room(): RoomConnection {
+    this.#job();
+    if (!this.#room) throw new JobContextError("not in a room yet: call `await ctx.connect()` first");
+    return this.#room;
+  }
+
+  /** @internal True while the job is in its room: its session, not its entrypoint, decides when it ends. */
+  get inRoom(): boolean {
+    return this.#room !== undefined && this.#room.endedReason === undefined;
+  }
+
+  /**
+   * Resolves with the first participant (not an agent) in the room, now or when one joins; rejects
+   * after `timeout` seconds or when the room ends first. Connects first when needed.
+   */
+  async waitForParticipant(options: { timeout?: number } = {}): Promise<ParticipantInfo> {
+    const room = await this.connect();
+    return room.waitForParticipant(
+      options.timeout === undefined ? {} : { timeoutMs: Math.round(options.timeout * 1000) },
+    );
+  }
+
+  /** @internal Leaves the room once the shutdown callbacks ran (they may still talk in it). */
+  async leaveRoom(): Promise<void> {
+    this.#stopSupervising?.();
+    const room = this.#room;
+    if (room && room.endedReason === undefined) await room.leave();
   }
 
   /**
@@ -151,10 +227,4 @@ export class JobContext {
     }
     return report;
   }
-}
-
-function roomsUnavailable(api: string): JobContextError {
-  return new JobContextError(
-    `JobContext.${api} is not available: this troupe build has no room support yet, so a job cannot join a room`,
-  );
 }

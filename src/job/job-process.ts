@@ -119,7 +119,12 @@ class JobRunner {
       this.#ctx = ctx;
       await send({ type: "job_status", status: "running" });
       await this.agent.entrypoint(ctx);
-      await this.end({ ok: true, reason: "entrypoint returned" });
+      // An agent in its room lives on after its entrypoint set it up: the session ends the job.
+      if (ctx.inRoom) {
+        this.logger.debug({ jobId: job.jobId }, "entrypoint returned; the job stays in its room");
+        return;
+      }
+      await this.end({ ok: true });
     } catch (error) {
       await this.end({ ok: false, error: toErrorInfo(error) });
     }
@@ -137,6 +142,7 @@ class JobRunner {
       if (report.failed.length > 0 || report.timedOut > 0) {
         this.logger.warn({ jobId: this.#ctx.job.jobId, ...report }, "shutdown callbacks did not all finish");
       }
+      await this.#ctx.leaveRoom().catch(() => {});
     }
     await send({ type: "done", result });
     return exitWith(result.ok ? 0 : 1);

@@ -1,11 +1,10 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { z } from "zod";
-import { AuthError, bearerToken, type Credentials, type Role, verifyToken } from "./auth.ts";
+import type { Credentials } from "./auth.ts";
+import { bearerAuthorizer, HttpError, invalid, readJson, send, sendError } from "./http-util.ts";
 import type { RegistryMetrics } from "./metrics.ts";
 import type { RegistryCore } from "./registry.ts";
 import { JOB_STATUSES } from "./store.ts";
-
-const MAX_BODY_BYTES = 64 * 1024;
 
 export const createJobBody = z.strictObject({
   agent_name: z.string().min(1).max(256),
@@ -23,56 +22,9 @@ const listQuery = z.object({
   limit: z.coerce.number().int().min(1).max(10_000).optional(),
 });
 
-class HttpError extends Error {
-  constructor(
-    readonly status: number,
-    message: string,
-    readonly details?: unknown,
-  ) {
-    super(message);
-  }
-}
-
-function send(res: ServerResponse, status: number, body: unknown): void {
-  res.writeHead(status, { "content-type": "application/json; charset=utf-8", "cache-control": "no-store" });
-  res.end(JSON.stringify(body));
-}
-
-async function readJson(req: IncomingMessage): Promise<unknown> {
-  let size = 0;
-  const chunks: Buffer[] = [];
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > MAX_BODY_BYTES) throw new HttpError(413, `request body over ${MAX_BODY_BYTES} bytes`);
-    chunks.push(chunk as Buffer);
-  }
-  try {
-    return JSON.parse(Buffer.concat(chunks).toString("utf8") || "null");
-  } catch {
-    throw new HttpError(400, "request body is not valid JSON");
-  }
-}
-
-function invalid(error: z.ZodError): HttpError {
-  const fields = error.issues.map((issue) => ({
-    field: issue.code === "unrecognized_keys" ? issue.keys.join(", ") : issue.path.join(".") || "(body)",
-    message: issue.code === "unrecognized_keys" ? "unknown field" : issue.message,
-  }));
-  return new HttpError(400, `invalid request: ${fields.map((f) => f.field).join(", ")}`, fields);
-}
-
 /** The registry's HTTP API. Returns false when the path is not one of its routes. */
 export function createHttpApi(core: RegistryCore, credentials: Credentials, metrics: RegistryMetrics) {
-  const authorize = async (req: IncomingMessage, roles: readonly Role[]) => {
-    const token = bearerToken(req.headers.authorization);
-    if (!token) throw new HttpError(401, "missing bearer token");
-    try {
-      return await verifyToken(credentials, token, roles);
-    } catch (error) {
-      const message = error instanceof AuthError ? error.message : "invalid token";
-      throw new HttpError(message.includes("cannot") ? 403 : 401, message);
-    }
-  };
+  const authorize = bearerAuthorizer(credentials);
 
   return async function handle(req: IncomingMessage, res: ServerResponse): Promise<boolean> {
     const url = new URL(req.url ?? "/", "http://registry");
@@ -147,11 +99,7 @@ export function createHttpApi(core: RegistryCore, credentials: Credentials, metr
       }
       return false;
     } catch (error) {
-      if (error instanceof HttpError) {
-        send(res, error.status, { error: error.message, ...(error.details ? { details: error.details } : {}) });
-      } else {
-        send(res, 500, { error: (error as Error).message });
-      }
+      sendError(res, error);
       return true;
     }
   };

@@ -40,6 +40,23 @@ interface LiveDispatch {
   tried: Map<string, number>;
   /** The worker picked for, or holding, an unanswered offer of this job; counted in its inflight. */
   offeredTo: WorkerLink | undefined;
+  /** The agent's token for the job's room, sent with the assignment (never stored in the record). */
+  room: RoomAssignment | undefined;
+}
+
+/** What a worker needs to put its job into a room: the hub's URL and the agent's token. */
+export interface RoomAssignment {
+  url: string;
+  token: string;
+}
+
+/**
+ * Rooms for dispatched jobs: a job without a room id gets a new room, and its assignment carries the
+ * agent's token and the hub's URL. Absent = jobs carry only the room id they were dispatched with.
+ */
+export interface RoomAccess {
+  newRoomId(jobId: string): string;
+  forAgent(roomId: string, jobId: string, agentName: string): Promise<RoomAssignment>;
 }
 
 /**
@@ -55,6 +72,8 @@ export class RegistryCore {
   readonly wss: WebSocketServer;
   #closing = false;
   #closed: Promise<void> = Promise.resolve();
+  /** Set by the server that mounts a room hub next to the registry. */
+  roomAccess: RoomAccess | undefined;
 
   constructor(
     private readonly credentials: Credentials,
@@ -320,8 +339,11 @@ export class RegistryCore {
 
   async dispatch(request: DispatchRequest): Promise<{ record: JobRecord; created: boolean }> {
     const now = Date.now();
+    const id = `job-${randomUUID()}`;
+    const roomId = request.roomId ?? this.roomAccess?.newRoomId(id);
+    const room = roomId ? await this.roomAccess?.forAgent(roomId, id, request.agentName) : undefined;
     const record: JobRecord = {
-      id: `job-${randomUUID()}`,
+      id,
       agentName: request.agentName,
       metadata: request.metadata ?? {},
       roomOptions: request.roomOptions ?? {},
@@ -330,14 +352,14 @@ export class RegistryCore {
       attempts: 0,
       createdAt: now,
       updatedAt: now,
-      ...(request.roomId ? { roomId: request.roomId } : {}),
+      ...(roomId ? { roomId } : {}),
       ...(request.maxDuration !== undefined ? { maxDuration: request.maxDuration } : {}),
       ...(request.idempotencyKey ? { idempotencyKey: request.idempotencyKey } : {}),
     };
     const result = await this.store.create(record);
     if (result.created) {
       this.metrics.dispatches.inc();
-      this.#startDispatch(result.record);
+      this.#startDispatch(result.record, undefined, room);
     }
     return result;
   }
@@ -348,7 +370,7 @@ export class RegistryCore {
     return this.store.get(jobId);
   }
 
-  #startDispatch(record: JobRecord, adoptedBy?: string): LiveDispatch {
+  #startDispatch(record: JobRecord, adoptedBy?: string, room?: RoomAssignment): LiveDispatch {
     const actor = createActor(dispatchMachine, {
       id: `dispatch.${record.id}`,
       input: {
@@ -358,7 +380,7 @@ export class RegistryCore {
         ...(adoptedBy ? { adoptedBy } : {}),
       },
     });
-    const live: LiveDispatch = { actor, record, tried: new Map(), offeredTo: undefined };
+    const live: LiveDispatch = { actor, record, tried: new Map(), offeredTo: undefined, room };
     this.dispatches.set(record.id, live);
     if (adoptedBy) this.workers.get(adoptedBy)?.jobs.add(record.id);
     actor.on("*", (event) => this.#onDispatchEmitted(live, event as DispatchEmitted));
@@ -411,6 +433,7 @@ export class RegistryCore {
           job_id: record.id,
           agent_name: record.agentName,
           ...(record.roomId ? { room_id: record.roomId } : {}),
+          ...(live.room ? { token: live.room.token, url: live.room.url } : {}),
           room_options: record.roomOptions,
           metadata: record.metadata,
           ...(record.maxDuration ? { max_duration: record.maxDuration } : {}),

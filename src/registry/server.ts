@@ -1,11 +1,16 @@
-import { createServer, type Server } from "node:http";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { createLogger, type Logger } from "../observability/logger.ts";
 import { MAX_FRAME_BYTES } from "../protocol/registry.ts";
-import type { Credentials } from "./auth.ts";
+import { RoomHub } from "../room/hub.ts";
+import { mintRoomToken, roomAuthorizer } from "../room/room-auth.ts";
+import { createWebRoutes } from "../web/routes.ts";
+import { type Credentials, verifyToken } from "./auth.ts";
+import { registryDashboard } from "./dashboard.ts";
 import { createHttpApi } from "./http-api.ts";
 import { createRegistryMetrics } from "./metrics.ts";
 import { RegistryCore } from "./registry.ts";
+import { createRoomApi } from "./room-api.ts";
 import { type JobStore, MemoryJobStore } from "./store.ts";
 import { DEFAULT_REGISTRY_TIMING, type RegistryTiming } from "./timing.ts";
 
@@ -18,10 +23,16 @@ export interface RegistryOptions extends Credentials {
   logger?: Logger;
   maxFrameBytes?: number;
   random?: () => number;
+  /**
+   * The URL job processes use to reach this registry's room hub. Default: the registry's own URL,
+   * right for one machine; behind a proxy or in a cluster, the address workers can reach.
+   */
+  publicUrl?: string;
 }
 
 export interface Registry {
   core: RegistryCore;
+  rooms: RoomHub;
   server: Server;
   port: number;
   /** http://host:port; workers connect to its /agent path. */
@@ -45,9 +56,31 @@ export async function createRegistry(options: RegistryOptions): Promise<Registry
     options.maxFrameBytes ?? MAX_FRAME_BYTES,
     options.random,
   );
+  const credentials = { apiKey: options.apiKey, apiSecret: options.apiSecret };
+  const rooms = new RoomHub({ authorize: roomAuthorizer(credentials), logger });
+  let url = "";
+  const hubUrl = () => options.publicUrl ?? url;
+  core.roomAccess = {
+    newRoomId: (jobId) => `room-${jobId.replace(/^job-/, "").slice(0, 12)}`,
+    forAgent: async (room, jobId, agentName) => ({
+      url: hubUrl(),
+      token: await mintRoomToken(credentials, { room, identity: `agent-${jobId}`, name: agentName, agent: true }),
+    }),
+  };
   const api = createHttpApi(core, options, metrics);
+  const roomApi = createRoomApi(rooms, credentials, hubUrl);
+  const web = createWebRoutes({
+    source: "registry",
+    snapshot: () => registryDashboard(core),
+    authorize: async (token) => {
+      if (!token) throw new Error("missing token: open the page with ?token=<dispatcher token>");
+      await verifyToken(credentials, token, ["dispatcher"]);
+    },
+  });
+  const route = async (req: IncomingMessage, res: ServerResponse) =>
+    web.handle(req, res) || (await roomApi(req, res)) || api(req, res);
   const server = createServer((req, res) => {
-    api(req, res).then(
+    route(req, res).then(
       (handled) => {
         if (!handled) {
           res.writeHead(404, { "content-type": "application/json" });
@@ -66,6 +99,10 @@ export async function createRegistry(options: RegistryOptions): Promise<Registry
       void core.handleUpgrade(req, socket, head);
       return;
     }
+    if (RoomHub.matches(path)) {
+      void rooms.handleUpgrade(req, socket, head);
+      return;
+    }
     socket.write("HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
     socket.destroy();
   });
@@ -77,15 +114,18 @@ export async function createRegistry(options: RegistryOptions): Promise<Registry
     });
   });
   const port = (server.address() as AddressInfo).port;
-  const url = `http://${host.includes(":") ? `[${host}]` : host}:${port}`;
+  url = `http://${host.includes(":") ? `[${host}]` : host}:${port}`;
   logger.info({ url }, "registry listening");
   return {
     core,
+    rooms,
     server,
     port,
     url,
     async close() {
+      web.close();
       await core.close();
+      await rooms.close();
       await new Promise<void>((resolve) => {
         server.close(() => resolve());
         server.closeAllConnections();

@@ -1,10 +1,15 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
+import type { Duplex } from "node:stream";
 
 export interface HealthRoutes {
   ready(): boolean;
   worker(): unknown;
   metrics(): Promise<{ contentType: string; body: string }>;
+  /** More routes (dashboard, web assets); returns false when the request is not one of them. */
+  extra?(req: IncomingMessage, res: ServerResponse): boolean;
+  /** WebSocket upgrades (the room hub in local mode); refused with 404 when absent. */
+  upgrade?(req: IncomingMessage, socket: Duplex, head: Buffer): void;
 }
 
 export class PortInUseError extends Error {
@@ -24,6 +29,7 @@ function json(res: ServerResponse, status: number, body: unknown): void {
 export async function startHealthServer(host: string, port: number, routes: HealthRoutes): Promise<Server> {
   const server = createServer((req: IncomingMessage, res: ServerResponse) => {
     const path = new URL(req.url ?? "/", "http://localhost").pathname;
+    if (routes.extra?.(req, res)) return;
     if (req.method !== "GET" && req.method !== "HEAD") return json(res, 405, { error: "method not allowed" });
     switch (path) {
       case "/healthz":
@@ -48,6 +54,10 @@ export async function startHealthServer(host: string, port: number, routes: Heal
     }
   });
   server.keepAliveTimeout = 5_000;
+  server.on("upgrade", (req, socket, head) => {
+    if (routes.upgrade) return routes.upgrade(req, socket, head);
+    socket.end("HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+  });
   await new Promise<void>((resolve, reject) => {
     const onError = (error: NodeJS.ErrnoException) => {
       server.off("listening", onListening);

@@ -165,7 +165,7 @@ export function createProcessLogic(settings: ProcessSettings) {
           break;
         }
         case "done":
-          sendBack({ type: "proc.done", result: message.result.ok ? { ok: true } : message.result });
+          sendBack({ type: "proc.done", result: message.result });
           break;
       }
     });

@@ -1,4 +1,4 @@
-import { randomUUID } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import type { Server } from "node:http";
 import { type AnyActorLogic, fromCallback, toPromise } from "xstate";
 import type { JobSpec } from "../../machines/shared.ts";
@@ -6,12 +6,16 @@ import { EXIT_CLEAN } from "../../machines/worker.ts";
 import { JobContext } from "../job/job-context.ts";
 import { createLogger, type Logger } from "../observability/logger.ts";
 import { createWorkerMetrics } from "../observability/metrics.ts";
+import type { Credentials } from "../registry/auth.ts";
+import { RoomHub } from "../room/hub.ts";
+import { mintRoomToken, type RoomTokenRequest, roomAuthorizer } from "../room/room-auth.ts";
+import { createWebRoutes } from "../web/routes.ts";
 import { boundPort, closeServer, startHealthServer } from "./http-server.ts";
 import { createLoadSampler } from "./load-sampler.ts";
 import { createProcessLogic } from "./process-actor.ts";
 import { ProcessTracker } from "./process-tracker.ts";
 import { createRegistryLink } from "./registry-link.ts";
-import { describeWorker, flattenState, isReady } from "./status.ts";
+import { describeWorker, flattenState, isReady, workerDashboard } from "./status.ts";
 import { createWorkerActor } from "./worker-actor.ts";
 import type { WorkerJobDefinition } from "./worker-job-definition.ts";
 
@@ -33,6 +37,12 @@ export interface WorkerHandle {
   done: Promise<number>;
   drain(): void;
   stop(): void;
+  /** The room hub of a local-mode worker (absent when registered: rooms live on the registry). */
+  rooms: RoomHub | undefined;
+  /** A participant token for this worker's room hub (local mode). */
+  roomToken(request: RoomTokenRequest): Promise<string>;
+  /** The job local mode runs, with its room. */
+  localJob: JobSpec | undefined;
 }
 
 /** In local mode the registry link is a stand-in: nothing is offered, updates only get logged. */
@@ -44,17 +54,38 @@ function localLink(logger: Logger) {
   });
 }
 
-async function localJobSpec(definition: WorkerJobDefinition): Promise<JobSpec> {
+/** Local mode's one job, in a room on this worker's own hub (the RoomOptions' room, or a new one). */
+async function localJobSpec(
+  definition: WorkerJobDefinition,
+  hubUrl: string,
+  credentials: Credentials,
+): Promise<JobSpec> {
   const { jobctx } = definition;
   const ctx = typeof jobctx === "function" ? await jobctx() : (jobctx ?? new JobContext());
   const roomOptions = ctx.roomOptions.toJSON() as unknown as Record<string, unknown>;
+  const jobId = `local-${randomUUID()}`;
+  const roomId = ctx.roomOptions.roomId ?? `room-${jobId.slice(6, 14)}`;
+  const roomToken = await mintRoomToken(credentials, {
+    room: roomId,
+    identity: ctx.roomOptions.agentParticipantId ?? `agent-${jobId.slice(6, 14)}`,
+    name: ctx.roomOptions.name,
+    agent: true,
+  });
   return {
-    jobId: `local-${randomUUID()}`,
+    jobId,
     agentName: definition.options.agentId,
-    ...(ctx.roomOptions.roomId ? { roomId: ctx.roomOptions.roomId } : {}),
+    roomId,
+    roomToken,
+    url: hubUrl,
     roomOptions,
     ...(ctx.roomOptions.metadata ? { metadata: ctx.roomOptions.metadata } : {}),
   };
+}
+
+/** The URL a job process on this machine uses to reach the worker's server. */
+function loopbackUrl(host: string, port: number): string {
+  if (host === "0.0.0.0" || host === "::" || host === "") return `http://127.0.0.1:${port}`;
+  return `http://${host.includes(":") ? `[${host}]` : host}:${port}`;
 }
 
 /**
@@ -85,7 +116,12 @@ export async function runWorker(definition: WorkerJobDefinition, settings: RunSe
   } else {
     link = { logic: localLink(logger), input: undefined };
   }
-  const localSpec = options.register ? undefined : await localJobSpec(definition);
+  // Local mode hosts the job's room itself; tokens are signed with the worker's key or a throwaway one.
+  const roomCredentials: Credentials =
+    options.apiKey && options.apiSecret
+      ? { apiKey: options.apiKey, apiSecret: options.apiSecret }
+      : { apiKey: "troupe-local", apiSecret: randomBytes(32).toString("hex") };
+  const rooms = options.register ? undefined : new RoomHub({ authorize: roomAuthorizer(roomCredentials), logger });
 
   const actor = createWorkerActor(
     options,
@@ -93,7 +129,24 @@ export async function runWorker(definition: WorkerJobDefinition, settings: RunSe
     { logger, linkInput: link.input },
   );
   const startedAt = Date.now();
+  const web = createWebRoutes({
+    source: `worker ${options.agentId}`,
+    snapshot: () => workerDashboard(describeWorker(actor, options, tracker, startedAt)),
+    playground: false,
+  });
   const server = await startHealthServer(options.host, options.port, {
+    extra: (req, res) => web.handle(req, res),
+    ...(rooms
+      ? {
+          upgrade: (req, socket, head) => {
+            if (RoomHub.matches(new URL(req.url ?? "/", "http://worker").pathname)) {
+              void rooms.handleUpgrade(req, socket, head);
+            } else {
+              socket.end("HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+            }
+          },
+        }
+      : {}),
     ready: () => isReady(actor.getSnapshot(), options),
     worker: () => describeWorker(actor, options, tracker, startedAt),
     metrics: async () => {
@@ -104,6 +157,9 @@ export async function runWorker(definition: WorkerJobDefinition, settings: RunSe
     },
   });
   const port = boundPort(server);
+  const localSpec = options.register
+    ? undefined
+    : await localJobSpec(definition, loopbackUrl(options.host, port), roomCredentials);
 
   let localOutcome: { status: string } | undefined;
   let linkFailureLogged = false;
@@ -184,12 +240,20 @@ export async function runWorker(definition: WorkerJobDefinition, settings: RunSe
     { agentId: options.agentId, port, register: options.register, maxProcesses: options.maxProcesses },
     "worker started",
   );
-  if (localSpec) actor.send({ type: "worker.run", spec: localSpec });
+  if (localSpec) {
+    actor.send({ type: "worker.run", spec: localSpec });
+    logger.info(
+      { jobId: localSpec.jobId, room: localSpec.roomId, dashboard: `${loopbackUrl(options.host, port)}/dashboard` },
+      "local job started in its room",
+    );
+  }
 
   const done = toPromise(actor).then(
     async (output) => {
       process.off("SIGTERM", onSignal);
       process.off("SIGINT", onSignal);
+      web.close();
+      await rooms?.close();
       await closeServer(server);
       let code = output.exitCode;
       if (code === EXIT_CLEAN && localSpec) code = localOutcome?.status === "completed" ? 0 : EXIT_JOB_FAILED;
@@ -199,6 +263,8 @@ export async function runWorker(definition: WorkerJobDefinition, settings: RunSe
     async (error) => {
       process.off("SIGTERM", onSignal);
       process.off("SIGINT", onSignal);
+      web.close();
+      await rooms?.close();
       await closeServer(server);
       logger.fatal({ err: String(error) }, "worker stopped after an internal error");
       return 1;
@@ -211,5 +277,8 @@ export async function runWorker(definition: WorkerJobDefinition, settings: RunSe
     done,
     drain: () => actor.send({ type: "worker.drain" }),
     stop: () => actor.send({ type: "worker.stop" }),
+    rooms,
+    roomToken: (request) => mintRoomToken(roomCredentials, request),
+    localJob: localSpec,
   };
 }

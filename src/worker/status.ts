@@ -79,3 +79,32 @@ export function describeWorker(actor: AnyActorRef, options: Options, tracker: Pr
     jobs,
   };
 }
+
+/** The worker's own view, shaped for the dashboard: itself, its slots and its jobs with machine states. */
+export function workerDashboard(view: ReturnType<typeof describeWorker>) {
+  const workerId = `${view.agentId} (this worker)`;
+  return {
+    workers: [
+      {
+        id: workerId,
+        agentName: view.agentId,
+        machine: "worker",
+        state: view.state,
+        status: view.ready ? "available" : view.status === "active" ? "not ready" : view.status,
+        load: view.load,
+        jobCount: view.jobs.length,
+        maxProcesses: view.options.maxProcesses,
+      },
+    ],
+    slots: view.slots.map((slot) => ({ ...slot, workerId })),
+    jobs: view.jobs.map((job) => ({
+      id: job.id,
+      machine: "job",
+      state: job.state,
+      status: job.state.split(".")[0],
+      roomId: job.roomId,
+      agentName: view.agentId,
+      workerId,
+    })),
+  };
+}

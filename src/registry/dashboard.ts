@@ -1,0 +1,46 @@
+import type { DashboardSnapshot } from "../web/routes.ts";
+import type { RegistryCore } from "./registry.ts";
+
+/** How many job records the registry's dashboard shows (newest first). */
+const DASHBOARD_JOBS = 100;
+
+/** A state value as one string of dotted paths ("a.b | c"), as the dashboard marks diagrams with. */
+function statePaths(value: unknown, prefix = ""): string[] {
+  if (typeof value === "string") return [prefix ? `${prefix}.${value}` : value];
+  if (value && typeof value === "object") {
+    return Object.entries(value).flatMap(([key, child]) => statePaths(child, prefix ? `${prefix}.${key}` : key));
+  }
+  return [];
+}
+
+/**
+ * The registry's view for the dashboard: every worker with its session machine's state, and the
+ * newest job records, each live one with its dispatch machine's state. Slots live on the workers:
+ * each worker's own dashboard shows them.
+ */
+export async function registryDashboard(core: RegistryCore): Promise<DashboardSnapshot> {
+  const workers = [...core.workers.values()].map((link) => ({
+    id: link.workerId,
+    agentName: link.context.agentName,
+    machine: "session",
+    state: statePaths(link.session.getSnapshot().value).join(" | "),
+    status: link.socket ? (link.context.reportedStatus ?? "available") : "disconnected",
+    load: link.context.load,
+    jobCount: link.context.jobCount,
+    maxProcesses: link.context.maxProcesses,
+  }));
+  const records = await core.store.list({ limit: DASHBOARD_JOBS });
+  const jobs = records.map((record) => {
+    const live = core.dispatches.get(record.id);
+    return {
+      id: record.id,
+      agentName: record.agentName,
+      roomId: record.roomId,
+      status: record.status,
+      reason: record.reason,
+      workerId: record.workerId,
+      ...(live ? { machine: "dispatch", state: statePaths(live.actor.getSnapshot().value).join(" | ") } : {}),
+    };
+  });
+  return { workers, slots: [], jobs };
+}

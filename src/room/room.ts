@@ -1,0 +1,115 @@
+import type { WebSocket } from "ws";
+import { type ClientFrame, type HubFrame, type ParticipantInfo, ROOM_CLOSE } from "../protocol/room.ts";
+import type { RoomGrant } from "./hub.ts";
+
+export interface RoomHooks {
+  emptyTtlMs: number;
+  onJoined(participant: ParticipantInfo): void;
+  onLeft(participant: ParticipantInfo): void;
+  /** The room is forgotten: `ended` when someone ended it, not when it stayed empty. */
+  onGone(reason: string, ended: boolean): void;
+}
+
+interface Member {
+  info: ParticipantInfo;
+  ws: WebSocket;
+}
+
+export function send(ws: WebSocket, frame: HubFrame): void {
+  if (ws.readyState === ws.OPEN) ws.send(JSON.stringify(frame));
+}
+
+/** One room: its members, their join/leave events and their messages. */
+export class Room {
+  readonly createdAt = Date.now();
+  readonly #members = new Map<string, Member>();
+  #emptyTimer: NodeJS.Timeout | undefined;
+  #ended = false;
+
+  constructor(
+    readonly id: string,
+    private readonly hooks: RoomHooks,
+  ) {
+    this.#armEmptyTimer();
+  }
+
+  participantList(): ParticipantInfo[] {
+    return [...this.#members.values()].map((m) => m.info);
+  }
+
+  summary() {
+    return { id: this.id, createdAt: this.createdAt, participants: this.participantList() };
+  }
+
+  /** Adds the member and returns the socket it replaces when the same identity was already in. */
+  join(grant: RoomGrant, ws: WebSocket): WebSocket | undefined {
+    if (this.#ended) {
+      send(ws, { type: "room_ended", reason: "ended" });
+      ws.close(ROOM_CLOSE.ended, "room ended");
+      return undefined;
+    }
+    clearTimeout(this.#emptyTimer);
+    const previous = this.#members.get(grant.identity);
+    const info: ParticipantInfo = { id: grant.identity, name: grant.name, kind: grant.kind, joined_at: Date.now() };
+    this.#members.set(grant.identity, { info, ws });
+    send(ws, {
+      type: "welcome",
+      room: this.id,
+      you: info,
+      participants: this.participantList().filter((p) => p.id !== info.id),
+    });
+    if (!previous) {
+      this.#toOthers(info.id, { type: "participant_joined", participant: info });
+      this.hooks.onJoined(info);
+    }
+    return previous?.ws;
+  }
+
+  /** Only the member's current socket leaves; a replaced socket closing changes nothing. */
+  leave(identity: string, ws: WebSocket): void {
+    const member = this.#members.get(identity);
+    if (!member || member.ws !== ws) return;
+    this.#members.delete(identity);
+    if (this.#ended) return;
+    this.#toOthers(identity, { type: "participant_left", participant: member.info });
+    this.hooks.onLeft(member.info);
+    if (this.#members.size === 0) this.#armEmptyTimer();
+  }
+
+  broadcast(fromIdentity: string, message: Extract<ClientFrame, { type: "message" }>): void {
+    const from = this.#members.get(fromIdentity)?.info;
+    if (!from) return;
+    const frame: HubFrame = { type: "message", from, at: Date.now() };
+    if (message.text !== undefined) frame.text = message.text;
+    if (message.data !== undefined) frame.data = message.data;
+    const to = message.to ? new Set(message.to) : undefined;
+    for (const [id, member] of this.#members) {
+      if (id === fromIdentity || (to && !to.has(id))) continue;
+      send(member.ws, frame);
+    }
+  }
+
+  end(reason: string): void {
+    if (this.#ended) return;
+    this.#ended = true;
+    clearTimeout(this.#emptyTimer);
+    for (const member of this.#members.values()) {
+      send(member.ws, { type: "room_ended", reason });
+      member.ws.close(ROOM_CLOSE.ended, "room ended");
+    }
+    this.#members.clear();
+    this.hooks.onGone(reason, true);
+  }
+
+  #toOthers(identity: string, frame: HubFrame): void {
+    for (const [id, member] of this.#members) if (id !== identity) send(member.ws, frame);
+  }
+
+  #armEmptyTimer(): void {
+    clearTimeout(this.#emptyTimer);
+    this.#emptyTimer = setTimeout(() => {
+      if (this.#members.size === 0 && !this.#ended) this.hooks.onGone("empty", false);
+    }, this.hooks.emptyTtlMs);
+    this.#emptyTimer.unref();
+  }
+}

@@ -1,0 +1,136 @@
+import { readFile } from "node:fs/promises";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { fileURLToPath } from "node:url";
+
+const WEB_DIR = fileURLToPath(new URL("../../web/", import.meta.url));
+const VIZ_DIR = fileURLToPath(new URL("../../visualizations/", import.meta.url));
+
+const PAGES: Record<string, string> = { "/dashboard": "dashboard.html", "/playground": "playground.html" };
+const ASSET = /^\/web\/([a-z-]+\.(?:js|css))$/;
+const DIAGRAM = /^\/visualizations\/([a-z-]+\.svg)$/;
+const TYPES: Record<string, string> = {
+  html: "text/html; charset=utf-8",
+  js: "text/javascript; charset=utf-8",
+  css: "text/css; charset=utf-8",
+  svg: "image/svg+xml",
+};
+
+/** What the dashboard shows: flat lists, each entry carrying its machine's current state. */
+export interface DashboardSnapshot {
+  workers: Record<string, unknown>[];
+  slots: Record<string, unknown>[];
+  jobs: Record<string, unknown>[];
+}
+
+export interface WebRoutesOptions {
+  /** Which server this is, shown on the page ("registry" or "worker <agent>"). */
+  source: string;
+  snapshot(): Promise<DashboardSnapshot> | DashboardSnapshot;
+  /** Checks the token of an /events request; throws to refuse. Absent = open (a worker's own server). */
+  authorize?(token: string | undefined): Promise<void>;
+  /** Without the playground (a worker in local mode has no dispatch API). */
+  playground?: boolean;
+  /** How often the stream looks for changes; it sends only when something changed. */
+  intervalMs?: number;
+}
+
+/**
+ * The dashboard and playground pages, their assets, the machines' diagrams, and `/events`: a
+ * server-sent event stream of snapshots. The stream compares each snapshot with the last one sent
+ * and sends only changes, so a quiet system costs one JSON serialisation per interval per viewer.
+ */
+export function createWebRoutes(options: WebRoutesOptions) {
+  const intervalMs = options.intervalMs ?? 250;
+  const streams = new Set<ServerResponse>();
+
+  async function serveFile(res: ServerResponse, path: string, ext: string): Promise<void> {
+    try {
+      const body = await readFile(path);
+      res.writeHead(200, { "content-type": TYPES[ext] ?? "application/octet-stream", "cache-control": "no-cache" });
+      res.end(body);
+    } catch {
+      res.writeHead(404, { "content-type": "application/json" });
+      res.end(JSON.stringify({ error: "not found" }));
+    }
+  }
+
+  async function stream(req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
+    if (options.authorize) {
+      const header = req.headers.authorization;
+      const bearer = header ? /^Bearer\s+(\S+)$/i.exec(header.trim())?.[1] : undefined;
+      try {
+        await options.authorize(url.searchParams.get("token") ?? bearer);
+      } catch (error) {
+        res.writeHead(401, { "content-type": "application/json" });
+        res.end(JSON.stringify({ error: (error as Error).message }));
+        return;
+      }
+    }
+    res.writeHead(200, {
+      "content-type": "text/event-stream; charset=utf-8",
+      "cache-control": "no-store",
+      connection: "keep-alive",
+    });
+    res.write(`event: hello\ndata: ${JSON.stringify({ source: options.source })}\n\n`);
+    streams.add(res);
+    let last = "";
+    let busy = false;
+    const tick = async () => {
+      if (busy) return;
+      busy = true;
+      try {
+        const text = JSON.stringify(await options.snapshot());
+        if (text !== last) {
+          last = text;
+          res.write(`event: snapshot\ndata: ${text}\n\n`);
+        }
+      } catch (error) {
+        res.write(`event: problem\ndata: ${JSON.stringify({ error: (error as Error).message })}\n\n`);
+      } finally {
+        busy = false;
+      }
+    };
+    await tick();
+    const timer = setInterval(() => void tick(), intervalMs);
+    const stop = () => {
+      clearInterval(timer);
+      streams.delete(res);
+    };
+    req.on("close", stop);
+    res.on("error", stop);
+  }
+
+  return {
+    /** Handles the request when it is one of these routes; false otherwise. */
+    handle(req: IncomingMessage, res: ServerResponse): boolean {
+      if (req.method !== "GET" && req.method !== "HEAD") return false;
+      const url = new URL(req.url ?? "/", "http://web");
+      const path = url.pathname;
+      const page = PAGES[path];
+      if (page && (path !== "/playground" || options.playground !== false)) {
+        void serveFile(res, `${WEB_DIR}${page}`, "html");
+        return true;
+      }
+      const asset = ASSET.exec(path);
+      if (asset) {
+        void serveFile(res, `${WEB_DIR}${asset[1]}`, (asset[1] as string).split(".").pop() as string);
+        return true;
+      }
+      const diagram = DIAGRAM.exec(path);
+      if (diagram) {
+        void serveFile(res, `${VIZ_DIR}${diagram[1]}`, "svg");
+        return true;
+      }
+      if (path === "/events") {
+        void stream(req, res, url);
+        return true;
+      }
+      return false;
+    },
+    /** Ends every open event stream (servers wait for them otherwise). */
+    close(): void {
+      for (const res of streams) res.end();
+      streams.clear();
+    },
+  };
+}
