@@ -73,11 +73,28 @@ $("dispatch").addEventListener("click", async () => {
     const { job } = await api("POST", "/v1/jobs", { agent_name: agent, room_id: room });
     $("status").textContent = `job ${job.id}: ${job.status}`;
     $("status").dataset.jobId = job.id;
+    followJob(job.id);
   } catch (error) {
     $("status").textContent = `error: ${error.message}`;
     $("dispatch").disabled = false;
   }
 });
+
+/** Shows the job's status as the registry records it, until it is final. */
+function followJob(jobId) {
+  const final = new Set(["completed", "failed", "cancelled", "lost", "rejected"]);
+  const poll = async () => {
+    try {
+      const { job } = await api("GET", `/v1/jobs/${encodeURIComponent(jobId)}`);
+      $("status").textContent = `job ${job.id}: ${job.status}${job.reason ? ` (${job.reason})` : ""}`;
+      if (final.has(job.status)) return;
+    } catch (error) {
+      $("status").textContent = `job ${jobId}: ${error.message}`;
+    }
+    setTimeout(poll, 1000);
+  };
+  void poll();
+}
 
 function onFrame(frame) {
   switch (frame.type) {

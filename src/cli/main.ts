@@ -7,6 +7,7 @@ import { createLogger } from "../observability/logger.ts";
 import { LOG_LEVELS, type LogLevel } from "../options.ts";
 import { mintToken, ROLES, type Role } from "../registry/auth.ts";
 import { createRegistry } from "../registry/server.ts";
+import { startDev } from "./dev.ts";
 import { RegistryClient, RegistryClientError } from "./registry-client.ts";
 
 const env = process.env;
@@ -68,6 +69,47 @@ export function buildProgram(): Command {
       };
       process.once("SIGTERM", stop);
       process.once("SIGINT", stop);
+    });
+
+  program
+    .command("dev")
+    .description(
+      "develop an agent: an embedded registry, room hub, dashboard and playground, and a worker that restarts when you save",
+    )
+    .argument("<module>", "path to the agent module (it calls new WorkerJob(...).start())")
+    .option("--host <host>", "bind address", "127.0.0.1")
+    .option("--port <port>", "registry port (0 picks a free one)", intOption("--port"), Number(env.TROUPE_PORT ?? 7880))
+    .option("--no-watch", "do not restart the worker when files change")
+    .option("--log-level <level>", "DEBUG, INFO, WARN or ERROR", "WARN")
+    .action(async (modulePath: string, opts) => {
+      const path = resolve(modulePath);
+      if (!existsSync(path)) throw new CliError(`no agent module at ${path}`);
+      const level = String(opts.logLevel).toUpperCase();
+      if (!LOG_LEVELS.includes(level as LogLevel))
+        throw new CliError(`--log-level must be one of ${LOG_LEVELS.join(", ")}`);
+      const logger = createLogger(level as LogLevel);
+      const apiKey = env.TROUPE_API_KEY;
+      const apiSecret = env.TROUPE_API_SECRET;
+      const session = await startDev({
+        modulePath: path,
+        host: opts.host,
+        port: opts.port,
+        logger,
+        watch: opts.watch,
+        ...(apiKey && apiSecret ? { credentials: { apiKey, apiSecret } } : {}),
+      });
+      process.stdout.write(
+        `\ntroupe dev: ${path}\n  playground  ${session.playgroundUrl}\n  dashboard   ${session.dashboardUrl}\n  registry    ${session.registry.url}\n\n`,
+      );
+      let stopping = false;
+      const stop = async () => {
+        if (stopping) return;
+        stopping = true;
+        await session.stop();
+        process.exit(0);
+      };
+      process.on("SIGTERM", stop);
+      process.on("SIGINT", stop);
     });
 
   program

@@ -170,7 +170,7 @@ export class JobContext {
     return this.#room;
   }
 
-  /** @internal True while the job is in its room: its session, not its entrypoint, decides when it ends. */
+  /** True while the job is in its room: its session, not its entrypoint, decides when the job ends. */
   get inRoom(): boolean {
     return this.#room !== undefined && this.#room.endedReason === undefined;
   }

@@ -136,7 +136,7 @@ class JobRunner {
     this.#ending = true;
     if (!this.#started) return exitWith(0);
     await send({ type: "job_status", status: "ending" });
-    const reason = result.ok ? (result.reason ?? "completed") : "entrypoint_error";
+    const reason = result.ok ? (result.reason ?? "entrypoint returned") : "entrypoint_error";
     if (this.#ctx) {
       const report = await this.#ctx.runShutdownCallbacks(reason);
       if (report.failed.length > 0 || report.timedOut > 0) {

@@ -1,6 +1,7 @@
 import { fileURLToPath } from "node:url";
 import { jobProcessHook } from "../job/hook.ts";
 import type { Options } from "../options.ts";
+import { withLauncherOverrides } from "./launcher.ts";
 import { runWorker } from "./runtime.ts";
 import type { Entrypoint, JobContextFactory, WorkerJobDefinition } from "./worker-job-definition.ts";
 
@@ -68,7 +69,8 @@ export class WorkerJob {
     }
     let code: number;
     try {
-      const handle = await runWorker(this.definition);
+      const options = withLauncherOverrides(this.definition.options);
+      const handle = await runWorker({ ...this.definition, options });
       code = await handle.done;
     } catch (error) {
       // e.g. the port is taken: say so plainly and exit non-zero
