@@ -21,6 +21,8 @@ export interface DevSettings {
   debounceMs?: number;
   /** How long a replaced or stopping worker may drain before it is killed. */
   drainGraceMs?: number;
+  /** Where the worker's own output goes (default: this terminal). */
+  workerOutput?: "inherit" | "ignore";
 }
 
 export interface DevSession {
@@ -79,7 +81,7 @@ export async function startDev(settings: DevSettings): Promise<DevSession> {
 
   const spawnWorker = () => {
     const child = spawn(process.execPath, ["--import", tsxLoader, devWorkerMain, modulePath], {
-      stdio: ["ignore", "inherit", "inherit"],
+      stdio: ["ignore", settings.workerOutput ?? "inherit", settings.workerOutput ?? "inherit"],
       env: {
         ...process.env,
         TROUPE_URL: registry.url,

@@ -40,7 +40,11 @@ interface RegisteredCallback {
  * shutdown callbacks. Created by the user (often once, at module level); the job process attaches
  * the job to it before the entrypoint runs.
  */
+/** Marks JobContexts across module instances (an agent loaded as CommonJS gets its own copy of troupe). */
+const BRAND = Symbol.for("troupe.JobContext");
+
 export class JobContext {
+  readonly [BRAND] = true;
   readonly roomOptions: RoomOptions;
   #attached: AttachedJob | undefined;
   #callbacks: RegisteredCallback[] = [];
@@ -52,6 +56,11 @@ export class JobContext {
   constructor(init: { roomOptions?: RoomOptions | RoomOptionsInput } = {}) {
     const roomOptions = init.roomOptions ?? {};
     this.roomOptions = roomOptions instanceof RoomOptions ? roomOptions : new RoomOptions(roomOptions);
+  }
+
+  /** True for a JobContext from any copy of troupe loaded in this process. */
+  static isJobContext(value: unknown): value is JobContext {
+    return typeof value === "object" && value !== null && (value as Record<symbol, unknown>)[BRAND] === true;
   }
 
   /** @internal Called by the job process before the entrypoint runs. */

@@ -110,7 +110,7 @@ class JobRunner {
     try {
       const { jobctx } = this.agent;
       const ctx = typeof jobctx === "function" ? await jobctx() : (jobctx ?? new JobContext());
-      if (!(ctx instanceof JobContext)) throw new TypeError("jobctx must be a JobContext or return one");
+      if (!JobContext.isJobContext(ctx)) throw new TypeError("jobctx must be a JobContext or return one");
       ctx.attach({
         job,
         logger: this.logger.child({ jobId: job.jobId }),

@@ -37,6 +37,7 @@ describe.runIf(available)("the playground and the dashboard in a real browser", 
       port: 0,
       watch: false,
       logger: createLogger("ERROR", { write() {} }),
+      workerOutput: "ignore",
     });
     browser = await chromium.launch({
       executablePath: CHROMIUM,
