@@ -13,6 +13,8 @@ export class WorkerLink {
   readonly session: Actor<typeof sessionMachine>;
   socket: WebSocket | undefined;
   inflight = 0;
+  /** performance.now() of the last frame from this worker: any frame shows it is alive. */
+  lastHeardAt = performance.now();
   /** Bumped each time the worker becomes available again, so a worker that once said no gets asked again. */
   availabilityEpoch = 0;
   readonly jobs = new Set<string>();
