@@ -22,7 +22,9 @@ const child = fork(fileURLToPath(new URL("./registry-server.ts", import.meta.url
   stdio: ["ignore", "pipe", "inherit", "ipc"],
 });
 const url = await new Promise<string>((resolve) => {
-  createInterface({ input: child.stdout as NodeJS.ReadableStream }).once("line", (line) => resolve(JSON.parse(line).url));
+  createInterface({ input: child.stdout as NodeJS.ReadableStream }).once("line", (line) =>
+    resolve(JSON.parse(line).url),
+  );
 });
 const token = await mintToken({ apiKey: "bench", apiSecret: "bench-secret-bench-secret" }, { role: "worker" });
 const sims: SimWorker[] = [];
@@ -47,4 +49,15 @@ const share = (after.ctime - before.ctime) / (performance.now() - started);
 for (const s of sims) s.close();
 child.kill("SIGTERM");
 await new Promise((resolve) => child.once("exit", resolve));
-console.log(JSON.stringify({ bench: "heartbeat-profile", workers: count, registry_cpu_percent_of_one_core: Math.round(share * 1000) / 10, profileDir }, null, 2));
+console.log(
+  JSON.stringify(
+    {
+      bench: "heartbeat-profile",
+      workers: count,
+      registry_cpu_percent_of_one_core: Math.round(share * 1000) / 10,
+      profileDir,
+    },
+    null,
+    2,
+  ),
+);

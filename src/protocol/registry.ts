@@ -32,6 +32,16 @@ export const registerRequest = z.object({
   jobs: z.array(jobInventoryEntry).default([]),
 });
 
+/** One of the worker's processes as the registry's dashboard shows it (optional, informational). */
+export const slotSummary = z.object({
+  id: z.string().max(64),
+  state: z.string().max(256),
+  pid: z.number().int().nullable().optional(),
+  memory_mb: z.number().nullable().optional(),
+  job_id: z.string().max(256).nullable().optional(),
+});
+export type SlotSummary = z.infer<typeof slotSummary>;
+
 export const statusUpdate = z.object({
   type: z.literal("status_update"),
   worker_id: z.string(),
@@ -40,6 +50,8 @@ export const statusUpdate = z.object({
   load: z.number().min(0).max(1),
   job_count: z.number().int().min(0),
   idle_processes: z.number().int().min(0).optional(),
+  /** The worker's processes with their slot machine states, for dashboards; at most 256. */
+  slots: z.array(slotSummary).max(256).optional(),
 });
 
 export const availabilityResponse = z.object({

@@ -15,8 +15,8 @@ function statePaths(value: unknown, prefix = ""): string[] {
 
 /**
  * The registry's view for the dashboard: every worker with its session machine's state, and the
- * newest job records, each live one with its dispatch machine's state. Slots live on the workers:
- * each worker's own dashboard shows them.
+ * processes each reported with its latest status update (slot machine state, pid, memory), and the
+ * newest job records, each live one with its dispatch machine's state.
  */
 export async function registryDashboard(core: RegistryCore): Promise<DashboardSnapshot> {
   const workers = [...core.workers.values()].map((link) => ({
@@ -29,6 +29,16 @@ export async function registryDashboard(core: RegistryCore): Promise<DashboardSn
     jobCount: link.context.jobCount,
     maxProcesses: link.context.maxProcesses,
   }));
+  const slots = [...core.workers.values()].flatMap((link) =>
+    link.slots.map((slot) => ({
+      workerId: link.workerId,
+      id: slot.id,
+      state: slot.state,
+      pid: slot.pid ?? null,
+      memoryMb: slot.memory_mb ?? null,
+      jobId: slot.job_id ?? null,
+    })),
+  );
   const records = await core.store.list({ limit: DASHBOARD_JOBS });
   const jobs = records.map((record) => {
     const live = core.dispatches.get(record.id);
@@ -42,5 +52,5 @@ export async function registryDashboard(core: RegistryCore): Promise<DashboardSn
       ...(live ? { machine: "dispatch", state: statePaths(live.actor.getSnapshot().value).join(" | ") } : {}),
     };
   });
-  return { workers, slots: [], jobs };
+  return { workers, slots, jobs };
 }

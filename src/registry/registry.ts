@@ -295,6 +295,7 @@ export class RegistryCore {
     switch (message.type) {
       case "status_update": {
         const before = link.context;
+        if (message.slots) link.slots = message.slots;
         link.session.send({
           type: "status",
           status: message.status,

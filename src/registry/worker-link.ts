@@ -2,7 +2,7 @@ import type { WebSocket } from "ws";
 import { type Actor, createActor } from "xstate";
 import { sessionMachine } from "../../machines/registry/session.ts";
 import type { Logger } from "../observability/logger.ts";
-import type { RegistryMessage } from "../protocol/registry.ts";
+import type { RegistryMessage, SlotSummary } from "../protocol/registry.ts";
 import type { RegistryTiming } from "./timing.ts";
 
 /**
@@ -13,6 +13,8 @@ export class WorkerLink {
   readonly session: Actor<typeof sessionMachine>;
   socket: WebSocket | undefined;
   inflight = 0;
+  /** The worker's processes as of its latest status update (for dashboards only). */
+  slots: SlotSummary[] = [];
   /** performance.now() of the last frame from this worker: any frame shows it is alive. */
   lastHeardAt = performance.now();
   /** Bumped each time the worker becomes available again, so a worker that once said no gets asked again. */

@@ -3,7 +3,7 @@ import { WebSocket } from "ws";
 import { fromCallback } from "xstate";
 import type { ConnectionInput, SocketCommand, SocketEvent } from "../../machines/connection.ts";
 import type { Logger } from "../observability/logger.ts";
-import { MAX_FRAME_BYTES, registryMessage } from "../protocol/registry.ts";
+import { MAX_FRAME_BYTES, registryMessage, type StatusUpdateMessage } from "../protocol/registry.ts";
 
 export interface RegistrySocketSettings {
   /** The registry's base URL (http(s):// or ws(s)://); the socket goes to <url>/agent. */
@@ -17,6 +17,8 @@ export interface RegistrySocketSettings {
    * registration deadline (`registrationTimeout`), so no phase of an attempt is unbounded.
    */
   connectTimeoutMs?: number;
+  /** Adds what only the runtime knows (its processes' states, pids, memory) to each status update. */
+  decorateStatus?: (message: StatusUpdateMessage) => StatusUpdateMessage;
 }
 
 /** Close codes the socket reports for attempts that never opened (4000–4999: application codes). */
@@ -174,9 +176,13 @@ export function createRegistrySocket(settings: RegistrySocketSettings) {
       if (finished || !socket || socket.readyState !== WebSocket.OPEN) return;
       try {
         switch (command.type) {
-          case "send":
-            socket.send(JSON.stringify(command.message));
+          case "send": {
+            const { message } = command;
+            const decorated =
+              message.type === "status_update" && settings.decorateStatus ? settings.decorateStatus(message) : message;
+            socket.send(JSON.stringify(decorated));
             break;
+          }
           case "send_ping":
             socket.send(JSON.stringify({ type: "ping", timestamp: Date.now() }));
             break;

@@ -6,6 +6,7 @@ import { EXIT_CLEAN } from "../../machines/worker.ts";
 import { JobContext } from "../job/job-context.ts";
 import { createLogger, type Logger } from "../observability/logger.ts";
 import { createWorkerMetrics } from "../observability/metrics.ts";
+import type { SlotSummary } from "../protocol/registry.ts";
 import type { Credentials } from "../registry/auth.ts";
 import { RoomHub } from "../room/hub.ts";
 import { mintRoomToken, type RoomTokenRequest, roomAuthorizer } from "../room/room-auth.ts";
@@ -20,6 +21,8 @@ import { createWorkerActor } from "./worker-actor.ts";
 import type { WorkerJobDefinition } from "./worker-job-definition.ts";
 
 export const EXIT_JOB_FAILED = 1;
+/** The protocol's cap on slots in one status update. */
+const MAX_REPORTED_SLOTS = 256;
 
 export interface RunSettings {
   logger?: Logger;
@@ -110,9 +113,16 @@ export async function runWorker(definition: WorkerJobDefinition, settings: RunSe
     ...(options.loadFn ? { loadFn: options.loadFn } : {}),
     onError: (error) => logger.warn({ err: String(error) }, "load sample failed"),
   });
+  let describeSlots: (() => SlotSummary[]) | undefined;
   let link: { logic: AnyActorLogic; input: unknown };
   if (options.register) {
-    link = settings.registryLink ? settings.registryLink(logger) : createRegistryLink(options, logger);
+    link = settings.registryLink
+      ? settings.registryLink(logger)
+      : createRegistryLink(options, logger, {
+          // The registry's dashboard shows each worker's processes as of its latest status update.
+          decorateStatus: (message) =>
+            describeSlots ? { ...message, slots: describeSlots().slice(0, MAX_REPORTED_SLOTS) } : message,
+        });
   } else {
     link = { logic: localLink(logger), input: undefined };
   }
@@ -129,6 +139,14 @@ export async function runWorker(definition: WorkerJobDefinition, settings: RunSe
     { logger, linkInput: link.input },
   );
   const startedAt = Date.now();
+  describeSlots = () =>
+    describeWorker(actor, options, tracker, startedAt).slots.map((slot) => ({
+      id: slot.id,
+      state: slot.state,
+      pid: slot.pid,
+      memory_mb: slot.memoryMb === null ? null : Math.round(slot.memoryMb * 10) / 10,
+      job_id: slot.jobId,
+    }));
   const web = createWebRoutes({
     source: `worker ${options.agentId}`,
     snapshot: () => workerDashboard(describeWorker(actor, options, tracker, startedAt)),

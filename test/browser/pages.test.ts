@@ -80,6 +80,9 @@ describe.runIf(available)("the playground and the dashboard in a real browser", 
     await dashboard.goto(dev.dashboardUrl);
     const row = dashboard.locator(`#jobs tr[data-job="${jobId}"]`);
     await expect.poll(() => row.getAttribute("data-status"), { timeout: 15_000 }).toBe("running");
+    // The worker's processes, as its status updates report them: slot machine state and pid.
+    await dashboard.locator("#slots tbody tr").first().waitFor({ timeout: 15_000 });
+    expect(await dashboard.locator("#slots tbody tr").first().textContent()).toMatch(/slot\.\d+.*alive/);
     await dashboard.locator("#machine").selectOption({ label: `dispatch ${jobId}` });
     await dashboard.locator("#diagram svg .current").first().waitFor({ timeout: 10_000 });
     await dashboard.screenshot({ path: join(SHOTS, "dashboard.png"), fullPage: true });
