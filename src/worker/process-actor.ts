@@ -18,6 +18,9 @@ export interface ProcessObserver {
   exited?(slotId: string, pid: number | undefined, code: number | null, signal: string | null): void;
 }
 
+/** How long a new process waits before it is forked (see createProcessLogic). */
+const FORK_DEFER_MS = 20;
+
 export interface ProcessSettings {
   agentModule: string;
   logLevel: LogLevel;
@@ -25,6 +28,8 @@ export interface ProcessSettings {
   logger: Logger;
   observer?: ProcessObserver;
   env?: NodeJS.ProcessEnv;
+  /** Milliseconds before fork(); 0 forks at once. Default 20. */
+  forkDeferMs?: number;
 }
 
 const here = fileURLToPath(import.meta.url);
@@ -75,7 +80,37 @@ function killGroupRemnants(pid: number): void {
  * forwards the child's logs tagged with slot, job and pid. Stopping the actor SIGKILLs a live child.
  */
 export function createProcessLogic(settings: ProcessSettings) {
+  const deferMs = settings.forkDeferMs ?? FORK_DEFER_MS;
   return fromCallback<ProcessCommand, ProcessInput, ProcessEvent>(({ input, sendBack, receive }) => {
+    // fork() blocks this event loop for milliseconds. A replacement process is spawned in the same
+    // step that hands an idle one a job, so forking at once would delay that job's start; a short
+    // deferral lets the job start first. Commands that arrive meanwhile are kept in order.
+    let handle: ((command: ProcessCommand) => void) | undefined;
+    const early: ProcessCommand[] = [];
+    receive((command) => (handle ? handle(command) : early.push(command)));
+    let cleanup: (() => void) | undefined;
+    const launch = () => {
+      cleanup = launchProcess(settings, input, sendBack, (handler) => {
+        handle = handler;
+        for (const command of early.splice(0)) handler(command);
+      });
+    };
+    const timer = deferMs > 0 ? setTimeout(launch, deferMs) : undefined;
+    if (deferMs <= 0) launch();
+    return () => {
+      clearTimeout(timer);
+      cleanup?.();
+    };
+  });
+}
+
+function launchProcess(
+  settings: ProcessSettings,
+  input: ProcessInput,
+  sendBack: (event: ProcessEvent) => void,
+  receive: (handler: (command: ProcessCommand) => void) => void,
+): (() => void) | undefined {
+  {
     const { slotId } = input;
     const config: ChildConfig = {
       agentModule: settings.agentModule,
@@ -230,7 +265,7 @@ export function createProcessLogic(settings: ProcessSettings) {
       if (!exited) signalGroup(child, "SIGKILL");
       else if (pid !== undefined) killGroupRemnants(pid);
     };
-  });
+  }
 }
 
 function levelName(level: number): "debug" | "info" | "warn" | "error" {

@@ -82,8 +82,16 @@ describe.concurrent("no orphan processes", { timeout: 60_000 }, () => {
       options: { maxProcesses: 2, numIdleProcesses: 2, initializeTimeout: 30 },
     });
     await worker.port(30_000);
-    // "worker started" comes right after the pool forked its processes: they are still loading.
-    const pids = jobProcessesOf(worker.pid);
+    // The pool forks its processes moments after "worker started"; their prewarm never finishes, so
+    // they are still booting when the worker dies.
+    const pids = await until(
+      () => {
+        const found = jobProcessesOf(worker.pid);
+        return found.length === 2 ? found : undefined;
+      },
+      10_000,
+      "the pool's two job processes",
+    );
     expect(pids).toHaveLength(2);
     for (const pid of pids) worker.scope.track(pid);
     process.kill(worker.pid, "SIGKILL");
