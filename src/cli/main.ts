@@ -56,12 +56,26 @@ export function buildProgram(): Command {
     .option("--api-key <key>", "API key (default TROUPE_API_KEY)")
     .option("--api-secret <secret>", "API secret (default TROUPE_API_SECRET)")
     .option("--log-level <level>", "DEBUG, INFO, WARN or ERROR", "INFO")
+    .option(
+      "--redis <url>",
+      "share job records and workers with other registry nodes through this Redis (default TROUPE_REDIS_URL)",
+    )
+    .option("--redis-prefix <prefix>", "Redis key prefix; every node of one cluster uses the same", "troupe:")
+    .option("--public-url <url>", "the URL job processes use to reach this node's room hub")
     .action(async (opts) => {
       const level = String(opts.logLevel).toUpperCase();
       if (!LOG_LEVELS.includes(level as LogLevel))
         throw new CliError(`--log-level must be one of ${LOG_LEVELS.join(", ")}`);
       const logger = createLogger(level as LogLevel);
-      const registry = await createRegistry({ ...credentials(opts), host: opts.host, port: opts.port, logger });
+      const redisUrl: string | undefined = opts.redis ?? env.TROUPE_REDIS_URL;
+      const registry = await createRegistry({
+        ...credentials(opts),
+        host: opts.host,
+        port: opts.port,
+        logger,
+        ...(redisUrl ? { redis: { url: redisUrl, prefix: opts.redisPrefix } } : {}),
+        ...(opts.publicUrl ? { publicUrl: opts.publicUrl } : {}),
+      });
       const stop = async () => {
         logger.info("registry stopping");
         await registry.close();

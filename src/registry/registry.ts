@@ -14,6 +14,8 @@ import {
   workerMessage,
 } from "../protocol/registry.ts";
 import { AuthError, bearerToken, type Credentials, verifyToken } from "./auth.ts";
+import type { RegistryCluster } from "./cluster/cluster.ts";
+import type { NodeMessage, WorkerView } from "./cluster/messages.ts";
 import type { RegistryMetrics } from "./metrics.ts";
 import { type CandidateView, pickCandidate, spareOf } from "./picker.ts";
 import { isFinal, type JobRecord, type JobStore } from "./store.ts";
@@ -22,6 +24,8 @@ import { WorkerLink } from "./worker-link.ts";
 
 /** How long a closing registry waits for each worker socket to answer its close frame. */
 const CLOSE_GRACE_MS = 1_000;
+/** How many times a dispatch may be handed to another node before it settles for workers here. */
+const MAX_HOPS = 3;
 
 export interface DispatchRequest {
   agentName: string;
@@ -42,7 +46,22 @@ interface LiveDispatch {
   offeredTo: WorkerLink | undefined;
   /** The agent's token for the job's room, sent with the assignment (never stored in the record). */
   room: RoomAssignment | undefined;
+  /** A worker to offer first: the one another node picked before handing the dispatch here. */
+  prefer: string | undefined;
+  /** How often the dispatch has moved between nodes. */
+  hops: number;
 }
+
+interface DispatchStart {
+  adoptedBy?: string;
+  room?: RoomAssignment;
+  prefer?: string;
+  hops?: number;
+  tried?: [string, number][];
+}
+
+/** The worker a dispatch goes to next: connected here, or to another node of the cluster. */
+type Pick = { local: WorkerLink; remote?: undefined } | { local?: undefined; remote: WorkerView };
 
 /** What a worker needs to put its job into a room: the hub's URL and the agent's token. */
 export interface RoomAssignment {
@@ -74,6 +93,9 @@ export class RegistryCore {
   #closed: Promise<void> = Promise.resolve();
   /** Set by the server that mounts a room hub next to the registry. */
   roomAccess: RoomAccess | undefined;
+  /** Set when this registry is one node of several sharing a Redis. */
+  cluster: RegistryCluster | undefined;
+  readonly #dirtyViews = new Set<WorkerLink>();
 
   constructor(
     private readonly credentials: Credentials,
@@ -194,10 +216,12 @@ export class RegistryCore {
     link.send({ type: "register", success: true, worker_id: link.workerId, protocol_version: PROTOCOL_VERSION });
     this.#reconcile(link, message.agent_name, message.jobs);
     this.metrics.workers.set(this.workers.size);
+    this.#viewChanged(link);
     return link;
   }
 
   #wireSession(link: WorkerLink): void {
+    link.session.subscribe(() => this.#viewChanged(link));
     link.session.on("ping", () => {
       // A worker heard from within the last ping interval is alive: its frames count as the pong, and
       // 10k heartbeating workers cost the registry no ping writes at all.
@@ -214,6 +238,7 @@ export class RegistryCore {
       link.socket = undefined;
       this.workers.delete(link.workerId);
       this.metrics.workers.set(this.workers.size);
+      this.cluster?.publishGone(link.workerId);
       for (const dispatch of this.dispatches.values()) {
         dispatch.actor.send({ type: "worker_gone", workerId: link.workerId });
       }
@@ -238,14 +263,17 @@ export class RegistryCore {
             ...(entry.reason ? { reason: entry.reason } : {}),
           });
         } else {
-          void this.store.get(entry.job_id).then((record) => {
-            if (record && !isFinal(record.status) && record.workerId === link.workerId) {
-              void this.store.update(entry.job_id, {
-                status: entry.status,
-                ...(entry.reason ? { reason: entry.reason } : {}),
-              });
-            }
-          });
+          this.#persist(
+            this.store.get(entry.job_id).then(async (record) => {
+              if (record && !isFinal(record.status) && record.workerId === link.workerId) {
+                await this.store.update(entry.job_id, {
+                  status: entry.status,
+                  ...(entry.reason ? { reason: entry.reason } : {}),
+                });
+                this.#takenOver(record, entry.job_id);
+              }
+            }),
+          );
         }
         continue;
       }
@@ -257,7 +285,7 @@ export class RegistryCore {
         }
         continue;
       }
-      void this.#adopt(link, agentName, entry.job_id);
+      this.#persist(this.#adopt(link, agentName, entry.job_id));
     }
   }
 
@@ -270,7 +298,16 @@ export class RegistryCore {
     }
     if (this.dispatches.has(jobId)) return;
     const now = Date.now();
-    const base: JobRecord = record ?? {
+    const nodeId = this.cluster?.nodeId;
+    let claimed = record;
+    // The job belonged to another node (its worker moved here): it is this node's now, and only if
+    // this claim wins, so two nodes never both run its dispatch.
+    if (record && nodeId && record.node !== nodeId) {
+      claimed = await this.store.claim(jobId, record.node, nodeId);
+      if (!claimed) return;
+      this.#takenOver(record, jobId);
+    }
+    const base: JobRecord = claimed ?? {
       id: jobId,
       agentName,
       metadata: {},
@@ -281,12 +318,13 @@ export class RegistryCore {
       attempts: 1,
       createdAt: now,
       updatedAt: now,
+      ...(nodeId ? { node: nodeId } : {}),
     };
     if (!record) await this.store.create(base);
     // Another report of the same job may have adopted it while the store answered.
     if (this.#closing || this.dispatches.has(jobId)) return;
     this.logger.info({ jobId, workerId: link.workerId }, "adopted a running job from a worker's inventory");
-    const live = this.#startDispatch(base, link.workerId);
+    const live = this.#startDispatch(base, { adoptedBy: link.workerId });
     // Its worker went away while the store answered: the job settles as if it had been known all along.
     if (!this.workers.has(link.workerId)) live.actor.send({ type: "worker_gone", workerId: link.workerId });
   }
@@ -322,7 +360,11 @@ export class RegistryCore {
       case "job_update": {
         const dispatch = this.dispatches.get(message.job_id);
         if (!dispatch) {
-          if (message.status === "running") void this.#adopt(link, link.context.agentName, message.job_id);
+          if (message.status === "running") this.#persist(this.#adopt(link, link.context.agentName, message.job_id));
+          else
+            this.#reconcile(link, link.context.agentName, [
+              { job_id: message.job_id, status: message.status, ...(message.reason ? { reason: message.reason } : {}) },
+            ]);
           break;
         }
         dispatch.actor.send({
@@ -365,22 +407,39 @@ export class RegistryCore {
       ...(roomId ? { roomId } : {}),
       ...(request.maxDuration !== undefined ? { maxDuration: request.maxDuration } : {}),
       ...(request.idempotencyKey ? { idempotencyKey: request.idempotencyKey } : {}),
+      ...(this.cluster ? { node: this.cluster.nodeId } : {}),
     };
     const result = await this.store.create(record);
     if (result.created) {
       this.metrics.dispatches.inc();
-      this.#startDispatch(result.record, undefined, room);
+      this.#startDispatch(result.record, { ...(room ? { room } : {}) });
     }
     return result;
   }
 
   async cancel(jobId: string, reason = "cancelled by request"): Promise<JobRecord | undefined> {
     const live = this.dispatches.get(jobId);
-    if (live) live.actor.send({ type: "cancel", reason });
-    return this.store.get(jobId);
+    if (live) {
+      live.actor.send({ type: "cancel", reason });
+      return this.store.get(jobId);
+    }
+    const record = await this.store.get(jobId);
+    const owner = record?.node;
+    if (record && !isFinal(record.status) && this.cluster && owner && owner !== this.cluster.nodeId) {
+      if (this.cluster.isLive(owner)) {
+        this.cluster.send(owner, { type: "cancel", jobId, reason });
+        return record;
+      }
+    }
+    // Nobody runs a dispatch for it (its node is gone, or it was never started): cancelled here.
+    if (record && !isFinal(record.status) && !record.workerId) {
+      return this.store.update(jobId, { status: "cancelled", reason }, owner);
+    }
+    return record;
   }
 
-  #startDispatch(record: JobRecord, adoptedBy?: string, room?: RoomAssignment): LiveDispatch {
+  #startDispatch(record: JobRecord, start: DispatchStart = {}): LiveDispatch {
+    const { adoptedBy } = start;
     const actor = createActor(dispatchMachine, {
       id: `dispatch.${record.id}`,
       input: {
@@ -390,7 +449,15 @@ export class RegistryCore {
         ...(adoptedBy ? { adoptedBy } : {}),
       },
     });
-    const live: LiveDispatch = { actor, record, tried: new Map(), offeredTo: undefined, room };
+    const live: LiveDispatch = {
+      actor,
+      record,
+      tried: new Map(start.tried ?? []),
+      offeredTo: undefined,
+      room: start.room,
+      prefer: start.prefer,
+      hops: start.hops ?? 0,
+    };
     this.dispatches.set(record.id, live);
     if (adoptedBy) this.workers.get(adoptedBy)?.jobs.add(record.id);
     actor.on("*", (event) => this.#onDispatchEmitted(live, event as DispatchEmitted));
@@ -406,11 +473,13 @@ export class RegistryCore {
         // right after this transition, and a dispatch that waits is in #waiting before anything
         // else can free capacity, so no wake-up is lost.
         const pick = this.#pick(live);
-        if (pick) {
+        if (pick?.remote) {
+          this.#forward(live, pick.remote);
+        } else if (pick) {
           this.#waiting.delete(live);
           // Reserved at once, so a burst of dispatches spreads instead of piling onto one worker.
-          this.#reserveOffer(live, pick);
-          live.actor.send({ type: "candidate", workerId: pick.workerId });
+          this.#reserveOffer(live, pick.local);
+          live.actor.send({ type: "candidate", workerId: pick.local.workerId });
         } else {
           this.#waiting.add(live);
           live.actor.send({ type: "no_candidate" });
@@ -438,16 +507,12 @@ export class RegistryCore {
       case "assign": {
         const link = this.workers.get(event.workerId);
         link?.jobs.add(record.id);
-        link?.send({
-          type: "job_assignment",
-          job_id: record.id,
-          agent_name: record.agentName,
-          ...(record.roomId ? { room_id: record.roomId } : {}),
-          ...(live.room ? { token: live.room.token, url: live.room.url } : {}),
-          room_options: record.roomOptions,
-          metadata: record.metadata,
-          ...(record.maxDuration ? { max_duration: record.maxDuration } : {}),
-        });
+        if (link) this.#viewChanged(link);
+        if (this.cluster) {
+          this.#assignIfStillOwner(live, event.workerId);
+          break;
+        }
+        this.#sendAssignment(live, link);
         break;
       }
       case "terminate": {
@@ -462,11 +527,17 @@ export class RegistryCore {
           this.workers.get(event.workerId)?.jobs.add(record.id);
         }
         if (event.status !== "offering") this.#releaseOffer(live);
-        void this.store.update(record.id, {
-          status: event.status,
-          attempts: event.attempts,
-          ...(event.workerId ? { workerId: event.workerId } : {}),
-        });
+        this.#persist(
+          this.store.update(
+            record.id,
+            {
+              status: event.status,
+              attempts: event.attempts,
+              ...(event.workerId ? { workerId: event.workerId } : {}),
+            },
+            this.cluster?.nodeId,
+          ),
+        );
         break;
       case "finished": {
         const { output } = event;
@@ -477,17 +548,58 @@ export class RegistryCore {
         if (link?.jobs.delete(record.id)) this.#capacityGrew(link);
         this.metrics.finished.inc({ status: output.status, reason: output.reason ?? "" });
         this.metrics.dispatchDuration.observe((Date.now() - record.createdAt) / 1000);
-        void this.store.update(record.id, {
-          status: output.status,
-          attempts: output.attempts,
-          ...(output.workerId ? { workerId: output.workerId } : {}),
-          ...(output.reason ? { reason: output.reason } : {}),
-          ...(output.error ? { error: output.error } : {}),
-        });
+        this.#persist(
+          this.store.update(
+            record.id,
+            {
+              status: output.status,
+              attempts: output.attempts,
+              ...(output.workerId ? { workerId: output.workerId } : {}),
+              ...(output.reason ? { reason: output.reason } : {}),
+              ...(output.error ? { error: output.error } : {}),
+            },
+            this.cluster?.nodeId,
+          ),
+        );
         queueMicrotask(() => live.actor.stop());
         break;
       }
     }
+  }
+
+  #sendAssignment(live: LiveDispatch, link: WorkerLink | undefined): void {
+    const { record } = live;
+    link?.send({
+      type: "job_assignment",
+      job_id: record.id,
+      agent_name: record.agentName,
+      ...(record.roomId ? { room_id: record.roomId } : {}),
+      ...(live.room ? { token: live.room.token, url: live.room.url } : {}),
+      room_options: record.roomOptions,
+      metadata: record.metadata,
+      ...(record.maxDuration ? { max_duration: record.maxDuration } : {}),
+    });
+  }
+
+  /**
+   * In a cluster the assignment is fenced: it goes out only if the record still names this node
+   * once it says "assigned". A node that another took for dead (it was only slow) has lost its
+   * pending jobs to that node's claim, and must not start them a second time.
+   */
+  #assignIfStillOwner(live: LiveDispatch, workerId: string): void {
+    const nodeId = (this.cluster as RegistryCluster).nodeId;
+    const { record } = live;
+    this.#persist(
+      this.store.update(record.id, { status: "assigned", workerId }, nodeId).then((after) => {
+        if (this.dispatches.get(record.id) !== live) return;
+        if (after && after.node === nodeId && after.status === "assigned" && after.workerId === workerId) {
+          this.#sendAssignment(live, this.workers.get(workerId));
+          return;
+        }
+        this.logger.warn({ jobId: record.id, owner: after?.node }, "job taken over by another node: not assigned here");
+        this.#dropDispatch(record.id);
+      }),
+    );
   }
 
   /** What the picker sees of a worker. */
@@ -504,15 +616,187 @@ export class RegistryCore {
     };
   }
 
-  /** A worker for the dispatch, skipping those that already said no at their current availability. */
-  #pick(live: LiveDispatch): WorkerLink | undefined {
+  /**
+   * A worker for the dispatch, skipping those that already said no at their current availability:
+   * the worker another node handed it over for first, then the best of every worker in the cluster.
+   */
+  #pick(live: LiveDispatch): Pick | undefined {
+    const remote = live.hops < MAX_HOPS ? (this.cluster?.remoteViews() ?? []) : [];
+    const epochOf = (workerId: string) =>
+      this.workers.get(workerId)?.availabilityEpoch ??
+      remote.find((view) => view.workerId === workerId)?.availabilityEpoch ??
+      0;
     const excluded = (workerId: string) => {
       const epoch = live.tried.get(workerId);
-      return epoch !== undefined && epoch >= (this.workers.get(workerId)?.availabilityEpoch ?? 0);
+      return epoch !== undefined && epoch >= epochOf(workerId);
     };
-    const views = [...this.workers.values()].map((link) => this.#viewOf(link));
-    const pick = pickCandidate(views, live.record.agentName, excluded, this.random);
-    return pick ? this.workers.get(pick.workerId) : undefined;
+    const agentName = live.record.agentName;
+    const preferred = live.prefer ? this.workers.get(live.prefer) : undefined;
+    live.prefer = undefined;
+    if (preferred && pickCandidate([this.#viewOf(preferred)], agentName, excluded, this.random)) {
+      return { local: preferred };
+    }
+    const views: CandidateView[] = [...this.workers.values()].map((link) => this.#viewOf(link));
+    for (const view of remote) if (!this.workers.has(view.workerId)) views.push(view);
+    const pick = pickCandidate(views, agentName, excluded, this.random);
+    if (!pick) return undefined;
+    const local = this.workers.get(pick.workerId);
+    return local ? { local } : { remote: pick as WorkerView };
+  }
+
+  /**
+   * The best worker is connected to another node: the job becomes that node's (an atomic claim, so
+   * a cancel or a dead-node reaper racing it leaves one owner) and it runs the dispatch from here on.
+   */
+  #forward(live: LiveDispatch, target: WorkerView): void {
+    const cluster = this.cluster as RegistryCluster;
+    const { record } = live;
+    this.dispatches.delete(record.id);
+    this.#waiting.delete(live);
+    this.#releaseOffer(live);
+    queueMicrotask(() => live.actor.stop());
+    // Counted against it here until its node publishes its own count, so a burst spreads out.
+    target.inflight++;
+    this.#persist(
+      this.store.claim(record.id, cluster.nodeId, target.nodeId).then((claimed) => {
+        if (!claimed) return;
+        cluster.send(target.nodeId, {
+          type: "dispatch",
+          jobId: record.id,
+          from: cluster.nodeId,
+          prefer: target.workerId,
+          tried: [...live.tried],
+          hops: live.hops + 1,
+          ...(live.room ? { room: live.room } : {}),
+        });
+      }),
+    );
+  }
+
+  /** What another node of the cluster asks of this one. */
+  onNodeMessage(message: NodeMessage): void {
+    if (this.#closing) return;
+    switch (message.type) {
+      case "dispatch":
+        this.#persist(
+          this.store.get(message.jobId).then((record) => {
+            const mine = record && !isFinal(record.status) && record.node === this.cluster?.nodeId;
+            if (!mine || this.#closing || this.dispatches.has(message.jobId)) return;
+            this.#startDispatch(record, {
+              ...(message.prefer ? { prefer: message.prefer } : {}),
+              ...(message.room ? { room: message.room } : {}),
+              hops: message.hops,
+              tried: message.tried,
+            });
+          }),
+        );
+        break;
+      case "cancel":
+        this.#persist(this.cancel(message.jobId, message.reason));
+        break;
+      case "handover":
+        this.#dropDispatch(message.jobId);
+        break;
+      case "adopt": {
+        const link = this.workers.get(message.workerId);
+        const nodeId = this.cluster?.nodeId;
+        if (!link || !nodeId || this.dispatches.has(message.jobId)) break;
+        this.#persist(
+          this.store.claim(message.jobId, message.from, nodeId).then((claimed) => {
+            if (!claimed) return;
+            this.cluster?.send(message.from, { type: "handover", jobId: message.jobId, to: nodeId });
+            this.resume(claimed, message.workerId);
+          }),
+        );
+        break;
+      }
+    }
+  }
+
+  /** Runs this node's dispatch for a record it has just claimed from a dead node. */
+  resume(record: JobRecord, runningOn?: string): void {
+    if (this.#closing || this.dispatches.has(record.id)) return;
+    if (runningOn) {
+      this.logger.info({ jobId: record.id, workerId: runningOn }, "took over a running job from a dead node");
+      const live = this.#startDispatch(record, { adoptedBy: runningOn });
+      if (!this.workers.has(runningOn)) live.actor.send({ type: "worker_gone", workerId: runningOn });
+      return;
+    }
+    this.logger.info({ jobId: record.id }, "dispatching a job again that a dead node had not placed");
+    const access = this.roomAccess;
+    if (record.roomId && access) {
+      this.#persist(
+        access.forAgent(record.roomId, record.id, record.agentName).then((room) => {
+          if (!this.#closing && !this.dispatches.has(record.id)) this.#startDispatch(record, { room });
+        }),
+      );
+      return;
+    }
+    this.#startDispatch(record);
+  }
+
+  hasWorker(workerId: string): boolean {
+    return this.workers.has(workerId);
+  }
+
+  /** A worker on another node changed: if it has room, dispatches waiting for its agent try again. */
+  onRemoteView(view: WorkerView): void {
+    if (this.#closing || this.#waiting.size === 0 || !view.available || spareOf(view) <= 0) return;
+    this.#wakeWaitingDispatches(view.agentName);
+  }
+
+  /** Another node took the job over: its dispatch here stops without writing anything. */
+  #dropDispatch(jobId: string): void {
+    const live = this.dispatches.get(jobId);
+    if (!live) return;
+    this.dispatches.delete(jobId);
+    this.#waiting.delete(live);
+    this.#releaseOffer(live);
+    const workerId = live.actor.getSnapshot().context.workerId;
+    const link = workerId ? this.workers.get(workerId) : undefined;
+    if (link?.jobs.delete(jobId)) this.#capacityGrew(link);
+    live.actor.stop();
+    this.logger.info({ jobId }, "job handed over to another node");
+  }
+
+  /** This node claimed a job another live node held: that node lets go of it. */
+  #takenOver(before: JobRecord, jobId: string): void {
+    const cluster = this.cluster;
+    // Sent even to a node believed dead: one that was only slow must learn the job is no longer its.
+    if (cluster && before.node && before.node !== cluster.nodeId) {
+      cluster.send(before.node, { type: "handover", jobId, to: cluster.nodeId });
+    }
+  }
+
+  /** Store writes the registry does not wait for: a failing store is logged, never an unhandled rejection. */
+  #persist(work: Promise<unknown>): void {
+    work.catch((error: Error) => this.logger.error({ err: error.message }, "job store operation failed"));
+  }
+
+  /** The worker's capacity or state changed: other nodes hear of it (coalesced to one publish per turn). */
+  #viewChanged(link: WorkerLink): void {
+    if (!this.cluster || this.#closing) return;
+    if (this.#dirtyViews.size === 0) setImmediate(() => this.#publishViews());
+    this.#dirtyViews.add(link);
+  }
+
+  #publishViews(): void {
+    const cluster = this.cluster;
+    const links = [...this.#dirtyViews];
+    this.#dirtyViews.clear();
+    if (!cluster || this.#closing) return;
+    for (const link of links) {
+      if (this.workers.get(link.workerId) !== link || link.session.getSnapshot().status !== "active") continue;
+      cluster.publishView({
+        ...this.#viewOf(link),
+        nodeId: cluster.nodeId,
+        availabilityEpoch: link.availabilityEpoch,
+        state: link.state,
+        status: link.context.reportedStatus,
+        jobs: [...link.jobs],
+        at: Date.now(),
+      });
+    }
   }
 
   /** Counts the offer against the worker's capacity until it is answered, times out or is moot. */
@@ -520,6 +804,7 @@ export class RegistryCore {
     this.#releaseOffer(live);
     link.inflight++;
     live.offeredTo = link;
+    this.#viewChanged(link);
   }
 
   /** The offer is answered, timed out or moot: the worker's capacity shows in its own status again. */
@@ -538,6 +823,7 @@ export class RegistryCore {
    */
   #capacityGrew(link: WorkerLink, { newEpoch = false } = {}): void {
     if (newEpoch) link.availabilityEpoch++;
+    this.#viewChanged(link);
     if (this.#closing || this.workers.get(link.workerId) !== link) return;
     if (this.#waiting.size === 0 || spareOf(this.#viewOf(link)) <= 0 || !link.available) return;
     this.#wakeWaitingDispatches(link.context.agentName);
@@ -550,9 +836,9 @@ export class RegistryCore {
     for (const live of waking) live.actor.send({ type: "capacity_changed" });
   }
 
-  /** Workers for GET /v1/workers. */
+  /** Workers for GET /v1/workers: this node's, and in a cluster every other live node's too. */
   describeWorkers() {
-    return [...this.workers.values()].map((w) => ({
+    const local = [...this.workers.values()].map((w) => ({
       id: w.workerId,
       agentName: w.context.agentName,
       state: w.state,
@@ -562,7 +848,23 @@ export class RegistryCore {
       jobCount: w.context.jobCount,
       maxProcesses: w.context.maxProcesses,
       jobs: [...w.jobs],
+      ...(this.cluster ? { node: this.cluster.nodeId } : {}),
     }));
+    const remote = (this.cluster?.remoteViews() ?? [])
+      .filter((view) => !this.workers.has(view.workerId))
+      .map((view) => ({
+        id: view.workerId,
+        agentName: view.agentName,
+        state: view.state,
+        connected: true,
+        status: view.status,
+        load: view.load,
+        jobCount: view.jobCount,
+        maxProcesses: view.maxProcesses,
+        jobs: view.jobs,
+        node: view.nodeId,
+      }));
+    return [...local, ...remote];
   }
 
   /**

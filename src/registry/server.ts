@@ -6,6 +6,7 @@ import { RoomHub } from "../room/hub.ts";
 import { mintRoomToken, roomAuthorizer } from "../room/room-auth.ts";
 import { createWebRoutes } from "../web/routes.ts";
 import { type Credentials, verifyToken } from "./auth.ts";
+import { RegistryCluster } from "./cluster/cluster.ts";
 import { registryDashboard } from "./dashboard.ts";
 import { createHttpApi } from "./http-api.ts";
 import { createRegistryMetrics } from "./metrics.ts";
@@ -28,6 +29,21 @@ export interface RegistryOptions extends Credentials {
    * right for one machine; behind a proxy or in a cluster, the address workers can reach.
    */
   publicUrl?: string;
+  /**
+   * Share state with other registry nodes through this Redis (a URL, or settings): job records live
+   * there and survive restarts, every node sees every worker, and dispatches reach workers on any
+   * node. Absent = one node, records in memory (or in `store`).
+   */
+  redis?: string | RedisSettings;
+}
+
+export interface RedisSettings {
+  url: string;
+  /** Key prefix; the nodes of one cluster share it. Default "troupe:". */
+  prefix?: string;
+  nodeId?: string;
+  /** How often a node renews its presence; a node is dead after three missed beats. Default 1 s. */
+  heartbeatMs?: number;
 }
 
 export interface Registry {
@@ -47,15 +63,32 @@ export async function createRegistry(options: RegistryOptions): Promise<Registry
   const logger = options.logger ?? createLogger("INFO");
   const metrics = createRegistryMetrics();
   const timing = { ...DEFAULT_REGISTRY_TIMING, ...options.timing };
+  const redis = typeof options.redis === "string" ? { url: options.redis } : options.redis;
+  const cluster = redis
+    ? await RegistryCluster.join(
+        {
+          redisUrl: redis.url,
+          workerDeadlineMs: timing.pingIntervalMs + timing.pongTimeoutMs,
+          ...(redis.prefix ? { prefix: redis.prefix } : {}),
+          ...(redis.nodeId ? { nodeId: redis.nodeId } : {}),
+          ...(redis.heartbeatMs ? { heartbeatMs: redis.heartbeatMs } : {}),
+        },
+        logger,
+      )
+    : undefined;
   const core = new RegistryCore(
     { apiKey: options.apiKey, apiSecret: options.apiSecret },
-    options.store ?? new MemoryJobStore(),
+    cluster?.store ?? options.store ?? new MemoryJobStore(),
     timing,
     logger,
     metrics,
     options.maxFrameBytes ?? MAX_FRAME_BYTES,
     options.random,
   );
+  if (cluster) {
+    core.cluster = cluster;
+    cluster.attach(core);
+  }
   const credentials = { apiKey: options.apiKey, apiSecret: options.apiSecret };
   const rooms = new RoomHub({ authorize: roomAuthorizer(credentials), logger });
   let url = "";
@@ -106,16 +139,21 @@ export async function createRegistry(options: RegistryOptions): Promise<Registry
     socket.write("HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
     socket.destroy();
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(options.port ?? 7880, host, () => {
-      server.off("error", reject);
-      resolve();
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(options.port ?? 7880, host, () => {
+        server.off("error", reject);
+        resolve();
+      });
     });
-  });
+  } catch (error) {
+    await cluster?.close();
+    throw error;
+  }
   const port = (server.address() as AddressInfo).port;
   url = `http://${host.includes(":") ? `[${host}]` : host}:${port}`;
-  logger.info({ url }, "registry listening");
+  logger.info({ url, ...(cluster ? { nodeId: cluster.nodeId } : {}) }, "registry listening");
   return {
     core,
     rooms,
@@ -130,7 +168,8 @@ export async function createRegistry(options: RegistryOptions): Promise<Registry
         server.close(() => resolve());
         server.closeAllConnections();
       });
-      await core.store.close();
+      if (cluster) await cluster.close();
+      else await core.store.close();
     },
   };
 }

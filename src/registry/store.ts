@@ -31,6 +31,8 @@ export interface JobRecord {
   error?: ErrorInfo;
   workerId?: string;
   attempts: number;
+  /** The registry node whose dispatch owns the job (several nodes share one Redis store). */
+  node?: string;
   createdAt: number;
   updatedAt: number;
   endedAt?: number;
@@ -50,9 +52,20 @@ export interface JobStore {
   /** Creates the record, or returns the existing one with the same idempotency key. */
   create(record: JobRecord): Promise<{ record: JobRecord; created: boolean }>;
   get(id: string): Promise<JobRecord | undefined>;
-  /** Applies the patch unless the record is already final (a final status is never overwritten). */
-  update(id: string, patch: Partial<JobRecord>): Promise<JobRecord | undefined>;
+  /**
+   * Applies the patch unless the record is already final (a final status is never overwritten) or,
+   * with `ifNode`, unless the job belongs to another node by now. Returns the record as it is after.
+   */
+  update(id: string, patch: Partial<JobRecord>, ifNode?: string): Promise<JobRecord | undefined>;
   list(filter?: JobFilter): Promise<JobRecord[]>;
+  /** Every record that is not final yet, oldest first. */
+  listActive(): Promise<JobRecord[]>;
+  /**
+   * Moves the job to node `to` only if it is not final and its owner is still `from` (undefined =
+   * no owner): the one step by which registry nodes hand jobs over, so exactly one of two racing
+   * nodes wins. Returns the claimed record, or undefined when the claim lost.
+   */
+  claim(id: string, from: string | undefined, to: string): Promise<JobRecord | undefined>;
   close(): Promise<void>;
 }
 
@@ -81,10 +94,10 @@ export class MemoryJobStore implements JobStore {
     return record ? { ...record } : undefined;
   }
 
-  async update(id: string, patch: Partial<JobRecord>) {
+  async update(id: string, patch: Partial<JobRecord>, ifNode?: string) {
     const record = this.#jobs.get(id);
     if (!record) return undefined;
-    if (isFinal(record.status)) return { ...record };
+    if (isFinal(record.status) || (ifNode !== undefined && record.node !== ifNode)) return { ...record };
     const next = { ...record, ...patch, id: record.id, updatedAt: patch.updatedAt ?? Date.now() };
     if (isFinal(next.status)) {
       next.endedAt ??= next.updatedAt;
@@ -104,6 +117,19 @@ export class MemoryJobStore implements JobStore {
       out.push({ ...record });
     }
     return out.sort((a, b) => b.createdAt - a.createdAt).slice(0, limit);
+  }
+
+  async listActive() {
+    const out: JobRecord[] = [];
+    for (const record of this.#jobs.values()) if (!isFinal(record.status)) out.push({ ...record });
+    return out.sort((a, b) => a.createdAt - b.createdAt);
+  }
+
+  async claim(id: string, from: string | undefined, to: string) {
+    const record = this.#jobs.get(id);
+    if (!record || isFinal(record.status) || record.node !== from) return undefined;
+    record.node = to;
+    return { ...record };
   }
 
   async close() {}

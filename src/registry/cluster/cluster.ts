@@ -1,0 +1,342 @@
+import { randomUUID } from "node:crypto";
+import { Redis } from "ioredis";
+import type { Logger } from "../../observability/logger.ts";
+import type { JobRecord } from "../store.ts";
+import { type NodeMessage, nodeMessage, type ViewMessage, viewMessage, type WorkerView } from "./messages.ts";
+import { RedisJobStore } from "./redis-store.ts";
+
+export interface ClusterSettings {
+  redisUrl: string;
+  /** Key and channel prefix; nodes of one cluster share it. Default "troupe:". */
+  prefix?: string;
+  nodeId?: string;
+  /** How often a node renews its presence and looks for dead nodes. Default 1 s. */
+  heartbeatMs?: number;
+  /** A node silent this long is dead. Default three heartbeats. */
+  nodeTtlMs?: number;
+  /**
+   * After a node dies, how long its workers have to re-register elsewhere before their running jobs
+   * end `lost` (or go out again): the registry's worker liveness deadline.
+   */
+  workerDeadlineMs: number;
+  /** Final job records kept in Redis. */
+  retain?: number;
+}
+
+/** What the cluster needs from the registry core on its node. */
+export interface ClusterHost {
+  onNodeMessage(message: NodeMessage): void;
+  /** A worker elsewhere changed: dispatches waiting for capacity may try it. */
+  onRemoteView(view: WorkerView): void;
+  hasWorker(workerId: string): boolean;
+  /** Run this node's dispatch for a record it has just claimed; adopted when `runningOn` is given. */
+  resume(record: JobRecord, runningOn?: string): void;
+}
+
+// KEYS: workers hash. ARGV: workerId, nodeId. Deletes the view only while that node still holds it.
+const DROP_VIEW = `
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+if value and cjson.decode(value).nodeId == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) return 1 end
+return 0
+`;
+
+/**
+ * One registry node's membership in a cluster sharing a Redis: its presence key, the shared view of
+ * every worker (a hash, plus pub/sub so each node's copy stays current), a channel per node for
+ * dispatch hand-offs, and the reaper that settles the jobs of dead nodes, once, by atomic claims.
+ */
+export class RegistryCluster {
+  readonly nodeId: string;
+  readonly store: RedisJobStore;
+  /** Workers connected to other nodes, as they last published them. */
+  readonly remote = new Map<string, WorkerView>();
+  readonly #redis: Redis;
+  readonly #sub: Redis;
+  readonly #prefix: string;
+  readonly #heartbeatMs: number;
+  readonly #nodeTtlMs: number;
+  readonly #workerDeadlineMs: number;
+  #liveNodes = new Set<string>();
+  #host: ClusterHost | undefined;
+  #timer: NodeJS.Timeout | undefined;
+  #ticking = false;
+  #closed = false;
+
+  private constructor(
+    settings: ClusterSettings,
+    private readonly logger: Logger,
+  ) {
+    this.nodeId = settings.nodeId ?? `node-${randomUUID().slice(0, 8)}`;
+    this.#prefix = settings.prefix ?? "troupe:";
+    this.#heartbeatMs = settings.heartbeatMs ?? 1_000;
+    this.#nodeTtlMs = settings.nodeTtlMs ?? 3 * this.#heartbeatMs;
+    this.#workerDeadlineMs = settings.workerDeadlineMs;
+    const connect = () => {
+      const client = new Redis(settings.redisUrl, { maxRetriesPerRequest: 3, enableAutoPipelining: true });
+      client.on("error", (error) => this.logger.warn({ err: error.message }, "redis connection error"));
+      return client;
+    };
+    this.#redis = connect();
+    this.#redis.defineCommand("troupeDropView", { numberOfKeys: 1, lua: DROP_VIEW });
+    this.#sub = connect();
+    this.store = new RedisJobStore(this.#redis, {
+      prefix: this.#prefix,
+      ...(settings.retain ? { retain: settings.retain } : {}),
+    });
+  }
+
+  /** Connects, announces the node and loads the workers other nodes hold. */
+  static async join(settings: ClusterSettings, logger: Logger): Promise<RegistryCluster> {
+    const cluster = new RegistryCluster(settings, logger);
+    try {
+      await cluster.#start();
+    } catch (error) {
+      await cluster.close();
+      throw new Error(`cannot join the registry cluster at ${settings.redisUrl}: ${(error as Error).message}`);
+    }
+    return cluster;
+  }
+
+  #key(name: string) {
+    return `${this.#prefix}${name}`;
+  }
+
+  async #start(): Promise<void> {
+    this.#sub.on("message", (channel: string, text: string) => this.#onMessage(channel, text));
+    await this.#sub.subscribe(this.#key("workers"), this.#key(`node:${this.nodeId}`));
+    await this.#renew();
+    await this.#refreshNodes();
+    const views = await this.#redis.hgetall(this.#key("workers"));
+    for (const text of Object.values(views)) {
+      const parsed = viewMessage.safeParse({ type: "view", view: safeJson(text) });
+      if (parsed.success && parsed.data.type === "view") this.#takeView(parsed.data.view);
+    }
+    this.logger.info({ nodeId: this.nodeId }, "joined the registry cluster");
+  }
+
+  attach(host: ClusterHost): void {
+    this.#host = host;
+    this.#timer = setInterval(() => void this.#tick(), this.#heartbeatMs);
+    this.#timer.unref();
+  }
+
+  /** Workers of live nodes other than this one. */
+  remoteViews(): WorkerView[] {
+    return [...this.remote.values()].filter((view) => this.#liveNodes.has(view.nodeId));
+  }
+
+  publishView(view: WorkerView): void {
+    const text = JSON.stringify(view);
+    this.#redis.hset(this.#key("workers"), view.workerId, text).catch(this.#warn("publish worker view"));
+    this.#publish(this.#key("workers"), { type: "view", view });
+  }
+
+  publishGone(workerId: string): void {
+    const dropView = (this.#redis as unknown as { troupeDropView(...args: string[]): Promise<number> }).troupeDropView;
+    dropView.call(this.#redis, this.#key("workers"), workerId, this.nodeId).catch(this.#warn("drop worker view"));
+    this.#publish(this.#key("workers"), { type: "gone", nodeId: this.nodeId, workerId });
+  }
+
+  send(nodeId: string, message: NodeMessage): void {
+    this.#publish(this.#key(`node:${nodeId}`), message);
+  }
+
+  isLive(nodeId: string): boolean {
+    return nodeId === this.nodeId || this.#liveNodes.has(nodeId);
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#timer) clearInterval(this.#timer);
+    // Gone at once rather than after its TTL, so the other nodes start settling its jobs now.
+    await this.#redis.del(this.#key(`nodeAlive:${this.nodeId}`)).catch(() => {});
+    this.#sub.disconnect();
+    await this.store.close();
+  }
+
+  #publish(channel: string, message: NodeMessage | ViewMessage): void {
+    this.#redis.publish(channel, JSON.stringify(message)).catch(this.#warn(`publish to ${channel}`));
+  }
+
+  #warn(what: string) {
+    return (error: Error) => {
+      if (!this.#closed) this.logger.warn({ err: error.message }, `redis: ${what} failed`);
+    };
+  }
+
+  #onMessage(channel: string, text: string): void {
+    if (this.#closed) return;
+    const raw = safeJson(text);
+    if (channel === this.#key("workers")) {
+      const parsed = viewMessage.safeParse(raw);
+      if (!parsed.success) {
+        this.logger.warn({ channel }, "ignored a malformed worker view");
+        return;
+      }
+      const message = parsed.data;
+      if (message.type === "view") {
+        if (message.view.nodeId !== this.nodeId) this.#takeView(message.view);
+        // The worker moved here: whatever another node said of it is out of date.
+        else this.remote.delete(message.view.workerId);
+      } else if (this.remote.get(message.workerId)?.nodeId === message.nodeId) {
+        this.remote.delete(message.workerId);
+      }
+      return;
+    }
+    const parsed = nodeMessage.safeParse(raw);
+    if (!parsed.success) {
+      this.logger.warn({ channel }, "ignored a malformed node message");
+      return;
+    }
+    this.#host?.onNodeMessage(parsed.data);
+  }
+
+  #takeView(view: WorkerView): void {
+    if (view.nodeId === this.nodeId) return;
+    const known = this.remote.get(view.workerId);
+    if (known && known.at > view.at) return;
+    this.remote.set(view.workerId, view);
+    this.#host?.onRemoteView(view);
+  }
+
+  async #renew(): Promise<void> {
+    await this.#redis
+      .multi()
+      .set(this.#key(`nodeAlive:${this.nodeId}`), String(Date.now()), "PX", this.#nodeTtlMs)
+      .sadd(this.#key("nodes"), this.nodeId)
+      // Alive after all (it was only slow): the clock of a death that did not happen starts over.
+      .del(this.#key(`diedAt:${this.nodeId}`))
+      .exec();
+  }
+
+  async #refreshNodes(): Promise<string[]> {
+    const nodes = await this.#redis.smembers(this.#key("nodes"));
+    const alive = nodes.length === 0 ? [] : await this.#redis.mget(...nodes.map((id) => this.#key(`nodeAlive:${id}`)));
+    const live = new Set<string>();
+    const dead: string[] = [];
+    nodes.forEach((id, i) => {
+      if (alive[i] !== null) live.add(id);
+      else if (id !== this.nodeId) dead.push(id);
+    });
+    this.#liveNodes = live;
+    return dead;
+  }
+
+  async #tick(): Promise<void> {
+    if (this.#ticking || this.#closed) return;
+    this.#ticking = true;
+    try {
+      await this.#renew();
+      const dead = await this.#refreshNodes();
+      for (const nodeId of dead) await this.#reapIfFirst(nodeId);
+    } catch (error) {
+      this.#warn("cluster heartbeat")(error as Error);
+    } finally {
+      this.#ticking = false;
+    }
+  }
+
+  /** One node at a time settles a dead node; the claims inside make even a late second one harmless. */
+  async #reapIfFirst(deadNode: string): Promise<void> {
+    const lock = await this.#redis.set(
+      this.#key(`reaping:${deadNode}`),
+      this.nodeId,
+      "PX",
+      2 * this.#heartbeatMs,
+      "NX",
+    );
+    if (lock !== "OK") return;
+    await this.#redis.set(this.#key(`diedAt:${deadNode}`), String(Date.now()), "NX");
+    const diedAt = Number(await this.#redis.get(this.#key(`diedAt:${deadNode}`)));
+    await this.#reap(deadNode, diedAt);
+  }
+
+  /**
+   * A dead node's jobs: one that had no worker yet is dispatched again here; one whose worker
+   * re-registered somewhere goes to that node; one whose worker has not come back by the deadline
+   * ends `lost` (or is dispatched again when it asked for that).
+   */
+  async #reap(deadNode: string, diedAt: number): Promise<void> {
+    const host = this.#host;
+    if (!host) return;
+    for (const [workerId, view] of this.remote) {
+      if (view.nodeId === deadNode) this.remote.delete(workerId);
+    }
+    const views = await this.#redis.hgetall(this.#key("workers"));
+    for (const [workerId, text] of Object.entries(views)) {
+      if ((safeJson(text) as { nodeId?: string } | undefined)?.nodeId === deadNode) {
+        await (this.#redis as unknown as { troupeDropView(...args: string[]): Promise<number> }).troupeDropView(
+          this.#key("workers"),
+          workerId,
+          deadNode,
+        );
+      }
+    }
+    const orphans = (await this.store.listActive()).filter((record) => record.node === deadNode);
+    const pastDeadline = Date.now() - diedAt >= this.#workerDeadlineMs;
+    if (orphans.length === 0 && pastDeadline) {
+      await this.#redis
+        .multi()
+        .srem(this.#key("nodes"), deadNode)
+        .del(this.#key(`diedAt:${deadNode}`))
+        .exec();
+      this.logger.info({ deadNode }, "settled every job of a dead registry node");
+      return;
+    }
+    for (const stale of orphans) {
+      const workerId = stale.workerId;
+      const boundTo = (record: JobRecord) =>
+        record.workerId && (record.status === "assigned" || record.status === "running") ? record.workerId : undefined;
+      // A bound job whose worker has turned up nowhere yet is left alone until the deadline: the
+      // worker may still re-register somewhere with it.
+      const whereNow = (id: string) => (host.hasWorker(id) ? this.nodeId : this.#liveNodeOf(id));
+      if (boundTo(stale) && workerId && !whereNow(workerId) && !pastDeadline) continue;
+      // Claimed first, then decided on the record as the claim found it: the dead node may have
+      // bound the job after the listing above (it was only slow, not dead), and then it is running.
+      const claimed = await this.store.claim(stale.id, deadNode, this.nodeId);
+      if (!claimed) continue;
+      // Told even though it is believed dead: one that was only slow must let go of the job.
+      this.send(deadNode, { type: "handover", jobId: claimed.id, to: this.nodeId });
+      const bound = boundTo(claimed);
+      if (!bound) {
+        host.resume(claimed);
+        continue;
+      }
+      const node = whereNow(bound);
+      if (node === this.nodeId) {
+        host.resume(claimed, bound);
+      } else if (node) {
+        this.send(node, { type: "adopt", jobId: claimed.id, workerId: bound, from: this.nodeId });
+      } else if (claimed.redispatch) {
+        const again = await this.store.update(
+          claimed.id,
+          { status: "pending", reason: "worker lost with its registry node; dispatched again" },
+          this.nodeId,
+        );
+        if (again) host.resume(again);
+      } else {
+        await this.store.update(
+          claimed.id,
+          { status: "lost", reason: "worker did not come back after its registry node died" },
+          this.nodeId,
+        );
+        this.logger.warn({ jobId: claimed.id, workerId: bound, deadNode }, "job lost with its registry node");
+      }
+    }
+  }
+
+  /** The live node another worker is connected to, if any. */
+  #liveNodeOf(workerId: string): string | undefined {
+    const view = this.remote.get(workerId);
+    return view && this.#liveNodes.has(view.nodeId) ? view.nodeId : undefined;
+  }
+}
+
+function safeJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}

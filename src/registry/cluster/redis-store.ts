@@ -1,0 +1,217 @@
+import { Redis } from "ioredis";
+import { FINAL_STATUSES, type JobFilter, type JobRecord, type JobStore } from "../store.ts";
+
+/**
+ * Job records in Redis, shared by every registry node and kept across restarts.
+ *
+ * Layout (all keys under `prefix`): `job:<id>` a hash, one JSON-encoded value per record field, so
+ * scripts can read status and owner without decoding user metadata; `jobs` a sorted set of every
+ * id by creation time; `active` the set of ids not final yet; `finals` a sorted set of final ids
+ * by end time, trimmed to `retain`; `idem:<key>` the job id an idempotency key created.
+ * Creating and updating are Lua scripts, so two nodes racing on one key or one record never both win.
+ */
+const FINAL_SET = `{${FINAL_STATUSES.map((s) => `[${luaString(JSON.stringify(s))}]=true`).join(",")}}`;
+
+function luaString(value: string): string {
+  return `'${value.replace(/\\/g, "\\\\").replace(/'/g, "\\'")}'`;
+}
+
+// KEYS: job, idem (or the job key again when there is none), jobs, active
+// ARGV: id, createdAt, hasIdem ("1"/"0"), then field, value pairs
+const CREATE = `
+if ARGV[3] == '1' then
+  local existing = redis.call('GET', KEYS[2])
+  if existing then
+    local found = redis.call('HGETALL', ARGV[5] .. existing)
+    if #found > 0 then return {0, found} end
+  end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('HGETALL', KEYS[1])} end
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[3] == '1' then redis.call('SET', KEYS[2], ARGV[1]) end
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[1])
+return {1, redis.call('HGETALL', KEYS[1])}
+`;
+
+// KEYS: job, active, finals, jobs
+// ARGV: id, updatedAt (JSON), prefix, retain, required owner (JSON, or '' for any), then field, value pairs
+const UPDATE = `
+local FINAL = ${FINAL_SET}
+if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
+if FINAL[redis.call('HGET', KEYS[1], 'status')] then return redis.call('HGETALL', KEYS[1]) end
+if ARGV[5] ~= '' and (redis.call('HGET', KEYS[1], 'node') or '') ~= ARGV[5] then return redis.call('HGETALL', KEYS[1]) end
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], 'updatedAt', ARGV[2])
+if FINAL[redis.call('HGET', KEYS[1], 'status')] then
+  if redis.call('HEXISTS', KEYS[1], 'endedAt') == 0 then redis.call('HSET', KEYS[1], 'endedAt', ARGV[2]) end
+  redis.call('SREM', KEYS[2], ARGV[1])
+  redis.call('ZADD', KEYS[3], tonumber(redis.call('HGET', KEYS[1], 'endedAt')), ARGV[1])
+  local retain = tonumber(ARGV[4])
+  local excess = redis.call('ZCARD', KEYS[3]) - retain
+  if excess > 0 then
+    local old = redis.call('ZRANGE', KEYS[3], 0, excess - 1)
+    for _, oldId in ipairs(old) do
+      local key = redis.call('HGET', ARGV[3] .. 'job:' .. oldId, 'idempotencyKey')
+      if key then redis.call('DEL', ARGV[3] .. 'idem:' .. cjson.decode(key)) end
+      redis.call('DEL', ARGV[3] .. 'job:' .. oldId)
+      redis.call('ZREM', KEYS[4], oldId)
+    end
+    redis.call('ZREMRANGEBYRANK', KEYS[3], 0, excess - 1)
+  end
+end
+return redis.call('HGETALL', KEYS[1])
+`;
+
+// KEYS: job. ARGV: from (JSON, or '' for no owner), to (JSON)
+const CLAIM = `
+local FINAL = ${FINAL_SET}
+if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
+if FINAL[redis.call('HGET', KEYS[1], 'status')] then return nil end
+local owner = redis.call('HGET', KEYS[1], 'node') or ''
+if owner ~= ARGV[1] then return nil end
+redis.call('HSET', KEYS[1], 'node', ARGV[2])
+return redis.call('HGETALL', KEYS[1])
+`;
+
+interface ScriptedRedis extends Redis {
+  troupeCreate(...args: (string | number)[]): Promise<[number, string[]]>;
+  troupeUpdate(...args: (string | number)[]): Promise<string[] | null>;
+  troupeClaim(...args: (string | number)[]): Promise<string[] | null>;
+}
+
+export interface RedisJobStoreOptions {
+  /** Key prefix, so several registries (or tests) can share one Redis. Default "troupe:". */
+  prefix?: string;
+  /** Final records kept; the oldest beyond this are deleted. Default 100,000. */
+  retain?: number;
+}
+
+export class RedisJobStore implements JobStore {
+  readonly redis: ScriptedRedis;
+  readonly prefix: string;
+  readonly #retain: number;
+
+  constructor(redis: Redis | string, options: RedisJobStoreOptions = {}) {
+    const client = typeof redis === "string" ? new Redis(redis, { lazyConnect: false }) : redis;
+    client.defineCommand("troupeCreate", { numberOfKeys: 4, lua: CREATE });
+    client.defineCommand("troupeUpdate", { numberOfKeys: 4, lua: UPDATE });
+    client.defineCommand("troupeClaim", { numberOfKeys: 1, lua: CLAIM });
+    this.redis = client as ScriptedRedis;
+    this.prefix = options.prefix ?? "troupe:";
+    this.#retain = options.retain ?? 100_000;
+  }
+
+  #key(name: string) {
+    return `${this.prefix}${name}`;
+  }
+
+  async create(record: JobRecord) {
+    const jobKey = this.#key(`job:${record.id}`);
+    const idemKey = record.idempotencyKey ? this.#key(`idem:${record.idempotencyKey}`) : jobKey;
+    const [created, fields] = await this.redis.troupeCreate(
+      jobKey,
+      idemKey,
+      this.#key("jobs"),
+      this.#key("active"),
+      record.id,
+      record.createdAt,
+      record.idempotencyKey ? "1" : "0",
+      "",
+      this.#key("job:"),
+      ...encodeFields(record),
+    );
+    return { record: decodeRecord(fields) as JobRecord, created: created === 1 };
+  }
+
+  async get(id: string) {
+    return decodeRecord(await this.redis.hgetall(this.#key(`job:${id}`)));
+  }
+
+  async update(id: string, patch: Partial<JobRecord>, ifNode?: string) {
+    const { id: _ignored, updatedAt, ...rest } = patch;
+    const fields = await this.redis.troupeUpdate(
+      this.#key(`job:${id}`),
+      this.#key("active"),
+      this.#key("finals"),
+      this.#key("jobs"),
+      id,
+      JSON.stringify(updatedAt ?? Date.now()),
+      this.prefix,
+      this.#retain,
+      ifNode === undefined ? "" : JSON.stringify(ifNode),
+      ...encodeFields(rest),
+    );
+    return fields ? decodeRecord(fields) : undefined;
+  }
+
+  async list(filter: JobFilter = {}) {
+    const limit = filter.limit ?? 1000;
+    const out: JobRecord[] = [];
+    const batch = 200;
+    for (let start = 0; out.length < limit; start += batch) {
+      const ids = await this.redis.zrevrange(this.#key("jobs"), start, start + batch - 1);
+      if (ids.length === 0) break;
+      for (const record of await this.#getMany(ids)) {
+        if (filter.status && record.status !== filter.status) continue;
+        if (filter.agentName && record.agentName !== filter.agentName) continue;
+        out.push(record);
+        if (out.length >= limit) break;
+      }
+    }
+    return out;
+  }
+
+  async listActive() {
+    const ids = await this.redis.smembers(this.#key("active"));
+    return (await this.#getMany(ids)).sort((a, b) => a.createdAt - b.createdAt);
+  }
+
+  async claim(id: string, from: string | undefined, to: string) {
+    const fields = await this.redis.troupeClaim(
+      this.#key(`job:${id}`),
+      from === undefined ? "" : JSON.stringify(from),
+      JSON.stringify(to),
+    );
+    return fields ? decodeRecord(fields) : undefined;
+  }
+
+  async close() {
+    if (this.redis.status !== "end") await this.redis.quit().catch(() => this.redis.disconnect());
+  }
+
+  async #getMany(ids: string[]): Promise<JobRecord[]> {
+    if (ids.length === 0) return [];
+    const pipeline = this.redis.pipeline();
+    for (const id of ids) pipeline.hgetall(this.#key(`job:${id}`));
+    const results = (await pipeline.exec()) ?? [];
+    const out: JobRecord[] = [];
+    for (const [error, fields] of results) {
+      const record = error ? undefined : decodeRecord(fields as Record<string, string>);
+      if (record) out.push(record);
+    }
+    return out;
+  }
+}
+
+/** Field, JSON value, field, JSON value…; undefined fields are left out, as in a JSON record. */
+function encodeFields(record: Partial<JobRecord>): string[] {
+  const out: string[] = [];
+  for (const [field, value] of Object.entries(record)) {
+    if (value !== undefined) out.push(field, JSON.stringify(value));
+  }
+  return out;
+}
+
+function decodeRecord(fields: Record<string, string> | string[]): JobRecord | undefined {
+  const entries: [string, string][] = [];
+  if (Array.isArray(fields)) {
+    for (let i = 0; i + 1 < fields.length; i += 2) entries.push([fields[i] as string, fields[i + 1] as string]);
+  } else {
+    entries.push(...Object.entries(fields));
+  }
+  if (entries.length === 0) return undefined;
+  const record: Record<string, unknown> = {};
+  for (const [field, value] of entries) record[field] = JSON.parse(value);
+  return record as unknown as JobRecord;
+}

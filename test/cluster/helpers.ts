@@ -1,0 +1,129 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import { mintToken } from "../../src/registry/auth.ts";
+import type { JobRecord } from "../../src/registry/store.ts";
+import type { RegistryTiming } from "../../src/registry/timing.ts";
+import { api, CREDS, type ProcessGuard, waitFor } from "../registry/helpers.ts";
+
+const NODE_FIXTURE = fileURLToPath(new URL("../fixtures/cluster/registry-node.ts", import.meta.url));
+
+export interface RegistryNode {
+  name: string;
+  child: ChildProcess;
+  url: string;
+  port: number;
+  nodeId: string;
+  logs: Record<string, unknown>[];
+  stderr: string[];
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+/** Starts a registry node process on the cluster and resolves once it listens. */
+export async function spawnNode(
+  guard: ProcessGuard,
+  settings: { name: string; redisUrl: string; prefix: string; timing: Partial<RegistryTiming>; heartbeatMs: number },
+): Promise<RegistryNode> {
+  const child = spawn(process.execPath, ["--import", "tsx", NODE_FIXTURE], {
+    env: {
+      ...process.env,
+      ...guard.env,
+      TROUPE_API_KEY: CREDS.apiKey,
+      TROUPE_API_SECRET: CREDS.apiSecret,
+      NODE_REDIS_URL: settings.redisUrl,
+      NODE_PREFIX: settings.prefix,
+      NODE_ID: settings.name,
+      NODE_TIMING: JSON.stringify(settings.timing),
+      NODE_HEARTBEAT_MS: String(settings.heartbeatMs),
+    },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  guard.children.add(child);
+  guard.track(child.pid);
+  const logs: Record<string, unknown>[] = [];
+  const stderr: string[] = [];
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once("exit", (code, signal) => resolve({ code, signal })),
+  );
+  const listening = new Promise<string>((resolve, reject) => {
+    createInterface({ input: child.stdout as NodeJS.ReadableStream }).on("line", (line) => {
+      let entry: Record<string, unknown>;
+      try {
+        entry = JSON.parse(line) as Record<string, unknown>;
+      } catch {
+        entry = { msg: line };
+      }
+      logs.push(entry);
+      if (entry.msg === "registry listening" && typeof entry.url === "string") resolve(entry.url);
+    });
+    createInterface({ input: child.stderr as NodeJS.ReadableStream }).on("line", (line) => stderr.push(line));
+    void exited.then(({ code, signal }) =>
+      reject(new Error(`node ${settings.name} exited (${code ?? signal}) before listening: ${stderr.join("\n")}`)),
+    );
+  });
+  const url = await listening;
+  return {
+    name: settings.name,
+    child,
+    url,
+    port: Number(new URL(url).port),
+    nodeId: settings.name,
+    logs,
+    stderr,
+    exited,
+  };
+}
+
+export interface WorkerListing {
+  id: string;
+  state: string;
+  node?: string;
+  jobs: string[];
+}
+
+const dispatcherToken = () => mintToken(CREDS, { role: "dispatcher" });
+
+export async function listWorkers(node: RegistryNode): Promise<WorkerListing[]> {
+  const response = await api(node.url, await dispatcherToken(), "GET", "/v1/workers");
+  if (response.status !== 200) throw new Error(`GET /v1/workers answered ${response.status}`);
+  return (response.body as { workers: WorkerListing[] }).workers;
+}
+
+export async function dispatchTo(node: RegistryNode, body: Record<string, unknown>): Promise<JobRecord> {
+  const response = await api(node.url, await dispatcherToken(), "POST", "/v1/jobs", body);
+  if (response.status !== 201 && response.status !== 200) {
+    throw new Error(`dispatch to ${node.name} answered ${response.status}: ${JSON.stringify(response.body)}`);
+  }
+  return (response.body as { job: JobRecord }).job;
+}
+
+export async function listJobs(node: RegistryNode, agent: string): Promise<JobRecord[]> {
+  const response = await api(node.url, await dispatcherToken(), "GET", `/v1/jobs?agent=${agent}&limit=1000`);
+  if (response.status !== 200) throw new Error(`GET /v1/jobs answered ${response.status}`);
+  return (response.body as { jobs: JobRecord[] }).jobs;
+}
+
+const FINAL = new Set(["completed", "failed", "cancelled", "lost", "rejected"]);
+
+/** Polls the node until every one of the jobs is final; returns their records. */
+export async function untilAllFinal(
+  node: RegistryNode,
+  agent: string,
+  ids: string[],
+  timeoutMs: number,
+): Promise<JobRecord[]> {
+  let latest: JobRecord[] = [];
+  await waitFor(
+    `${ids.length} jobs to end`,
+    async () => {
+      const byId = new Map((await listJobs(node, agent)).map((job) => [job.id, job]));
+      latest = ids.map((id) => byId.get(id)).filter((job): job is JobRecord => job !== undefined);
+      return latest.length === ids.length && latest.every((job) => FINAL.has(job.status));
+    },
+    { timeoutMs, intervalMs: 100 },
+  ).catch((error: Error) => {
+    const open = latest.filter((job) => !FINAL.has(job.status)).map((job) => `${job.id}:${job.status}@${job.node}`);
+    throw new Error(`${error.message}; still open: ${open.slice(0, 20).join(", ")}`);
+  });
+  return latest;
+}
