@@ -1,4 +1,7 @@
-/** A registry in its own process for the capacity benchmark; prints its URL as one JSON line. */
+/**
+ * A registry in its own process for the benchmarks; prints its URL as one JSON line. With
+ * BENCH_REDIS_URL it joins a cluster of nodes (BENCH_PREFIX, BENCH_NODE_ID) on that Redis.
+ */
 import { Writable } from "node:stream";
 import { createLogger } from "../src/observability/logger.ts";
 import { createRegistry } from "../src/registry/server.ts";
@@ -9,6 +12,15 @@ const registry = await createRegistry({
   port: 0,
   logger: createLogger("ERROR", new Writable({ write: (_c, _e, done) => done() })),
   timing: { pingIntervalMs: 5_000, pongTimeoutMs: 10_000, registrationTimeoutMs: 60_000 },
+  ...(process.env.BENCH_REDIS_URL
+    ? {
+        redis: {
+          url: process.env.BENCH_REDIS_URL,
+          prefix: process.env.BENCH_PREFIX ?? "troupe-bench:",
+          ...(process.env.BENCH_NODE_ID ? { nodeId: process.env.BENCH_NODE_ID } : {}),
+        },
+      }
+    : {}),
 });
 process.stdout.write(`${JSON.stringify({ url: registry.url })}\n`);
 process.on("disconnect", () => process.exit(0));

@@ -8,6 +8,8 @@ export interface SimWorkerOptions {
   maxProcesses: number;
   /** Milliseconds a job "runs" before it completes; -1 = never completes. */
   jobMs: number;
+  /** Called when a job_assignment arrives, before the worker answers it. */
+  onAssignment?: (jobId: string) => void;
 }
 
 /**
@@ -81,6 +83,7 @@ export class SimWorker {
         break;
       }
       case "job_assignment":
+        this.options.onAssignment?.(message.job_id as string);
         this.#send({ type: "job_update", job_id: message.job_id, status: "running" });
         if (this.options.jobMs >= 0) {
           setTimeout(() => {
