@@ -93,24 +93,8 @@ describe.runIf(hasRedis)("two registry nodes on one Redis", () => {
     const runs = readRunLog(runLog);
     const runsPerJob = count(runs.map((run) => run.jobId));
     for (const [jobId, n] of runsPerJob) {
-      if (n === 1) continue;
-      console.log(
-        "TWICE",
-        jobId,
-        runs.filter((r) => r.jobId === jobId),
-        records.find((r) => r.id === jobId),
-      );
-      for (const node of [nodeA, nodeB])
-        console.log(node.name, JSON.stringify(node.logs.filter((l) => JSON.stringify(l).includes(jobId))));
-      for (const w of workers)
-        console.log(
-          w.name,
-          JSON.stringify(
-            w.logs
-              .filter((l) => JSON.stringify(l).includes(jobId))
-              .map((l) => ({ msg: l.msg, time: l.time, state: l.state })),
-          ),
-        );
+      // A job that ran twice is the bug this test exists for: print everything known about it.
+      if (n !== 1) explainDuplicate(jobId, { runs, records, nodes: [nodeA, nodeB], workers });
     }
     expect([...runsPerJob].filter(([, n]) => n !== 1)).toEqual([]);
     expect(runsPerJob.size).toBe(TOTAL);
@@ -169,3 +153,20 @@ describe.runIf(hasRedis)("two registry nodes on one Redis", () => {
     expect(guard.leftovers()).toEqual([]);
   });
 });
+
+function explainDuplicate(
+  jobId: string,
+  seen: {
+    runs: ReturnType<typeof readRunLog>;
+    records: JobRecord[];
+    nodes: { name: string; logs: Record<string, unknown>[] }[];
+    workers: { name: string; logs: Record<string, unknown>[] }[];
+  },
+): void {
+  const mentions = (logs: Record<string, unknown>[]) => logs.filter((entry) => JSON.stringify(entry).includes(jobId));
+  console.log(`job ${jobId} ran more than once`, {
+    runs: seen.runs.filter((run) => run.jobId === jobId),
+    record: seen.records.find((record) => record.id === jobId),
+  });
+  for (const { name, logs } of [...seen.nodes, ...seen.workers]) console.log(name, JSON.stringify(mentions(logs)));
+}

@@ -285,45 +285,59 @@ export class RegistryCluster {
       return;
     }
     for (const stale of orphans) {
-      const workerId = stale.workerId;
-      const boundTo = (record: JobRecord) =>
-        record.workerId && (record.status === "assigned" || record.status === "running") ? record.workerId : undefined;
       // A bound job whose worker has turned up nowhere yet is left alone until the deadline: the
       // worker may still re-register somewhere with it.
       const whereNow = (id: string) => (host.hasWorker(id) ? this.nodeId : this.#liveNodeOf(id));
-      if (boundTo(stale) && workerId && !whereNow(workerId) && !pastDeadline) continue;
+      const workerId = boundWorker(stale);
+      if (workerId && !whereNow(workerId) && !pastDeadline) continue;
       // Claimed first, then decided on the record as the claim found it: the dead node may have
       // bound the job after the listing above (it was only slow, not dead), and then it is running.
       const claimed = await this.store.claim(stale.id, deadNode, this.nodeId);
       if (!claimed) continue;
       // Told even though it is believed dead: one that was only slow must let go of the job.
       this.send(deadNode, { type: "handover", jobId: claimed.id, to: this.nodeId });
-      const bound = boundTo(claimed);
-      if (!bound) {
-        host.resume(claimed);
-        continue;
-      }
-      const node = whereNow(bound);
-      if (node === this.nodeId) {
-        host.resume(claimed, bound);
-      } else if (node) {
-        this.send(node, { type: "adopt", jobId: claimed.id, workerId: bound, from: this.nodeId });
-      } else if (claimed.redispatch) {
-        const again = await this.store.update(
-          claimed.id,
-          { status: "pending", reason: "worker lost with its registry node; dispatched again" },
-          this.nodeId,
-        );
-        if (again) host.resume(again);
-      } else {
-        await this.store.update(
-          claimed.id,
-          { status: "lost", reason: "worker did not come back after its registry node died" },
-          this.nodeId,
-        );
-        this.logger.warn({ jobId: claimed.id, workerId: bound, deadNode }, "job lost with its registry node");
-      }
+      const decision = await this.#settle(claimed, deadNode, whereNow);
+      this.logger.info({ jobId: claimed.id, deadNode, decision }, "took over a job of a dead registry node");
     }
+  }
+
+  /** Decides the fate of one job this node has claimed from a dead node; says which it was. */
+  async #settle(
+    claimed: JobRecord,
+    deadNode: string,
+    whereNow: (workerId: string) => string | undefined,
+  ): Promise<"dispatched_again" | "resumed_here" | "sent_to_worker_node" | "lost"> {
+    const host = this.#host as ClusterHost;
+    const bound = boundWorker(claimed);
+    if (!bound) {
+      host.resume(claimed);
+      return "dispatched_again";
+    }
+    const node = whereNow(bound);
+    if (node === this.nodeId) {
+      host.resume(claimed, bound);
+      return "resumed_here";
+    }
+    if (node) {
+      this.send(node, { type: "adopt", jobId: claimed.id, workerId: bound, from: this.nodeId });
+      return "sent_to_worker_node";
+    }
+    if (claimed.redispatch) {
+      const again = await this.store.update(
+        claimed.id,
+        { status: "pending", reason: "worker lost with its registry node; dispatched again" },
+        this.nodeId,
+      );
+      if (again) host.resume(again);
+      return "dispatched_again";
+    }
+    await this.store.update(
+      claimed.id,
+      { status: "lost", reason: "worker did not come back after its registry node died" },
+      this.nodeId,
+    );
+    this.logger.warn({ jobId: claimed.id, workerId: bound, deadNode }, "job lost with its registry node");
+    return "lost";
   }
 
   /** The live node another worker is connected to, if any. */
@@ -331,6 +345,11 @@ export class RegistryCluster {
     const view = this.remote.get(workerId);
     return view && this.#liveNodes.has(view.nodeId) ? view.nodeId : undefined;
   }
+}
+
+/** The worker a job is bound to: assigned or running there. */
+function boundWorker(record: JobRecord): string | undefined {
+  return record.workerId && (record.status === "assigned" || record.status === "running") ? record.workerId : undefined;
 }
 
 function safeJson(text: string): unknown {
