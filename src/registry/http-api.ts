@@ -35,7 +35,10 @@ export function createHttpApi(core: RegistryCore, credentials: Credentials, metr
         return true;
       }
       if (path === "/readyz") {
-        send(res, 200, { ready: true, workers: core.workers.size });
+        // A node cut off from the cluster's Redis can neither record nor place jobs: not ready.
+        const redis = core.cluster ? (core.cluster.connected ? "connected" : "disconnected") : undefined;
+        const ready = redis !== "disconnected";
+        send(res, ready ? 200 : 503, { ready, workers: core.workers.size, ...(redis ? { redis } : {}) });
         return true;
       }
       if (path === "/metrics") {

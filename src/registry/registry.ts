@@ -418,13 +418,20 @@ export class RegistryCore {
   }
 
   async cancel(jobId: string, reason = "cancelled by request"): Promise<JobRecord | undefined> {
-    const live = this.dispatches.get(jobId);
-    if (live) {
-      live.actor.send({ type: "cancel", reason });
+    const single = !this.cluster && this.dispatches.get(jobId);
+    if (single) {
+      single.actor.send({ type: "cancel", reason });
       return this.store.get(jobId);
     }
     const record = await this.store.get(jobId);
     const owner = record?.node;
+    const live = this.dispatches.get(jobId);
+    if (live && (!owner || owner === this.cluster?.nodeId)) {
+      live.actor.send({ type: "cancel", reason });
+      return this.store.get(jobId);
+    }
+    // The job moved to another node and the hand-over has not reached this one yet: that node cancels.
+    if (live) this.#dropDispatch(jobId);
     if (record && !isFinal(record.status) && this.cluster && owner && owner !== this.cluster.nodeId) {
       if (this.cluster.isLive(owner)) {
         this.cluster.send(owner, { type: "cancel", jobId, reason });
@@ -549,21 +556,35 @@ export class RegistryCore {
         this.metrics.finished.inc({ status: output.status, reason: output.reason ?? "" });
         this.metrics.dispatchDuration.observe((Date.now() - record.createdAt) / 1000);
         this.#persist(
-          this.store.update(
-            record.id,
-            {
-              status: output.status,
-              attempts: output.attempts,
-              ...(output.workerId ? { workerId: output.workerId } : {}),
-              ...(output.reason ? { reason: output.reason } : {}),
-              ...(output.error ? { error: output.error } : {}),
-            },
-            this.cluster?.nodeId,
-          ),
+          this.store
+            .update(
+              record.id,
+              {
+                status: output.status,
+                attempts: output.attempts,
+                ...(output.workerId ? { workerId: output.workerId } : {}),
+                ...(output.reason ? { reason: output.reason } : {}),
+                ...(output.error ? { error: output.error } : {}),
+              },
+              this.cluster?.nodeId,
+            )
+            .then((after) => this.#forwardRefusedCancel(after, output.status, output.reason)),
         );
         queueMicrotask(() => live.actor.stop());
         break;
       }
+    }
+  }
+
+  /**
+   * A cancel this node carried out but could not record, because the job had moved to another node
+   * in between (a reaper that took this node for dead): the new owner carries it out instead.
+   */
+  #forwardRefusedCancel(after: JobRecord | undefined, status: string, reason: string | undefined): void {
+    const cluster = this.cluster;
+    if (!cluster || !after || status !== "cancelled" || isFinal(after.status)) return;
+    if (after.node && after.node !== cluster.nodeId) {
+      cluster.send(after.node, { type: "cancel", jobId: after.id, reason: reason ?? "cancelled by request" });
     }
   }
 
@@ -737,6 +758,10 @@ export class RegistryCore {
 
   hasWorker(workerId: string): boolean {
     return this.workers.has(workerId);
+  }
+
+  hasDispatch(jobId: string): boolean {
+    return this.dispatches.has(jobId);
   }
 
   /** A worker on another node changed: if it has room, dispatches waiting for its agent try again. */

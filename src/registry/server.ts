@@ -44,6 +44,8 @@ export interface RedisSettings {
   nodeId?: string;
   /** How often a node renews its presence; a node is dead after three missed beats. Default 1 s. */
   heartbeatMs?: number;
+  /** How often a node looks for jobs it owns but lost track of (a lost hand-off). Default 10 s. */
+  sweepMs?: number;
 }
 
 export interface Registry {
@@ -72,6 +74,7 @@ export async function createRegistry(options: RegistryOptions): Promise<Registry
           ...(redis.prefix ? { prefix: redis.prefix } : {}),
           ...(redis.nodeId ? { nodeId: redis.nodeId } : {}),
           ...(redis.heartbeatMs ? { heartbeatMs: redis.heartbeatMs } : {}),
+          ...(redis.sweepMs ? { sweepMs: redis.sweepMs } : {}),
         },
         logger,
       )

@@ -8,21 +8,22 @@ import { api, CREDS, waitFor } from "../registry/helpers.ts";
 import { dropPrefix, REDIS_URL, redisAvailable, testPrefix } from "../support/redis.ts";
 
 const hasRedis = await redisAvailable();
-const prefix = testPrefix("shared-records");
+const prefixes = [testPrefix("shared-records"), testPrefix("unattended")];
 const registries: Registry[] = [];
 const silent = createLogger("ERROR", new Writable({ write: (_c, _e, done) => done() }));
 
 afterAll(async () => {
   await Promise.all(registries.map((registry) => registry.close()));
-  if (hasRedis) await dropPrefix(prefix);
+  if (hasRedis) for (const prefix of prefixes) await dropPrefix(prefix);
 });
 
-async function startNode(nodeId: string): Promise<Registry> {
+async function startNode(nodeId: string, prefix = prefixes[0] as string): Promise<Registry> {
   const registry = await createRegistry({
     ...CREDS,
     port: 0,
     logger: silent,
-    redis: { url: REDIS_URL, prefix, nodeId, heartbeatMs: 200 },
+    timing: { pingIntervalMs: 500, pongTimeoutMs: 500 },
+    redis: { url: REDIS_URL, prefix, nodeId, heartbeatMs: 250, sweepMs: 300 },
   });
   registries.push(registry);
   return registry;
@@ -32,6 +33,8 @@ describe.runIf(hasRedis)("job records shared by registry nodes through Redis", (
   it("answer an idempotency key with one job whichever nodes it reaches, and serve every record from any node", async () => {
     const [nodeA, nodeB] = await Promise.all([startNode("node-a"), startNode("node-b")]);
     const token = await mintToken(CREDS, { role: "dispatcher" });
+    const ready = await api(nodeA.url, undefined, "GET", "/readyz");
+    expect(ready).toMatchObject({ status: 200, body: { ready: true, redis: "connected" } });
     const body = { agent_name: "nobody-serves-this", idempotency_key: "order-42", metadata: { n: 1 } };
     const responses = await Promise.all(
       Array.from({ length: 20 }, (_, i) => api((i % 2 ? nodeA : nodeB).url, token, "POST", "/v1/jobs", body)),
@@ -67,5 +70,36 @@ describe.runIf(hasRedis)("job records shared by registry nodes through Redis", (
     const again = await api(nodeC.url, token, "POST", "/v1/jobs", body);
     expect(again.status).toBe(200);
     expect((again.body as { job: JobRecord }).job.id).toBe(job.id);
+  });
+
+  it("picks up jobs recorded as a live node's that it runs no dispatch for (a lost hand-off)", async () => {
+    const node = await startNode("node-lost-handoff", prefixes[1]);
+    const now = Date.now();
+    const base = {
+      agentName: "nobody-serves-this",
+      metadata: {},
+      roomOptions: {},
+      redispatch: false,
+      attempts: 0,
+      createdAt: now,
+      updatedAt: now,
+    };
+    // As if another node had moved these to this one and the pub/sub message never arrived.
+    await node.core.store.create({ ...base, id: "job-handoff-pending", status: "pending", node: "node-lost-handoff" });
+    await node.core.store.create({
+      ...base,
+      id: "job-handoff-running",
+      status: "running",
+      workerId: "worker-that-never-returns",
+      node: "node-lost-handoff",
+    });
+    await waitFor("the pending job to be dispatched by its node", () =>
+      node.core.dispatches.has("job-handoff-pending"),
+    );
+    await waitFor("the job of a worker that never returns to end lost", async () => {
+      const record = await node.core.store.get("job-handoff-running");
+      return record?.status === "lost" && record.reason === "its worker did not come back";
+    });
+    expect(await node.core.store.get("job-handoff-pending")).toMatchObject({ status: "pending" });
   });
 });

@@ -71,6 +71,14 @@ describe("the troupe command", { timeout: 60_000 }, () => {
     expect(badToken.stderr).toMatch(/^troupe: the registry refused the token/);
   });
 
+  it("refuses to start a registry node whose Redis does not answer", async () => {
+    const port = await closedPort();
+    const keys = ["--api-key", CREDS.apiKey, "--api-secret", CREDS.apiSecret];
+    const node = await troupe("registry", "--port", "0", "--redis", `redis://127.0.0.1:${port}`, ...keys);
+    expect(node.code).toBe(1);
+    expect(node.stderr).toContain(`troupe: cannot join the registry cluster at redis://127.0.0.1:${port}`);
+  });
+
   it("dispatches and lists jobs with a key and secret", async () => {
     const keys = ["--url", registry.url, "--api-key", CREDS.apiKey, "--api-secret", CREDS.apiSecret];
     const dispatched = await troupe("dispatch", "NobodyRunsMe", "--room", "cli-room", ...keys);

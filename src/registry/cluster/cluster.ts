@@ -21,6 +21,8 @@ export interface ClusterSettings {
   workerDeadlineMs: number;
   /** Final job records kept in Redis. */
   retain?: number;
+  /** How often a node looks for jobs recorded as its own that it runs no dispatch for. Default 10 s. */
+  sweepMs?: number;
 }
 
 /** What the cluster needs from the registry core on its node. */
@@ -29,6 +31,8 @@ export interface ClusterHost {
   /** A worker elsewhere changed: dispatches waiting for capacity may try it. */
   onRemoteView(view: WorkerView): void;
   hasWorker(workerId: string): boolean;
+  /** This node runs a dispatch (offering, waiting, or watching a running job) for the job. */
+  hasDispatch(jobId: string): boolean;
   /** Run this node's dispatch for a record it has just claimed; adopted when `runningOn` is given. */
   resume(record: JobRecord, runningOn?: string): void;
 }
@@ -56,6 +60,10 @@ export class RegistryCluster {
   readonly #heartbeatMs: number;
   readonly #nodeTtlMs: number;
   readonly #workerDeadlineMs: number;
+  readonly #sweepMs: number;
+  /** Jobs recorded as this node's that it ran no dispatch for at the last sweep, by when first seen so. */
+  #unattended = new Map<string, number>();
+  #lastSweep = Date.now();
   #liveNodes = new Set<string>();
   #host: ClusterHost | undefined;
   #timer: NodeJS.Timeout | undefined;
@@ -71,6 +79,7 @@ export class RegistryCluster {
     this.#heartbeatMs = settings.heartbeatMs ?? 1_000;
     this.#nodeTtlMs = settings.nodeTtlMs ?? 3 * this.#heartbeatMs;
     this.#workerDeadlineMs = settings.workerDeadlineMs;
+    this.#sweepMs = settings.sweepMs ?? 10_000;
     const connect = () => {
       const client = new Redis(settings.redisUrl, { maxRetriesPerRequest: 3, enableAutoPipelining: true });
       client.on("error", (error) => this.logger.warn({ err: error.message }, "redis connection error"));
@@ -123,6 +132,11 @@ export class RegistryCluster {
   /** Workers of live nodes other than this one. */
   remoteViews(): WorkerView[] {
     return [...this.remote.values()].filter((view) => this.#liveNodes.has(view.nodeId));
+  }
+
+  /** Both Redis connections (commands and subscriptions) are up: the node can serve the cluster. */
+  get connected(): boolean {
+    return this.#redis.status === "ready" && this.#sub.status === "ready" && !this.#closed;
   }
 
   publishView(view: WorkerView): void {
@@ -230,6 +244,10 @@ export class RegistryCluster {
       await this.#renew();
       const dead = await this.#refreshNodes();
       for (const nodeId of dead) await this.#reapIfFirst(nodeId);
+      if (Date.now() - this.#lastSweep >= this.#sweepMs) {
+        this.#lastSweep = Date.now();
+        await this.#sweepOwn();
+      }
     } catch (error) {
       this.#warn("cluster heartbeat")(error as Error);
     } finally {
@@ -296,16 +314,44 @@ export class RegistryCluster {
       if (!claimed) continue;
       // Told even though it is believed dead: one that was only slow must let go of the job.
       this.send(deadNode, { type: "handover", jobId: claimed.id, to: this.nodeId });
-      const decision = await this.#settle(claimed, deadNode, whereNow);
+      const decision = await this.#settle(claimed, whereNow, "worker did not come back after its registry node died");
       this.logger.info({ jobId: claimed.id, deadNode, decision }, "took over a job of a dead registry node");
     }
   }
 
-  /** Decides the fate of one job this node has claimed from a dead node; says which it was. */
+  /**
+   * A job recorded as this node's with no dispatch running for it here: a hand-off message that
+   * pub/sub lost (it keeps nothing for a subscriber that missed it), or jobs of an earlier process
+   * under the same node id. Seen so on two sweeps in a row, it is settled as a dead node's job is.
+   */
+  async #sweepOwn(): Promise<void> {
+    const host = this.#host;
+    if (!host) return;
+    const now = Date.now();
+    const unattended = new Map<string, number>();
+    const whereNow = (id: string) => (host.hasWorker(id) ? this.nodeId : this.#liveNodeOf(id));
+    for (const record of await this.store.listActive()) {
+      if (record.node !== this.nodeId || host.hasDispatch(record.id)) continue;
+      const since = this.#unattended.get(record.id);
+      const workerId = boundWorker(record);
+      const waitForWorker = workerId !== undefined && !whereNow(workerId);
+      if (since === undefined || (waitForWorker && now - since < this.#workerDeadlineMs)) {
+        unattended.set(record.id, since ?? now);
+        continue;
+      }
+      // A hand-off that arrived during the listing started a dispatch after all.
+      if (host.hasDispatch(record.id)) continue;
+      const decision = await this.#settle(record, whereNow, "its worker did not come back");
+      this.logger.warn({ jobId: record.id, decision }, "picked up a job this node held without running its dispatch");
+    }
+    this.#unattended = unattended;
+  }
+
+  /** Decides the fate of one job this node has just taken charge of; says which it was. */
   async #settle(
     claimed: JobRecord,
-    deadNode: string,
     whereNow: (workerId: string) => string | undefined,
+    lostReason: string,
   ): Promise<"dispatched_again" | "resumed_here" | "sent_to_worker_node" | "lost"> {
     const host = this.#host as ClusterHost;
     const bound = boundWorker(claimed);
@@ -331,12 +377,8 @@ export class RegistryCluster {
       if (again) host.resume(again);
       return "dispatched_again";
     }
-    await this.store.update(
-      claimed.id,
-      { status: "lost", reason: "worker did not come back after its registry node died" },
-      this.nodeId,
-    );
-    this.logger.warn({ jobId: claimed.id, workerId: bound, deadNode }, "job lost with its registry node");
+    await this.store.update(claimed.id, { status: "lost", reason: lostReason }, this.nodeId);
+    this.logger.warn({ jobId: claimed.id, workerId: bound, reason: lostReason }, "job lost");
     return "lost";
   }
 
