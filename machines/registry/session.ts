@@ -2,7 +2,6 @@ import { assign, emit, not, setup } from "xstate";
 
 export interface SessionTiming {
   registrationTimeoutMs: number;
-  pingIntervalMs: number;
   pongTimeoutMs: number;
   /** A worker whose connection dropped keeps its jobs this long, waiting for it to reconnect. */
   reconnectGraceMs: number;
@@ -18,13 +17,15 @@ export type WorkerReportedStatus = "starting" | "available" | "full" | "draining
 export type SessionEvent =
   | { type: "registered"; agentName: string; maxProcesses: number; loadThreshold: number }
   | { type: "status"; status: WorkerReportedStatus; load: number; jobCount: number }
+  /** The registry pinged the worker (it had been quiet for a ping interval). */
+  | { type: "ping_sent" }
+  /** Any frame from the worker after a ping: it is alive. */
   | { type: "pong" }
   | { type: "socket_closed" }
   | { type: "reattached" }
   | { type: "close" };
 
 export type SessionEmitted =
-  | { type: "ping"; workerId: string }
   | { type: "availability_changed"; workerId: string }
   | { type: "gone"; workerId: string; reason: string };
 
@@ -42,7 +43,8 @@ export interface SessionContext {
 
 /**
  * One connected worker, on the registry: registering → live{capacity: available ⇄ full | draining,
- * liveness: quiet ⇄ awaitingPong} → disconnected (grace for a reconnect) → gone. A worker that stops
+ * liveness: quiet ⇄ awaitingPong} → disconnected (grace for a reconnect) → gone. The registry pings a
+ * worker it has not heard from for a ping interval and tells the session (`ping_sent`). A worker that stops
  * answering pings, or does not come back within the grace, is gone; its jobs are then settled.
  */
 export const sessionMachine = setup({
@@ -54,7 +56,6 @@ export const sessionMachine = setup({
   },
   delays: {
     registrationTimeout: ({ context }) => context.timing.registrationTimeoutMs,
-    pingInterval: ({ context }) => context.timing.pingIntervalMs,
     pongTimeout: ({ context }) => context.timing.pongTimeoutMs,
     reconnectGrace: ({ context }) => context.timing.reconnectGraceMs,
   },
@@ -75,7 +76,6 @@ export const sessionMachine = setup({
     recordStatus: assign(({ event }) =>
       event.type === "status" ? { reportedStatus: event.status, load: event.load, jobCount: event.jobCount } : {},
     ),
-    ping: emit(({ context }) => ({ type: "ping" as const, workerId: context.workerId })),
     announceAvailable: emit(({ context }) => ({ type: "availability_changed" as const, workerId: context.workerId })),
     goneBecause: assign({ goneReason: (_, params: { reason: string }) => params.reason }),
     announceGone: emit(({ context }) => ({
@@ -101,6 +101,7 @@ export const sessionMachine = setup({
   on: {
     registered: {},
     status: { actions: "recordStatus" },
+    ping_sent: {},
     pong: {},
     reattached: {},
     socket_closed: {},
@@ -152,9 +153,10 @@ export const sessionMachine = setup({
         liveness: {
           initial: "quiet",
           states: {
-            quiet: { after: { pingInterval: "awaitingPong" } },
+            // When to ping is the registry's call, from one sweep over all workers: a per-session
+            // timer costs two transitions every interval even for a worker that talks all the time.
+            quiet: { on: { ping_sent: "awaitingPong" } },
             awaitingPong: {
-              entry: "ping",
               on: { pong: "quiet" },
               after: {
                 pongTimeout: {

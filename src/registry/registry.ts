@@ -107,6 +107,29 @@ export class RegistryCore {
     private readonly random: () => number = Math.random,
   ) {
     this.wss = new WebSocketServer({ noServer: true, maxPayload: maxFrameBytes, perMessageDeflate: false });
+    // A quiet worker is pinged within a fifth of a ping interval (at most 1 s) of going quiet.
+    const sweepMs = Math.max(10, Math.min(1_000, timing.pingIntervalMs / 5));
+    this.#livenessSweep = setInterval(() => this.#pingQuietWorkers(), sweepMs);
+    this.#livenessSweep.unref();
+  }
+
+  readonly #livenessSweep: NodeJS.Timeout;
+
+  /**
+   * Pings every connected worker not heard from for a ping interval: one loop over all workers
+   * instead of a timer per session, and a worker whose frames keep coming (any frame counts as the
+   * pong) costs a comparison, not a ping and two state transitions.
+   */
+  #pingQuietWorkers(): void {
+    if (this.#closing) return;
+    const now = performance.now();
+    for (const link of this.workers.values()) {
+      if (!link.socket || link.pingOutstanding || now - link.lastHeardAt < this.timing.pingIntervalMs) continue;
+      if (link.send({ type: "ping", timestamp: Date.now() })) {
+        link.pingOutstanding = true;
+        link.session.send({ type: "ping_sent" });
+      }
+    }
   }
 
   // ---------------------------------------------------------------- worker connections
@@ -167,6 +190,10 @@ export class RegistryCore {
       // A socket the worker has since replaced (or whose session is gone) speaks for nobody.
       if (link.socket !== ws) return;
       link.lastHeardAt = performance.now();
+      if (link.pingOutstanding) {
+        link.pingOutstanding = false;
+        link.session.send({ type: "pong" });
+      }
       this.#onWorkerMessage(link, message);
     });
     ws.on("close", () => {
@@ -193,6 +220,7 @@ export class RegistryCore {
       const old = existing.socket;
       existing.socket = ws;
       if (old && old !== ws) old.terminate();
+      existing.pingOutstanding = false;
       existing.session.send({ type: "reattached" });
       link = existing;
       this.logger.info({ workerId: link.workerId }, "worker reconnected");
@@ -222,15 +250,6 @@ export class RegistryCore {
 
   #wireSession(link: WorkerLink): void {
     link.session.subscribe(() => this.#viewChanged(link));
-    link.session.on("ping", () => {
-      // A worker heard from within the last ping interval is alive: its frames count as the pong, and
-      // 10k heartbeating workers cost the registry no ping writes at all.
-      if (link.socket && performance.now() - link.lastHeardAt < this.timing.pingIntervalMs) {
-        link.session.send({ type: "pong" });
-        return;
-      }
-      link.send({ type: "ping", timestamp: Date.now() });
-    });
     link.session.on("availability_changed", () => this.#capacityGrew(link, { newEpoch: true }));
     link.session.on("gone", ({ reason }) => {
       this.logger.warn({ workerId: link.workerId, reason, jobs: [...link.jobs] }, "worker gone");
@@ -380,7 +399,7 @@ export class RegistryCore {
         link.send({ type: "pong", timestamp: message.timestamp });
         break;
       case "pong":
-        link.session.send({ type: "pong" });
+        // Any frame counts as the pong (see #accept).
         break;
       case "register":
         break;
@@ -906,6 +925,7 @@ export class RegistryCore {
   }
 
   async #close(): Promise<void> {
+    clearInterval(this.#livenessSweep);
     this.#waiting.clear();
     for (const live of this.dispatches.values()) live.actor.stop();
     this.dispatches.clear();

@@ -1,9 +1,15 @@
 import type { DispatchTiming } from "../../machines/registry/dispatch.ts";
 import type { SessionTiming } from "../../machines/registry/session.ts";
 
-export interface RegistryTiming extends DispatchTiming, SessionTiming {}
+export interface RegistryTiming extends DispatchTiming, SessionTiming {
+  /** A worker not heard from for this long is pinged (within a fifth of it more, at most 1 s). */
+  pingIntervalMs: number;
+}
 
-/** Defaults: a silent worker is declared gone within pingInterval + pongTimeout = 15 s. */
+/**
+ * Defaults: a silent worker is declared gone within pingInterval + ping sweep + pongTimeout =
+ * 5 + 1 + 9 = 15 s.
+ */
 export const DEFAULT_REGISTRY_TIMING: RegistryTiming = {
   offerTimeoutMs: 2_000,
   runningTimeoutMs: 15_000,
@@ -11,6 +17,6 @@ export const DEFAULT_REGISTRY_TIMING: RegistryTiming = {
   cancelTimeoutMs: 10_000,
   registrationTimeoutMs: 10_000,
   pingIntervalMs: 5_000,
-  pongTimeoutMs: 10_000,
+  pongTimeoutMs: 9_000,
   reconnectGraceMs: 10_000,
 };

@@ -17,6 +17,8 @@ export class WorkerLink {
   slots: SlotSummary[] = [];
   /** performance.now() of the last frame from this worker: any frame shows it is alive. */
   lastHeardAt = performance.now();
+  /** A ping went out and nothing has been heard since. */
+  pingOutstanding = false;
   /** Bumped each time the worker becomes available again, so a worker that once said no gets asked again. */
   availabilityEpoch = 0;
   readonly jobs = new Set<string>();

@@ -3,7 +3,7 @@ import { SimulatedClock } from "xstate";
 import { type SessionEmitted, type SessionEvent, sessionMachine } from "../../machines/registry/session.ts";
 import { createTracedActor } from "../support/actor.ts";
 
-const timing = { registrationTimeoutMs: 1_000, pingIntervalMs: 100, pongTimeoutMs: 200, reconnectGraceMs: 500 };
+const timing = { registrationTimeoutMs: 1_000, pongTimeoutMs: 200, reconnectGraceMs: 500 };
 
 function start() {
   const clock = new SimulatedClock();
@@ -57,18 +57,35 @@ describe("session machine", () => {
     expect(drainingFromAvailable.capacity()).toBe("draining");
   });
 
-  it("pings, is kept by pongs, and is gone without one", () => {
+  it("waits for a pong after a ping, is kept by one, and is gone without one", () => {
     const t = live();
-    t.clock.increment(100);
-    expect(t.emitted.filter((e) => e.type === "ping")).toHaveLength(1);
+    const liveness = () => (t.actor.getSnapshot().value as { live?: { liveness: string } }).live?.liveness;
+    expect(liveness()).toBe("quiet");
+    // Quiet lasts until the registry pings: no timer of its own.
+    t.clock.increment(10_000);
+    expect(liveness()).toBe("quiet");
+    t.send({ type: "ping_sent" });
+    expect(liveness()).toBe("awaitingPong");
+    t.clock.increment(150);
     t.send({ type: "pong" });
-    t.clock.increment(100);
-    expect(t.emitted.filter((e) => e.type === "ping")).toHaveLength(2);
+    expect(liveness()).toBe("quiet");
+    t.clock.increment(10_000);
+    t.send({ type: "ping_sent" });
     t.clock.increment(199);
     expect(t.actor.getSnapshot().status).toBe("active");
     t.clock.increment(1);
     expect(t.emitted.at(-1)).toEqual({ type: "gone", workerId: "w1", reason: "stopped answering pings" });
     expect(t.emitted.filter((e) => e.type === "gone")).toHaveLength(1);
+  });
+
+  it("ignores a ping_sent while registering or disconnected", () => {
+    const t = start();
+    t.send({ type: "ping_sent" });
+    expect(t.actor.getSnapshot().value).toBe("registering");
+    const dropped = live();
+    dropped.send({ type: "socket_closed" });
+    dropped.send({ type: "ping_sent" });
+    expect(dropped.actor.getSnapshot().value).toBe("disconnected");
   });
 
   it("keeps a dropped worker for the reconnect grace", () => {
