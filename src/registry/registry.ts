@@ -459,7 +459,13 @@ export class RegistryCore {
     }
     // Nobody runs a dispatch for it (its node is gone, or it was never started): cancelled here.
     if (record && !isFinal(record.status) && !record.workerId) {
-      return this.store.update(jobId, { status: "cancelled", reason }, owner);
+      const cancelled = await this.store.update(jobId, { status: "cancelled", reason }, owner);
+      // Told even though it is believed dead: a node that was only slow (or that this one has not
+      // seen renew yet) stops its dispatch instead of waiting out the deadline.
+      if (this.cluster && owner && owner !== this.cluster.nodeId) {
+        this.cluster.send(owner, { type: "cancel", jobId, reason });
+      }
+      return cancelled;
     }
     return record;
   }
