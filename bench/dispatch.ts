@@ -5,11 +5,8 @@
  * 5,000 and 10,000 simulated workers connected and heartbeating. Prints JSON.
  * Run: npx tsx bench/dispatch.ts   (BENCH_SKIP_CAPACITY=1 skips the connection-count part)
  */
-import { fork } from "node:child_process";
-import { createRequire } from "node:module";
-import { createInterface } from "node:readline";
 import { Writable } from "node:stream";
-import { fileURLToPath, pathToFileURL } from "node:url";
+import { fileURLToPath } from "node:url";
 import pidusage from "pidusage";
 import WebSocket, { WebSocketServer } from "ws";
 import { createLogger } from "../src/observability/logger.ts";
@@ -18,13 +15,14 @@ import { mintToken } from "../src/registry/auth.ts";
 import { createRegistry } from "../src/registry/server.ts";
 import { type JobRecord, MemoryJobStore } from "../src/registry/store.ts";
 import { runWorker } from "../src/worker/runtime.ts";
+import { BENCH_CREDENTIALS, startRegistryProcess } from "./registry-process.ts";
 import { SimWorker } from "./sim-worker.ts";
 import { summarize } from "./stats.ts";
+import { measureThroughput } from "./throughput.ts";
 
-const credentials = { apiKey: "bench", apiSecret: "bench-secret-bench-secret" };
+const credentials = BENCH_CREDENTIALS;
 const silent = createLogger("ERROR", new Writable({ write: (_c, _e, done) => done() }));
 const agentModule = fileURLToPath(new URL("./agents/noop.ts", import.meta.url));
-const tsxLoader = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function wsRoundTrip() {
@@ -103,68 +101,13 @@ async function endToEnd(jobs: number) {
   return summarize(samples);
 }
 
-/** The registry runs in its own process, so the simulated workers and the HTTP client do not share its core. */
-async function startRegistryProcess() {
-  const child = fork(fileURLToPath(new URL("./registry-server.ts", import.meta.url)), [], {
-    stdio: ["ignore", "pipe", "inherit", "ipc"],
-    execArgv: ["--import", tsxLoader, ...(process.env.BENCH_PROFILE ? ["--cpu-prof"] : [])],
-    env: { ...process.env, BENCH_KEY: credentials.apiKey, BENCH_SECRET: credentials.apiSecret },
-  });
-  const { url } = await new Promise<{ url: string }>((resolve) => {
-    createInterface({ input: child.stdout as NodeJS.ReadableStream }).once("line", (line) => resolve(JSON.parse(line)));
-  });
-  return {
-    child,
-    url,
-    stop: async () => {
-      child.kill("SIGTERM");
-      await new Promise((resolve) => child.once("exit", resolve));
-    },
-  };
-}
-
 async function throughput(workers: number, dispatches: number, concurrency: number) {
   const registry = await startRegistryProcess();
-  const workerToken = await mintToken(credentials, { role: "worker" });
-  const sims = Array.from(
-    { length: workers },
-    () => new SimWorker({ url: registry.url, token: workerToken, agentName: "Agent", maxProcesses: 50, jobMs: 5 }),
-  );
-  await Promise.all(sims.map((s) => s.ready));
-  await sleep(200);
-  const token = await mintToken(credentials, { role: "dispatcher" });
-  let next = 0;
-  const started = performance.now();
-  const post = async () => {
-    while (next < dispatches) {
-      next++;
-      await fetch(`${registry.url}/v1/jobs`, {
-        method: "POST",
-        headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
-        body: JSON.stringify({ agent_name: "Agent" }),
-      });
-    }
-  };
-  await Promise.all(Array.from({ length: concurrency }, post));
-  const accepted = performance.now();
-  while (sims.reduce((sum, s) => sum + s.completed, 0) < dispatches) {
-    if (performance.now() - accepted > 120_000) break;
-    await sleep(5);
+  try {
+    return await measureThroughput([registry.url], workers, dispatches, concurrency);
+  } finally {
+    await registry.stop();
   }
-  const finished = performance.now();
-  const completed = sims.reduce((sum, s) => sum + s.completed, 0);
-  const perWorker = sims.map((s) => s.completed);
-  for (const s of sims) s.close();
-  await registry.stop();
-  return {
-    workers,
-    dispatches,
-    completed,
-    http_concurrency: concurrency,
-    dispatches_per_second: Math.round((completed / (finished - started)) * 1000),
-    per_worker_min: Math.min(...perWorker),
-    per_worker_max: Math.max(...perWorker),
-  };
 }
 
 async function capacity(counts: number[]) {

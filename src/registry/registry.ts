@@ -124,11 +124,8 @@ export class RegistryCore {
     if (this.#closing) return;
     const now = performance.now();
     for (const link of this.workers.values()) {
-      if (!link.socket || link.pingOutstanding || now - link.lastHeardAt < this.timing.pingIntervalMs) continue;
-      if (link.send({ type: "ping", timestamp: Date.now() })) {
-        link.pingOutstanding = true;
-        link.session.send({ type: "ping_sent" });
-      }
+      if (now - link.lastHeardAt < this.timing.pingIntervalMs || link.awaitingPong) continue;
+      if (link.send({ type: "ping", timestamp: Date.now() })) link.session.send({ type: "ping_sent" });
     }
   }
 
@@ -190,10 +187,7 @@ export class RegistryCore {
       // A socket the worker has since replaced (or whose session is gone) speaks for nobody.
       if (link.socket !== ws) return;
       link.lastHeardAt = performance.now();
-      if (link.pingOutstanding) {
-        link.pingOutstanding = false;
-        link.session.send({ type: "pong" });
-      }
+      if (link.awaitingPong) link.session.send({ type: "pong" });
       this.#onWorkerMessage(link, message);
     });
     ws.on("close", () => {
@@ -220,7 +214,6 @@ export class RegistryCore {
       const old = existing.socket;
       existing.socket = ws;
       if (old && old !== ws) old.terminate();
-      existing.pingOutstanding = false;
       existing.session.send({ type: "reattached" });
       link = existing;
       this.logger.info({ workerId: link.workerId }, "worker reconnected");
@@ -437,11 +430,6 @@ export class RegistryCore {
   }
 
   async cancel(jobId: string, reason = "cancelled by request"): Promise<JobRecord | undefined> {
-    const single = !this.cluster && this.dispatches.get(jobId);
-    if (single) {
-      single.actor.send({ type: "cancel", reason });
-      return this.store.get(jobId);
-    }
     const record = await this.store.get(jobId);
     const owner = record?.node;
     const live = this.dispatches.get(jobId);
@@ -451,22 +439,16 @@ export class RegistryCore {
     }
     // The job moved to another node and the hand-over has not reached this one yet: that node cancels.
     if (live) this.#dropDispatch(jobId);
-    if (record && !isFinal(record.status) && this.cluster && owner && owner !== this.cluster.nodeId) {
-      if (this.cluster.isLive(owner)) {
-        this.cluster.send(owner, { type: "cancel", jobId, reason });
-        return record;
-      }
+    if (!record || isFinal(record.status)) return record;
+    const cluster = this.cluster;
+    if (cluster && owner && owner !== cluster.nodeId) {
+      // Told even when believed dead: a node that was only slow (or that this one has not seen renew
+      // yet) stops its dispatch instead of waiting out the deadline.
+      cluster.send(owner, { type: "cancel", jobId, reason });
+      if (cluster.isLive(owner)) return record;
     }
     // Nobody runs a dispatch for it (its node is gone, or it was never started): cancelled here.
-    if (record && !isFinal(record.status) && !record.workerId) {
-      const cancelled = await this.store.update(jobId, { status: "cancelled", reason }, owner);
-      // Told even though it is believed dead: a node that was only slow (or that this one has not
-      // seen renew yet) stops its dispatch instead of waiting out the deadline.
-      if (this.cluster && owner && owner !== this.cluster.nodeId) {
-        this.cluster.send(owner, { type: "cancel", jobId, reason });
-      }
-      return cancelled;
-    }
+    if (!record.workerId) return this.store.update(jobId, { status: "cancelled", reason }, owner);
     return record;
   }
 

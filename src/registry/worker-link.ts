@@ -17,8 +17,6 @@ export class WorkerLink {
   slots: SlotSummary[] = [];
   /** performance.now() of the last frame from this worker: any frame shows it is alive. */
   lastHeardAt = performance.now();
-  /** A ping went out and nothing has been heard since. */
-  pingOutstanding = false;
   /** Bumped each time the worker becomes available again, so a worker that once said no gets asked again. */
   availabilityEpoch = 0;
   readonly jobs = new Set<string>();
@@ -40,6 +38,12 @@ export class WorkerLink {
   get available(): boolean {
     const snapshot = this.session.getSnapshot();
     return snapshot.status === "active" && snapshot.matches({ live: { capacity: "available" } });
+  }
+
+  /** A ping went out and nothing has been heard since (the session's liveness says so). */
+  get awaitingPong(): boolean {
+    const snapshot = this.session.getSnapshot();
+    return snapshot.status === "active" && snapshot.matches({ live: { liveness: "awaitingPong" } });
   }
 
   get state(): string {

@@ -4,7 +4,18 @@ import { fileURLToPath } from "node:url";
 import { mintToken } from "../../src/registry/auth.ts";
 import type { JobRecord } from "../../src/registry/store.ts";
 import type { RegistryTiming } from "../../src/registry/timing.ts";
-import { api, CREDS, type ProcessGuard, waitFor } from "../registry/helpers.ts";
+import { api, CREDS, type ProcessGuard, parseLogLine, waitFor } from "../registry/helpers.ts";
+
+/** Registry timing for the cluster tests: liveness deadlines short enough for a test, offers patient on a busy box. */
+export const CLUSTER_TIMING: Partial<RegistryTiming> = {
+  offerTimeoutMs: 3_000,
+  runningTimeoutMs: 30_000,
+  dispatchTimeoutMs: 120_000,
+  cancelTimeoutMs: 5_000,
+  pingIntervalMs: 1_000,
+  pongTimeoutMs: 4_000,
+  reconnectGraceMs: 4_000,
+};
 
 const NODE_FIXTURE = fileURLToPath(new URL("../fixtures/cluster/registry-node.ts", import.meta.url));
 
@@ -47,12 +58,7 @@ export async function spawnNode(
   );
   const listening = new Promise<string>((resolve, reject) => {
     createInterface({ input: child.stdout as NodeJS.ReadableStream }).on("line", (line) => {
-      let entry: Record<string, unknown>;
-      try {
-        entry = JSON.parse(line) as Record<string, unknown>;
-      } catch {
-        entry = { msg: line };
-      }
+      const entry = parseLogLine(line);
       logs.push(entry);
       if (entry.msg === "registry listening" && typeof entry.url === "string") resolve(entry.url);
     });

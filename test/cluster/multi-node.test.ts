@@ -4,7 +4,7 @@ import type { JobRecord } from "../../src/registry/store.ts";
 import { ProcessGuard, readRunLog, spawnWorker, stopWorker, tempDir, waitFor } from "../registry/helpers.ts";
 import { Balancer } from "../support/balancer.ts";
 import { dropPrefix, REDIS_URL, redisAvailable, testPrefix } from "../support/redis.ts";
-import { dispatchTo, listJobs, listWorkers, spawnNode, untilAllFinal } from "./helpers.ts";
+import { CLUSTER_TIMING, dispatchTo, listJobs, listWorkers, spawnNode, untilAllFinal } from "./helpers.ts";
 
 const hasRedis = await redisAvailable();
 const guard = new ProcessGuard();
@@ -19,16 +19,6 @@ afterAll(async () => {
   temp.remove();
 });
 
-const TIMING = {
-  offerTimeoutMs: 3_000,
-  runningTimeoutMs: 30_000,
-  dispatchTimeoutMs: 120_000,
-  cancelTimeoutMs: 5_000,
-  pingIntervalMs: 1_000,
-  pongTimeoutMs: 4_000,
-  reconnectGraceMs: 4_000,
-};
-
 const count = <T>(items: T[]) => {
   const counts = new Map<T, number>();
   for (const item of items) counts.set(item, (counts.get(item) ?? 0) + 1);
@@ -39,7 +29,7 @@ describe.runIf(hasRedis)("two registry nodes on one Redis", () => {
   it("spread 200 dispatches sent to both nodes over four workers, exactly once; then survive a node SIGKILLed mid-run", {
     timeout: 400_000,
   }, async () => {
-    const nodeSettings = { redisUrl: REDIS_URL, prefix, timing: TIMING, heartbeatMs: 500 };
+    const nodeSettings = { redisUrl: REDIS_URL, prefix, timing: CLUSTER_TIMING, heartbeatMs: 500 };
     const [nodeA, nodeB] = await Promise.all([
       spawnNode(guard, { ...nodeSettings, name: "node-a" }),
       spawnNode(guard, { ...nodeSettings, name: "node-b" }),

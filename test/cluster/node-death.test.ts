@@ -2,7 +2,15 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { ProcessGuard, readRunLog, spawnWorker, stopWorker, tempDir, waitFor } from "../registry/helpers.ts";
 import { dropPrefix, REDIS_URL, redisAvailable, testPrefix } from "../support/redis.ts";
-import { dispatchTo, listJobs, listWorkers, type RegistryNode, spawnNode, untilAllFinal } from "./helpers.ts";
+import {
+  CLUSTER_TIMING,
+  dispatchTo,
+  listJobs,
+  listWorkers,
+  type RegistryNode,
+  spawnNode,
+  untilAllFinal,
+} from "./helpers.ts";
 
 const hasRedis = await redisAvailable();
 const guard = new ProcessGuard();
@@ -15,15 +23,6 @@ afterAll(async () => {
   temp.remove();
 });
 
-const TIMING = {
-  offerTimeoutMs: 3_000,
-  runningTimeoutMs: 30_000,
-  dispatchTimeoutMs: 120_000,
-  pingIntervalMs: 1_000,
-  pongTimeoutMs: 3_000,
-  reconnectGraceMs: 3_000,
-};
-
 const decisionsOf = (nodes: RegistryNode[], jobId: string) =>
   nodes.flatMap((node) =>
     node.logs
@@ -35,7 +34,7 @@ describe.runIf(hasRedis)("a registry node that dies with its worker", () => {
   it("has each of its jobs settled by exactly one surviving node: lost, dispatched again, or placed anew", {
     timeout: 120_000,
   }, async () => {
-    const settings = { redisUrl: REDIS_URL, prefix, timing: TIMING, heartbeatMs: 500 };
+    const settings = { redisUrl: REDIS_URL, prefix, timing: CLUSTER_TIMING, heartbeatMs: 500 };
     const [nodeA, nodeB, nodeC] = (await Promise.all(
       ["node-a", "node-b", "node-c"].map((name) => spawnNode(guard, { ...settings, name })),
     )) as [RegistryNode, RegistryNode, RegistryNode];

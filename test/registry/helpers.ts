@@ -395,6 +395,15 @@ export interface WorkerProcess {
 }
 
 /** Spawns the fixture agent as a worker process (node --import tsx), registering with the registry. */
+/** One line of a child's stdout: its JSON log entry, or the plain text as the message. */
+export function parseLogLine(line: string): Record<string, unknown> {
+  try {
+    return JSON.parse(line) as Record<string, unknown>;
+  } catch {
+    return { msg: line };
+  }
+}
+
 export function spawnWorker(guard: ProcessGuard, settings: WorkerProcessSettings): WorkerProcess {
   const child = spawn(process.execPath, ["--import", "tsx", FIXTURE_AGENT], {
     env: {
@@ -424,12 +433,7 @@ export function spawnWorker(guard: ProcessGuard, settings: WorkerProcessSettings
   });
   port.catch(() => {});
   createInterface({ input: child.stdout as NodeJS.ReadableStream }).on("line", (line) => {
-    let entry: Record<string, unknown>;
-    try {
-      entry = JSON.parse(line) as Record<string, unknown>;
-    } catch {
-      entry = { msg: line };
-    }
+    const entry = parseLogLine(line);
     logs.push(entry);
     if (entry.msg === "worker started" && typeof entry.port === "number") resolvePort(entry.port);
     if (typeof entry.jobPid === "number") guard.track(entry.jobPid);

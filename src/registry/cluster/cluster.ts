@@ -146,9 +146,14 @@ export class RegistryCluster {
   }
 
   publishGone(workerId: string): void {
-    const dropView = (this.#redis as unknown as { troupeDropView(...args: string[]): Promise<number> }).troupeDropView;
-    dropView.call(this.#redis, this.#key("workers"), workerId, this.nodeId).catch(this.#warn("drop worker view"));
+    this.#dropView(workerId, this.nodeId).catch(this.#warn("drop worker view"));
     this.#publish(this.#key("workers"), { type: "gone", nodeId: this.nodeId, workerId });
+  }
+
+  /** Deletes the worker's shared view, but only while the given node still holds it. */
+  #dropView(workerId: string, nodeId: string): Promise<number> {
+    const redis = this.#redis as Redis & { troupeDropView(...args: string[]): Promise<number> };
+    return redis.troupeDropView(this.#key("workers"), workerId, nodeId);
   }
 
   send(nodeId: string, message: NodeMessage): void {
@@ -284,11 +289,7 @@ export class RegistryCluster {
     const views = await this.#redis.hgetall(this.#key("workers"));
     for (const [workerId, text] of Object.entries(views)) {
       if ((safeJson(text) as { nodeId?: string } | undefined)?.nodeId === deadNode) {
-        await (this.#redis as unknown as { troupeDropView(...args: string[]): Promise<number> }).troupeDropView(
-          this.#key("workers"),
-          workerId,
-          deadNode,
-        );
+        await this.#dropView(workerId, deadNode);
       }
     }
     const orphans = (await this.store.listActive()).filter((record) => record.node === deadNode);
