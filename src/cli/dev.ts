@@ -112,7 +112,8 @@ export async function startDev(settings: DevSettings): Promise<DevSession> {
         current = spawnWorker();
         const gone = retire(old, graceMs);
         retiring.add(gone);
-        void gone.then(() => retiring.delete(gone));
+        const forget = () => retiring.delete(gone);
+        gone.then(forget, forget);
       }, settings.debounceMs ?? 200);
     });
   }

@@ -9,28 +9,44 @@ import { z } from "zod";
 export const PROTOCOL_VERSION = 1;
 export const MAX_FRAME_BYTES = 256 * 1024;
 
+/** A worker runs at most this many processes; it bounds its inventory too. */
+export const MAX_WORKER_PROCESSES = 1_024;
+/** Entries in a `register` inventory: running jobs (at most max_processes) and recently finished ones. */
+export const MAX_INVENTORY_ENTRIES = 2_048;
+
 const jobId = z.string().min(1).max(256);
-const errorInfo = z.object({ name: z.string(), message: z.string(), stack: z.string().optional() });
+/** Diagnostics a worker reports (reasons, errors, stacks) are cut, not refused: a final status must arrive. */
+const clipped = (max: number) => z.string().transform((text) => (text.length > max ? text.slice(0, max) : text));
+const reason = clipped(1_024);
+const errorInfo = z.object({ name: clipped(256), message: clipped(4_096), stack: clipped(16_384).optional() });
 const finalStatus = z.enum(["completed", "failed", "cancelled"]);
 
 export const jobInventoryEntry = z.object({
   job_id: jobId,
   status: z.enum(["running", "completed", "failed", "cancelled"]),
-  reason: z.string().optional(),
+  reason: reason.optional(),
 });
 
 // ---- worker → registry ----
-export const registerRequest = z.object({
-  type: z.literal("register"),
-  protocol_version: z.number().int().positive(),
-  worker_id: z.string(),
-  agent_name: z.string().min(1),
-  capabilities: z.array(z.string()).default([]),
-  load_threshold: z.number().gt(0).max(1),
-  max_processes: z.number().int().positive(),
-  /** Jobs still running here, and recently finished ones whose final update may have been lost. */
-  jobs: z.array(jobInventoryEntry).default([]),
-});
+export const registerRequest = z
+  .object({
+    type: z.literal("register"),
+    protocol_version: z.number().int().positive(),
+    worker_id: z.string().max(256),
+    agent_name: z.string().min(1).max(256),
+    capabilities: z.array(z.string().max(256)).max(64).default([]),
+    load_threshold: z.number().gt(0).max(1),
+    max_processes: z.number().int().positive().max(MAX_WORKER_PROCESSES),
+    /** Jobs still running here, and recently finished ones whose final update may have been lost. */
+    jobs: z
+      .array(jobInventoryEntry)
+      .max(MAX_INVENTORY_ENTRIES, `an inventory has at most ${MAX_INVENTORY_ENTRIES} entries`)
+      .default([]),
+  })
+  .refine((register) => register.jobs.filter((job) => job.status === "running").length <= register.max_processes, {
+    message: "more running jobs in the inventory than max_processes",
+    path: ["jobs"],
+  });
 
 /** One of the worker's processes as the registry's dashboard shows it (optional, informational). */
 export const slotSummary = z.object({
@@ -44,8 +60,8 @@ export type SlotSummary = z.infer<typeof slotSummary>;
 
 export const statusUpdate = z.object({
   type: z.literal("status_update"),
-  worker_id: z.string(),
-  agent_name: z.string().optional(),
+  worker_id: z.string().max(256),
+  agent_name: z.string().max(256).optional(),
   status: z.enum(["starting", "available", "full", "draining", "offline"]),
   load: z.number().min(0).max(1),
   job_count: z.number().int().min(0),
@@ -58,14 +74,14 @@ export const availabilityResponse = z.object({
   type: z.literal("availability_response"),
   job_id: jobId,
   available: z.boolean(),
-  error: z.string().optional(),
+  error: clipped(4_096).optional(),
 });
 
 export const jobUpdate = z.object({
   type: z.literal("job_update"),
   job_id: jobId,
   status: z.enum(["running", "completed", "failed", "cancelled"]),
-  reason: z.string().optional(),
+  reason: reason.optional(),
   error: errorInfo.optional(),
 });
 

@@ -11,7 +11,17 @@ export type Role = (typeof ROLES)[number];
 export interface Credentials {
   apiKey: string;
   apiSecret: string;
+  /**
+   * The longest lifetime (exp − iat, in seconds) a token may have; longer ones are refused, and so is
+   * a token without `exp`. Default DEFAULT_MAX_TOKEN_LIFETIME_SECONDS (seven days).
+   */
+  maxTokenLifetimeSeconds?: number;
 }
+
+export const DEFAULT_MAX_TOKEN_LIFETIME_SECONDS = 7 * 24 * 3600;
+
+const maxLifetime = (credentials: Credentials) =>
+  credentials.maxTokenLifetimeSeconds ?? DEFAULT_MAX_TOKEN_LIFETIME_SECONDS;
 
 export interface MintRequest {
   role: Role;
@@ -27,6 +37,7 @@ const claims = z.object({
   room: z.string().optional(),
   sub: z.string().optional(),
 });
+const lifetime = z.object({ exp: z.number(), iat: z.number().optional() });
 export type TokenClaims = z.infer<typeof claims>;
 
 export class AuthError extends Error {
@@ -37,6 +48,7 @@ const secretKey = (secret: string) => new TextEncoder().encode(secret);
 
 export async function mintToken(credentials: Credentials, request: MintRequest): Promise<string> {
   if (request.role === "participant" && !request.room) throw new AuthError("a participant token needs a room");
+  checkTtl(credentials, request.ttl);
   const jwt = new SignJWT({ role: request.role, ...(request.room ? { room: request.room } : {}) })
     .setProtectedHeader({ alg: "HS256" })
     .setIssuer(credentials.apiKey)
@@ -44,6 +56,13 @@ export async function mintToken(credentials: Credentials, request: MintRequest):
     .setExpirationTime(`${Math.max(1, Math.round(request.ttl ?? 3600))}s`);
   if (request.subject) jwt.setSubject(request.subject);
   return jwt.sign(secretKey(credentials.apiSecret));
+}
+
+/** Refuses to mint a token the registry would refuse to accept. */
+export function checkTtl(credentials: Credentials, ttl: number | undefined): void {
+  if (ttl !== undefined && ttl > maxLifetime(credentials)) {
+    throw new AuthError(`a token lifetime of ${ttl} s is over the maximum of ${maxLifetime(credentials)} s`);
+  }
 }
 
 /**
@@ -91,8 +110,13 @@ export async function verifyToken(
   }
   const parsed = claims.safeParse(payload);
   if (!parsed.success) throw new AuthError("token has no valid role claim");
-  const exp = (payload as { exp?: number }).exp;
-  if (typeof exp === "number") rememberVerified(token, credentials.apiSecret, parsed.data, exp * 1000);
+  const times = lifetime.safeParse(payload);
+  if (!times.success) throw new AuthError("token has no expiry (exp): mint tokens with a lifetime");
+  const { exp, iat = Date.now() / 1000 } = times.data;
+  if (exp - iat > maxLifetime(credentials)) {
+    throw new AuthError(`token lifetime over the maximum of ${maxLifetime(credentials)} s`);
+  }
+  rememberVerified(token, credentials.apiSecret, parsed.data, exp * 1000);
   return checkRole(parsed.data, allowed);
 }
 

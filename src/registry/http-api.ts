@@ -1,7 +1,9 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { z } from "zod";
+import { HttpError, invalid, readJson, send } from "../http/respond.ts";
+import { decodeSegment } from "../http/target.ts";
 import type { Credentials } from "./auth.ts";
-import { bearerAuthorizer, HttpError, invalid, readJson, send, sendError } from "./http-util.ts";
+import { bearerAuthorizer } from "./http-auth.ts";
 import type { RegistryMetrics } from "./metrics.ts";
 import type { RegistryCore } from "./registry.ts";
 import { JOB_STATUSES } from "./store.ts";
@@ -26,84 +28,78 @@ const listQuery = z.object({
 export function createHttpApi(core: RegistryCore, credentials: Credentials, metrics: RegistryMetrics) {
   const authorize = bearerAuthorizer(credentials);
 
-  return async function handle(req: IncomingMessage, res: ServerResponse): Promise<boolean> {
-    const url = new URL(req.url ?? "/", "http://registry");
+  return async function handle(req: IncomingMessage, res: ServerResponse, url: URL): Promise<boolean> {
     const path = url.pathname;
-    try {
-      if (path === "/healthz") {
-        send(res, 200, { ok: true });
-        return true;
-      }
-      if (path === "/readyz") {
-        // A node cut off from the cluster's Redis can neither record nor place jobs: not ready.
-        const redis = core.cluster ? (core.cluster.connected ? "connected" : "disconnected") : undefined;
-        const ready = redis !== "disconnected";
-        send(res, ready ? 200 : 503, { ready, workers: core.workers.size, ...(redis ? { redis } : {}) });
-        return true;
-      }
-      if (path === "/metrics") {
-        res.writeHead(200, { "content-type": metrics.registry.contentType });
-        res.end(await metrics.registry.metrics());
-        return true;
-      }
-      if (path === "/v1/jobs" && req.method === "POST") {
-        await authorize(req, ["dispatcher"]);
-        const parsed = createJobBody.safeParse(await readJson(req));
-        if (!parsed.success) throw invalid(parsed.error);
-        const body = parsed.data;
-        const key = body.idempotency_key ?? (req.headers["idempotency-key"] as string | undefined);
-        const { record, created } = await core.dispatch({
-          agentName: body.agent_name,
-          ...(body.room_id ? { roomId: body.room_id } : {}),
-          ...(body.metadata ? { metadata: body.metadata } : {}),
-          ...(body.room_options ? { roomOptions: body.room_options } : {}),
-          ...(body.max_duration !== undefined ? { maxDuration: body.max_duration } : {}),
-          ...(key ? { idempotencyKey: key } : {}),
-          ...(body.redispatch !== undefined ? { redispatch: body.redispatch } : {}),
-        });
-        send(res, created ? 201 : 200, { job: record, created });
-        return true;
-      }
-      if (path === "/v1/jobs" && req.method === "GET") {
-        await authorize(req, ["dispatcher"]);
-        const parsed = listQuery.safeParse(Object.fromEntries(url.searchParams));
-        if (!parsed.success) throw invalid(parsed.error);
-        const { status, agent, limit } = parsed.data;
-        const jobs = await core.store.list({
-          ...(status ? { status } : {}),
-          ...(agent ? { agentName: agent } : {}),
-          ...(limit ? { limit } : {}),
-        });
-        send(res, 200, { jobs });
-        return true;
-      }
-      const jobMatch = /^\/v1\/jobs\/([^/]+)$/.exec(path);
-      if (jobMatch) {
-        await authorize(req, ["dispatcher"]);
-        const id = decodeURIComponent(jobMatch[1] as string);
-        if (req.method === "GET") {
-          const record = await core.store.get(id);
-          if (!record) throw new HttpError(404, `no job ${id}`);
-          send(res, 200, { job: record });
-          return true;
-        }
-        if (req.method === "DELETE") {
-          const record = await core.cancel(id);
-          if (!record) throw new HttpError(404, `no job ${id}`);
-          send(res, 202, { job: record });
-          return true;
-        }
-        throw new HttpError(405, "method not allowed");
-      }
-      if (path === "/v1/workers" && req.method === "GET") {
-        await authorize(req, ["dispatcher"]);
-        send(res, 200, { workers: core.describeWorkers() });
-        return true;
-      }
-      return false;
-    } catch (error) {
-      sendError(res, error);
+    if (path === "/healthz") {
+      send(res, 200, { ok: true });
       return true;
     }
+    if (path === "/readyz") {
+      // A node cut off from the cluster's Redis can neither record nor place jobs: not ready.
+      const redis = core.cluster ? (core.cluster.connected ? "connected" : "disconnected") : undefined;
+      const ready = redis !== "disconnected";
+      send(res, ready ? 200 : 503, { ready, workers: core.workers.size, ...(redis ? { redis } : {}) });
+      return true;
+    }
+    if (path === "/metrics") {
+      res.writeHead(200, { "content-type": metrics.registry.contentType });
+      res.end(await metrics.registry.metrics());
+      return true;
+    }
+    if (path === "/v1/jobs" && req.method === "POST") {
+      await authorize(req, ["dispatcher"]);
+      const parsed = createJobBody.safeParse(await readJson(req));
+      if (!parsed.success) throw invalid(parsed.error);
+      const body = parsed.data;
+      const key = body.idempotency_key ?? (req.headers["idempotency-key"] as string | undefined);
+      const { record, created } = await core.dispatch({
+        agentName: body.agent_name,
+        ...(body.room_id ? { roomId: body.room_id } : {}),
+        ...(body.metadata ? { metadata: body.metadata } : {}),
+        ...(body.room_options ? { roomOptions: body.room_options } : {}),
+        ...(body.max_duration !== undefined ? { maxDuration: body.max_duration } : {}),
+        ...(key ? { idempotencyKey: key } : {}),
+        ...(body.redispatch !== undefined ? { redispatch: body.redispatch } : {}),
+      });
+      send(res, created ? 201 : 200, { job: record, created });
+      return true;
+    }
+    if (path === "/v1/jobs" && req.method === "GET") {
+      await authorize(req, ["dispatcher"]);
+      const parsed = listQuery.safeParse(Object.fromEntries(url.searchParams));
+      if (!parsed.success) throw invalid(parsed.error);
+      const { status, agent, limit } = parsed.data;
+      const jobs = await core.store.list({
+        ...(status ? { status } : {}),
+        ...(agent ? { agentName: agent } : {}),
+        ...(limit ? { limit } : {}),
+      });
+      send(res, 200, { jobs });
+      return true;
+    }
+    const jobMatch = /^\/v1\/jobs\/([^/]+)$/.exec(path);
+    if (jobMatch) {
+      await authorize(req, ["dispatcher"]);
+      const id = decodeSegment(jobMatch[1] as string);
+      if (req.method === "GET") {
+        const record = await core.store.get(id);
+        if (!record) throw new HttpError(404, `no job ${id}`);
+        send(res, 200, { job: record });
+        return true;
+      }
+      if (req.method === "DELETE") {
+        const record = await core.cancel(id);
+        if (!record) throw new HttpError(404, `no job ${id}`);
+        send(res, 202, { job: record });
+        return true;
+      }
+      throw new HttpError(405, "method not allowed");
+    }
+    if (path === "/v1/workers" && req.method === "GET") {
+      await authorize(req, ["dispatcher"]);
+      send(res, 200, { workers: core.describeWorkers() });
+      return true;
+    }
+    return false;
   };
 }

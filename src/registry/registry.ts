@@ -301,6 +301,22 @@ export class RegistryCore {
     }
   }
 
+  /**
+   * A worker reports running a job this node runs no dispatch for. Only a job recorded as assigned
+   * to that worker is taken back (its dispatch was lost with a node); anything else is refused and
+   * changes nothing, so a worker token cannot create job records by naming new ids. (Jobs unknown to
+   * the store come back only through a `register` inventory, bounded by max_processes.)
+   */
+  async #adoptAssigned(link: WorkerLink, jobId: string): Promise<void> {
+    const record = await this.store.get(jobId);
+    if (!record || record.workerId !== link.workerId) {
+      this.metrics.protocolErrors.inc({ code: "unknown_job" });
+      link.send({ type: "error", code: "unknown_job", message: `job ${jobId} was not assigned to this worker` });
+      return;
+    }
+    await this.#adopt(link, link.context.agentName, jobId);
+  }
+
   async #adopt(link: WorkerLink, agentName: string, jobId: string): Promise<void> {
     const record = await this.store.get(jobId);
     if (this.#closing) return;
@@ -372,7 +388,7 @@ export class RegistryCore {
       case "job_update": {
         const dispatch = this.dispatches.get(message.job_id);
         if (!dispatch) {
-          if (message.status === "running") this.#persist(this.#adopt(link, link.context.agentName, message.job_id));
+          if (message.status === "running") this.#persist(this.#adoptAssigned(link, message.job_id));
           else
             this.#reconcile(link, link.context.agentName, [
               { job_id: message.job_id, status: message.status, ...(message.reason ? { reason: message.reason } : {}) },

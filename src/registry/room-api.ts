@@ -1,10 +1,12 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { z } from "zod";
+import { HttpError, invalid, readJson, send } from "../http/respond.ts";
+import { decodeSegment } from "../http/target.ts";
 import { roomId } from "../protocol/room.ts";
-import type { RoomHub } from "../room/hub.ts";
+import { RoomAccessError, type RoomHub } from "../room/hub.ts";
 import { mintRoomToken } from "../room/room-auth.ts";
 import type { Credentials } from "./auth.ts";
-import { bearerAuthorizer, HttpError, invalid, readJson, send, sendError } from "./http-util.ts";
+import { bearerAuthorizer } from "./http-auth.ts";
 
 const createRoomBody = z.strictObject({ room_id: roomId.optional() }).nullable();
 const tokenBody = z
@@ -27,56 +29,61 @@ const tokenBody = z
  */
 export function createRoomApi(hub: RoomHub, credentials: Credentials, hubUrl: () => string) {
   const authorize = bearerAuthorizer(credentials);
-  return async function handle(req: IncomingMessage, res: ServerResponse): Promise<boolean> {
-    const path = new URL(req.url ?? "/", "http://registry").pathname;
+  return async function handle(req: IncomingMessage, res: ServerResponse, url: URL): Promise<boolean> {
+    const path = url.pathname;
     if (path !== "/v1/rooms" && !path.startsWith("/v1/rooms/")) return false;
-    try {
-      await authorize(req, ["dispatcher"]);
-      if (path === "/v1/rooms") {
-        if (req.method === "GET") {
-          send(res, 200, { rooms: hub.list() });
-          return true;
-        }
-        if (req.method === "POST") {
-          const parsed = createRoomBody.safeParse(await readJson(req));
-          if (!parsed.success) throw invalid(parsed.error);
-          const id = parsed.data?.room_id ?? `room-${Math.random().toString(36).slice(2, 10)}`;
-          send(res, 201, { room: hub.createRoom(id), url: hubUrl() });
-          return true;
-        }
-        throw new HttpError(405, "method not allowed");
+    await authorize(req, ["dispatcher"]);
+    if (path === "/v1/rooms") {
+      if (req.method === "GET") {
+        send(res, 200, { rooms: hub.list() });
+        return true;
       }
-      const match = /^\/v1\/rooms\/([^/]+)(\/tokens)?$/.exec(path);
-      const id = roomId.safeParse(decodeURIComponent(match?.[1] ?? ""));
-      if (!match || !id.success) throw new HttpError(404, `no route ${req.method} ${path}`);
-      if (match[2] && req.method === "POST") {
-        const parsed = tokenBody.safeParse(await readJson(req));
+      if (req.method === "POST") {
+        const parsed = createRoomBody.safeParse(await readJson(req));
         if (!parsed.success) throw invalid(parsed.error);
-        const body = parsed.data ?? {};
-        const token = await mintRoomToken(credentials, {
-          room: id.data,
-          ...(body.name ? { name: body.name } : {}),
-          ...(body.identity ? { identity: body.identity } : {}),
-          ...(body.ttl ? { ttl: body.ttl } : {}),
-        });
-        send(res, 201, { token, room: id.data, url: hubUrl() });
-        return true;
-      }
-      if (!match[2] && req.method === "GET") {
-        const room = hub.get(id.data);
-        if (!room) throw new HttpError(404, `no room ${id.data}`);
-        send(res, 200, { room });
-        return true;
-      }
-      if (!match[2] && req.method === "DELETE") {
-        if (!hub.endRoom(id.data, "ended_by_api")) throw new HttpError(404, `no room ${id.data}`);
-        send(res, 202, { ended: id.data });
+        const id = parsed.data?.room_id ?? `room-${Math.random().toString(36).slice(2, 10)}`;
+        send(res, 201, { room: createRoom(hub, id), url: hubUrl() });
         return true;
       }
       throw new HttpError(405, "method not allowed");
-    } catch (error) {
-      sendError(res, error);
+    }
+    const match = /^\/v1\/rooms\/([^/]+)(\/tokens)?$/.exec(path);
+    const id = roomId.safeParse(decodeSegment(match?.[1] ?? ""));
+    if (!match || !id.success) throw new HttpError(404, `no route ${req.method} ${path}`);
+    if (match[2] && req.method === "POST") {
+      const parsed = tokenBody.safeParse(await readJson(req));
+      if (!parsed.success) throw invalid(parsed.error);
+      const body = parsed.data ?? {};
+      const token = await mintRoomToken(credentials, {
+        room: id.data,
+        ...(body.name ? { name: body.name } : {}),
+        ...(body.identity ? { identity: body.identity } : {}),
+        ...(body.ttl ? { ttl: body.ttl } : {}),
+      });
+      send(res, 201, { token, room: id.data, url: hubUrl() });
       return true;
     }
+    if (!match[2] && req.method === "GET") {
+      const room = hub.get(id.data);
+      if (!room) throw new HttpError(404, `no room ${id.data}`);
+      send(res, 200, { room });
+      return true;
+    }
+    if (!match[2] && req.method === "DELETE") {
+      if (!hub.endRoom(id.data, "ended_by_api")) throw new HttpError(404, `no room ${id.data}`);
+      send(res, 202, { ended: id.data });
+      return true;
+    }
+    throw new HttpError(405, "method not allowed");
   };
+}
+
+/** A room the hub refuses (bad id, a limit reached) is the client's answer, not a fault. */
+function createRoom(hub: RoomHub, id: string) {
+  try {
+    return hub.createRoom(id);
+  } catch (error) {
+    if (error instanceof RoomAccessError) throw new HttpError(error.status, error.message);
+    throw error;
+  }
 }

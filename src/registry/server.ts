@@ -1,5 +1,7 @@
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { IncomingMessage, Server, ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
+import { createGatewayServer, DEFAULT_HTTP_LIMITS, type HttpLimits } from "../http/gateway.ts";
+import { HttpError } from "../http/respond.ts";
 import { createLogger, type Logger } from "../observability/logger.ts";
 import { MAX_FRAME_BYTES } from "../protocol/registry.ts";
 import { RoomHub } from "../room/hub.ts";
@@ -23,6 +25,8 @@ export interface RegistryOptions extends Credentials {
   timing?: Partial<RegistryTiming>;
   logger?: Logger;
   maxFrameBytes?: number;
+  /** Timeouts and connection bounds of the HTTP server; see docs/deploying.md. */
+  httpLimits?: Partial<HttpLimits>;
   random?: () => number;
   /**
    * The URL job processes use to reach this registry's room hub. Default: the registry's own URL,
@@ -79,8 +83,13 @@ export async function createRegistry(options: RegistryOptions): Promise<Registry
         logger,
       )
     : undefined;
+  const credentials: Credentials = {
+    apiKey: options.apiKey,
+    apiSecret: options.apiSecret,
+    ...(options.maxTokenLifetimeSeconds ? { maxTokenLifetimeSeconds: options.maxTokenLifetimeSeconds } : {}),
+  };
   const core = new RegistryCore(
-    { apiKey: options.apiKey, apiSecret: options.apiSecret },
+    credentials,
     cluster?.store ?? options.store ?? new MemoryJobStore(),
     timing,
     logger,
@@ -92,7 +101,6 @@ export async function createRegistry(options: RegistryOptions): Promise<Registry
     core.cluster = cluster;
     cluster.attach(core);
   }
-  const credentials = { apiKey: options.apiKey, apiSecret: options.apiSecret };
   const rooms = new RoomHub({ authorize: roomAuthorizer(credentials), logger });
   let url = "";
   const hubUrl = () => options.publicUrl ?? url;
@@ -103,7 +111,7 @@ export async function createRegistry(options: RegistryOptions): Promise<Registry
       token: await mintRoomToken(credentials, { room, identity: `agent-${jobId}`, name: agentName, agent: true }),
     }),
   };
-  const api = createHttpApi(core, options, metrics);
+  const api = createHttpApi(core, credentials, metrics);
   const roomApi = createRoomApi(rooms, credentials, hubUrl);
   const web = createWebRoutes({
     source: "registry",
@@ -113,35 +121,20 @@ export async function createRegistry(options: RegistryOptions): Promise<Registry
       await verifyToken(credentials, token, ["dispatcher"]);
     },
   });
-  const route = async (req: IncomingMessage, res: ServerResponse) =>
-    web.handle(req, res) || (await roomApi(req, res)) || api(req, res);
-  const server = createServer((req, res) => {
-    route(req, res).then(
-      (handled) => {
-        if (!handled) {
-          res.writeHead(404, { "content-type": "application/json" });
-          res.end(JSON.stringify({ error: `no route ${req.method} ${req.url}` }));
-        }
+  const route = async (req: IncomingMessage, res: ServerResponse, url: URL) =>
+    (await web.handle(req, res, url)) || (await roomApi(req, res, url)) || api(req, res, url);
+  const server = createGatewayServer(
+    {
+      request: route,
+      upgrade(req, socket, head, url) {
+        if (url.pathname === "/agent") return core.handleUpgrade(req, socket, head);
+        if (RoomHub.matches(url.pathname)) return rooms.handleUpgrade(req, socket, head);
+        throw new HttpError(404, "no WebSocket endpoint at this path: workers use /agent, rooms /rooms/<id>");
       },
-      (error: Error) => {
-        res.writeHead(500, { "content-type": "application/json" });
-        res.end(JSON.stringify({ error: error.message }));
-      },
-    );
-  });
-  server.on("upgrade", (req, socket, head) => {
-    const path = new URL(req.url ?? "/", "http://registry").pathname;
-    if (path === "/agent") {
-      void core.handleUpgrade(req, socket, head);
-      return;
-    }
-    if (RoomHub.matches(path)) {
-      void rooms.handleUpgrade(req, socket, head);
-      return;
-    }
-    socket.write("HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
-    socket.destroy();
-  });
+    },
+    { ...DEFAULT_HTTP_LIMITS, ...options.httpLimits },
+    logger,
+  );
   try {
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);

@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { decodeJwt, SignJWT } from "jose";
 import { z } from "zod";
-import { AuthError, type Credentials, verifyToken } from "../registry/auth.ts";
+import { AuthError, type Credentials, checkTtl, verifyToken } from "../registry/auth.ts";
 import { type AuthorizeRoom, RoomAccessError } from "./hub.ts";
 
 export interface RoomTokenRequest {
@@ -23,7 +23,8 @@ const roomClaims = z.object({
 });
 
 /** A participant token for one room: role participant, the room claim, and who joins. */
-export function mintRoomToken(credentials: Credentials, request: RoomTokenRequest): Promise<string> {
+export async function mintRoomToken(credentials: Credentials, request: RoomTokenRequest): Promise<string> {
+  checkTtl(credentials, request.ttl);
   const identity = request.identity ?? `p-${randomUUID().slice(0, 8)}`;
   return new SignJWT({
     role: "participant",

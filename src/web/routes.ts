@@ -91,38 +91,37 @@ export function createWebRoutes(options: WebRoutesOptions) {
       }
     };
     await tick();
-    const timer = setInterval(() => void tick(), intervalMs);
     const stop = () => {
       clearInterval(timer);
       streams.delete(res);
     };
+    const timer = setInterval(() => tick().catch(stop), intervalMs);
     req.on("close", stop);
     res.on("error", stop);
   }
 
   return {
     /** Handles the request when it is one of these routes; false otherwise. */
-    handle(req: IncomingMessage, res: ServerResponse): boolean {
+    async handle(req: IncomingMessage, res: ServerResponse, url: URL): Promise<boolean> {
       if (req.method !== "GET" && req.method !== "HEAD") return false;
-      const url = new URL(req.url ?? "/", "http://web");
       const path = url.pathname;
       const page = PAGES[path];
       if (page && (path !== "/playground" || options.playground !== false)) {
-        void serveFile(res, `${WEB_DIR}${page}`, "html");
+        await serveFile(res, `${WEB_DIR}${page}`, "html");
         return true;
       }
       const asset = ASSET.exec(path);
       if (asset) {
-        void serveFile(res, `${WEB_DIR}${asset[1]}`, (asset[1] as string).split(".").pop() as string);
+        await serveFile(res, `${WEB_DIR}${asset[1]}`, (asset[1] as string).split(".").pop() as string);
         return true;
       }
       const diagram = DIAGRAM.exec(path);
       if (diagram) {
-        void serveFile(res, `${VIZ_DIR}${diagram[1]}`, "svg");
+        await serveFile(res, `${VIZ_DIR}${diagram[1]}`, "svg");
         return true;
       }
       if (path === "/events") {
-        void stream(req, res, url);
+        await stream(req, res, url);
         return true;
       }
       return false;

@@ -1,63 +1,70 @@
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { IncomingMessage, Server, ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Duplex } from "node:stream";
+import type { Logger } from "pino";
+import { createGatewayServer, DEFAULT_HTTP_LIMITS, type HttpLimits } from "../http/gateway.ts";
+import { HttpError, send } from "../http/respond.ts";
 
 export interface HealthRoutes {
   ready(): boolean;
   worker(): unknown;
   metrics(): Promise<{ contentType: string; body: string }>;
-  /** More routes (dashboard, web assets); returns false when the request is not one of them. */
-  extra?(req: IncomingMessage, res: ServerResponse): boolean;
+  /** More routes (dashboard, web assets); resolves false when the request is not one of them. */
+  extra?(req: IncomingMessage, res: ServerResponse, url: URL): Promise<boolean>;
   /** WebSocket upgrades (the room hub in local mode); refused with 404 when absent. */
-  upgrade?(req: IncomingMessage, socket: Duplex, head: Buffer): void;
+  upgrade?(req: IncomingMessage, socket: Duplex, head: Buffer, url: URL): Promise<void> | void;
 }
 
 export class PortInUseError extends Error {
   override readonly name = "PortInUseError";
 }
 
-function json(res: ServerResponse, status: number, body: unknown): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, { "content-type": "application/json; charset=utf-8", "cache-control": "no-store" });
-  res.end(text);
-}
+/** A worker's server holds a few probes and dashboards, never thousands of clients. */
+export const WORKER_HTTP_LIMITS: HttpLimits = { ...DEFAULT_HTTP_LIMITS, maxConnections: 1_000 };
 
 /**
  * The worker's HTTP server: /healthz (the event loop answers), /readyz, /worker (JSON state) and
  * /metrics (Prometheus text). Resolves once listening; a port in use rejects with PortInUseError.
  */
-export async function startHealthServer(host: string, port: number, routes: HealthRoutes): Promise<Server> {
-  const server = createServer((req: IncomingMessage, res: ServerResponse) => {
-    const path = new URL(req.url ?? "/", "http://localhost").pathname;
-    if (routes.extra?.(req, res)) return;
-    if (req.method !== "GET" && req.method !== "HEAD") return json(res, 405, { error: "method not allowed" });
-    switch (path) {
-      case "/healthz":
-        return json(res, 200, { ok: true });
-      case "/readyz": {
-        const ready = routes.ready();
-        return json(res, ready ? 200 : 503, { ready });
-      }
-      case "/worker":
-        return json(res, 200, routes.worker());
-      case "/metrics":
-        routes.metrics().then(
-          ({ contentType, body }) => {
+export async function startHealthServer(
+  host: string,
+  port: number,
+  routes: HealthRoutes,
+  logger: Logger,
+  limits: HttpLimits = WORKER_HTTP_LIMITS,
+): Promise<Server> {
+  const server = createGatewayServer(
+    {
+      async request(req, res, url) {
+        if (await routes.extra?.(req, res, url)) return true;
+        if (req.method !== "GET" && req.method !== "HEAD") throw new HttpError(405, "method not allowed");
+        switch (url.pathname) {
+          case "/healthz":
+            send(res, 200, { ok: true });
+            return true;
+          case "/readyz": {
+            const ready = routes.ready();
+            send(res, ready ? 200 : 503, { ready });
+            return true;
+          }
+          case "/worker":
+            send(res, 200, routes.worker());
+            return true;
+          case "/metrics": {
+            const { contentType, body } = await routes.metrics();
             res.writeHead(200, { "content-type": contentType });
             res.end(body);
-          },
-          (error: Error) => json(res, 500, { error: error.message }),
-        );
-        return;
-      default:
-        return json(res, 404, { error: `no route ${path}` });
-    }
-  });
-  server.keepAliveTimeout = 5_000;
-  server.on("upgrade", (req, socket, head) => {
-    if (routes.upgrade) return routes.upgrade(req, socket, head);
-    socket.end("HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
-  });
+            return true;
+          }
+          default:
+            return false;
+        }
+      },
+      ...(routes.upgrade ? { upgrade: routes.upgrade } : {}),
+    },
+    limits,
+    logger,
+  );
   await new Promise<void>((resolve, reject) => {
     const onError = (error: NodeJS.ErrnoException) => {
       server.off("listening", onListening);

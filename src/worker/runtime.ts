@@ -3,6 +3,7 @@ import type { Server } from "node:http";
 import { type AnyActorLogic, fromCallback, toPromise } from "xstate";
 import type { JobSpec } from "../../machines/shared.ts";
 import { EXIT_CLEAN } from "../../machines/worker.ts";
+import { HttpError } from "../http/respond.ts";
 import { JobContext } from "../job/job-context.ts";
 import { createLogger, type Logger } from "../observability/logger.ts";
 import { createWorkerMetrics } from "../observability/metrics.ts";
@@ -152,28 +153,31 @@ export async function runWorker(definition: WorkerJobDefinition, settings: RunSe
     snapshot: () => workerDashboard(describeWorker(actor, options, tracker, startedAt)),
     playground: false,
   });
-  const server = await startHealthServer(options.host, options.port, {
-    extra: (req, res) => web.handle(req, res),
-    ...(rooms
-      ? {
-          upgrade: (req, socket, head) => {
-            if (RoomHub.matches(new URL(req.url ?? "/", "http://worker").pathname)) {
-              void rooms.handleUpgrade(req, socket, head);
-            } else {
-              socket.end("HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
-            }
-          },
-        }
-      : {}),
-    ready: () => isReady(actor.getSnapshot(), options),
-    worker: () => describeWorker(actor, options, tracker, startedAt),
-    metrics: async () => {
-      metrics.slots.reset();
-      for (const slot of describeWorker(actor, options, tracker, startedAt).slots)
-        metrics.slots.inc({ state: slot.state });
-      return { contentType: metrics.registry.contentType, body: await metrics.registry.metrics() };
+  const server = await startHealthServer(
+    options.host,
+    options.port,
+    {
+      extra: (req, res, url) => web.handle(req, res, url),
+      ...(rooms
+        ? {
+            upgrade: (req, socket, head, url) => {
+              if (!RoomHub.matches(url.pathname))
+                throw new HttpError(404, "no WebSocket endpoint here but /rooms/<id>");
+              return rooms.handleUpgrade(req, socket, head);
+            },
+          }
+        : {}),
+      ready: () => isReady(actor.getSnapshot(), options),
+      worker: () => describeWorker(actor, options, tracker, startedAt),
+      metrics: async () => {
+        metrics.slots.reset();
+        for (const slot of describeWorker(actor, options, tracker, startedAt).slots)
+          metrics.slots.inc({ state: slot.state });
+        return { contentType: metrics.registry.contentType, body: await metrics.registry.metrics() };
+      },
     },
-  });
+    logger,
+  );
   const port = boundPort(server);
   const localSpec = options.register
     ? undefined

@@ -255,7 +255,11 @@ describe("bad input on the worker socket", () => {
         sent += batch.length;
         const answers = await c.sync(`marker-${batchNumber}-${Math.random()}`);
         expect(c.open, `connection ${index} is open`).toBe(true);
-        expect(answers.filter((f) => f.type === "error").map((f) => f.code)).toEqual(expected);
+        // `unknown_job` answers a job_update for a job not assigned to that worker; whether it is
+        // depends on which fuzzed inventories were adopted, so it is counted, not predicted.
+        const errors = answers.filter((f) => f.type === "error");
+        tally.unknown_job = (tally.unknown_job ?? 0) + errors.filter((f) => f.code === "unknown_job").length;
+        expect(errors.filter((f) => f.code !== "unknown_job").map((f) => f.code)).toEqual(expected);
       }),
       { numRuns: 100, seed: Number(process.env.FUZZ_SEED ?? 20_251_119), endOnFailure: true },
     );

@@ -125,7 +125,7 @@ export class RegistryCluster {
 
   attach(host: ClusterHost): void {
     this.#host = host;
-    this.#timer = setInterval(() => void this.#tick(), this.#heartbeatMs);
+    this.#timer = setInterval(() => this.#tick().catch(this.#warn("cluster heartbeat")), this.#heartbeatMs);
     this.#timer.unref();
   }
 

@@ -1,8 +1,8 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { z } from "zod";
-import { AuthError, bearerToken, type Credentials, type Role, verifyToken } from "./auth.ts";
 
-const MAX_BODY_BYTES = 64 * 1024;
+/** The largest JSON body any route reads; longer bodies get a 413 before they are read. */
+export const MAX_BODY_BYTES = 64 * 1024;
 
 export class HttpError extends Error {
   constructor(
@@ -14,12 +14,28 @@ export class HttpError extends Error {
   }
 }
 
+/**
+ * Sends a JSON answer. An error answered before the request body was read closes the connection,
+ * so a client cannot make the server swallow a body it already refused (an unauthenticated 50 MB
+ * upload stops at the kernel's buffers instead of being read in full).
+ */
 export function send(res: ServerResponse, status: number, body: unknown): void {
-  res.writeHead(status, { "content-type": "application/json; charset=utf-8", "cache-control": "no-store" });
+  if (res.headersSent) {
+    res.end();
+    return;
+  }
+  const headers: Record<string, string> = {
+    "content-type": "application/json; charset=utf-8",
+    "cache-control": "no-store",
+  };
+  if (status >= 400 && !res.req.complete) headers.connection = "close";
+  res.writeHead(status, headers);
   res.end(JSON.stringify(body));
 }
 
 export async function readJson(req: IncomingMessage): Promise<unknown> {
+  const declared = Number(req.headers["content-length"] ?? 0);
+  if (declared > MAX_BODY_BYTES) throw new HttpError(413, `request body over ${MAX_BODY_BYTES} bytes`);
   let size = 0;
   const chunks: Buffer[] = [];
   for await (const chunk of req) {
@@ -42,25 +58,14 @@ export function invalid(error: z.ZodError): HttpError {
   return new HttpError(400, `invalid request: ${fields.map((f) => f.field).join(", ")}`, fields);
 }
 
-/** Answers an error thrown by a route: its own status for an HttpError, 500 for anything else. */
+/**
+ * Answers an error thrown by a route: its own status for an HttpError, 500 for anything else (a
+ * fault of ours, logged by the caller; its message is not sent, it may name internals).
+ */
 export function sendError(res: ServerResponse, error: unknown): void {
   if (error instanceof HttpError) {
     send(res, error.status, { error: error.message, ...(error.details ? { details: error.details } : {}) });
   } else {
-    send(res, 500, { error: (error as Error).message });
+    send(res, 500, { error: "internal error" });
   }
-}
-
-/** Checks a request's bearer token for one of `roles`: 401 when missing or bad, 403 for a wrong role. */
-export function bearerAuthorizer(credentials: Credentials) {
-  return async (req: IncomingMessage, roles: readonly Role[]) => {
-    const token = bearerToken(req.headers.authorization);
-    if (!token) throw new HttpError(401, "missing bearer token");
-    try {
-      return await verifyToken(credentials, token, roles);
-    } catch (error) {
-      const message = error instanceof AuthError ? error.message : "invalid token";
-      throw new HttpError(message.includes("cannot") ? 403 : 401, message);
-    }
-  };
 }
