@@ -62,6 +62,14 @@ export function buildProgram(): Command {
     )
     .option("--redis-prefix <prefix>", "Redis key prefix; every node of one cluster uses the same", "troupe:")
     .option("--public-url <url>", "the URL job processes use to reach this node's room hub")
+    .option(
+      "--max-token-lifetime <seconds>",
+      "refuse tokens that live longer (default 7 days)",
+      intOption("--max-token-lifetime"),
+    )
+    .option("--retain-records <n>", "final job records kept (default 100000)", intOption("--retain-records"))
+    .option("--retain-bytes <n>", "bytes of final job records kept (default 268435456)", intOption("--retain-bytes"))
+    .option("--max-connections <n>", "open connections (default 20000)", intOption("--max-connections"))
     .action(async (opts) => {
       const level = String(opts.logLevel).toUpperCase();
       if (!LOG_LEVELS.includes(level as LogLevel))
@@ -75,6 +83,12 @@ export function buildProgram(): Command {
         logger,
         ...(redisUrl ? { redis: { url: redisUrl, prefix: opts.redisPrefix } } : {}),
         ...(opts.publicUrl ? { publicUrl: opts.publicUrl } : {}),
+        ...(opts.maxTokenLifetime ? { maxTokenLifetimeSeconds: opts.maxTokenLifetime } : {}),
+        retention: {
+          ...(opts.retainRecords !== undefined ? { retainRecords: opts.retainRecords } : {}),
+          ...(opts.retainBytes !== undefined ? { retainBytes: opts.retainBytes } : {}),
+        },
+        ...(opts.maxConnections ? { httpLimits: { maxConnections: opts.maxConnections } } : {}),
       });
       const stop = async () => {
         logger.info("registry stopping");

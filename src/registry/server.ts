@@ -14,7 +14,7 @@ import { createHttpApi } from "./http-api.ts";
 import { createRegistryMetrics } from "./metrics.ts";
 import { RegistryCore } from "./registry.ts";
 import { createRoomApi } from "./room-api.ts";
-import { type JobStore, MemoryJobStore } from "./store.ts";
+import { type JobStore, MemoryJobStore, type RetentionOptions } from "./store.ts";
 import { DEFAULT_REGISTRY_TIMING, type RegistryTiming } from "./timing.ts";
 
 export interface RegistryOptions extends Credentials {
@@ -25,6 +25,11 @@ export interface RegistryOptions extends Credentials {
   timing?: Partial<RegistryTiming>;
   logger?: Logger;
   maxFrameBytes?: number;
+  /**
+   * How many final job records, and how many bytes of them, the store keeps (oldest evicted first).
+   * Applies to the built-in stores: in memory, or on Redis with `redis`; a custom `store` has its own.
+   */
+  retention?: RetentionOptions;
   /** Timeouts and connection bounds of the HTTP server; see docs/deploying.md. */
   httpLimits?: Partial<HttpLimits>;
   random?: () => number;
@@ -79,6 +84,7 @@ export async function createRegistry(options: RegistryOptions): Promise<Registry
           ...(redis.nodeId ? { nodeId: redis.nodeId } : {}),
           ...(redis.heartbeatMs ? { heartbeatMs: redis.heartbeatMs } : {}),
           ...(redis.sweepMs ? { sweepMs: redis.sweepMs } : {}),
+          ...(options.retention ? { retention: options.retention } : {}),
         },
         logger,
       )
@@ -90,7 +96,7 @@ export async function createRegistry(options: RegistryOptions): Promise<Registry
   };
   const core = new RegistryCore(
     credentials,
-    cluster?.store ?? options.store ?? new MemoryJobStore(),
+    cluster?.store ?? options.store ?? new MemoryJobStore(options.retention),
     timing,
     logger,
     metrics,

@@ -66,16 +66,77 @@ export interface JobStore {
    * nodes wins. Returns the claimed record, or undefined when the claim lost.
    */
   claim(id: string, from: string | undefined, to: string): Promise<JobRecord | undefined>;
+  /** The final records kept now and their total size, for reporting; optional for other stores. */
+  retained?(): Promise<RetainedStats>;
   close(): Promise<void>;
 }
 
-/** The embedded default. Keeps at most `retain` final records, evicting the oldest first. */
+/** Final records kept by default; live records are never evicted and do not count. */
+export const DEFAULT_RETAIN_RECORDS = 100_000;
+/**
+ * Bytes of final records kept by default. The count alone would let 100,000 records with 60 KiB of
+ * metadata each hold about 7 GB; this keeps the history well under a gigabyte whatever the records hold.
+ */
+export const DEFAULT_RETAIN_BYTES = 256 * 1024 * 1024;
+
+/**
+ * How many final records a store keeps. Both limits hold at once: after a record turns final, the
+ * final records that ended first are evicted until the count is at most `retainRecords` and their
+ * total size at most `retainBytes`. Records of live jobs are never evicted and count toward neither.
+ * A record larger than `retainBytes` on its own is evicted as soon as it is final, and only it: keeping
+ * it would mean deleting every older record and then it as well. `Infinity` means no limit.
+ */
+export interface RetentionOptions {
+  /** Default DEFAULT_RETAIN_RECORDS. */
+  retainRecords?: number;
+  /** Default DEFAULT_RETAIN_BYTES. Size = UTF-8 byte length of the record's JSON, as `recordBytes`. */
+  retainBytes?: number;
+}
+
+export interface RetainedStats {
+  /** Final records kept. */
+  records: number;
+  /** Their total size, as `recordBytes` counts it. */
+  bytes: number;
+}
+
+/**
+ * The size retention counts for a record: the UTF-8 byte length of its JSON. The Redis store
+ * computes the same number from the fields it stores (each one JSON-encoded), so both stores evict alike.
+ */
+export function recordBytes(record: JobRecord): number {
+  return Buffer.byteLength(JSON.stringify(record), "utf8");
+}
+
+/** Fills in the defaults and rejects limits that would silently mean something else (negative, NaN, fractions). */
+export function retentionLimits(options: RetentionOptions = {}): Required<RetentionOptions> {
+  const retainRecords = options.retainRecords ?? DEFAULT_RETAIN_RECORDS;
+  const retainBytes = options.retainBytes ?? DEFAULT_RETAIN_BYTES;
+  for (const [name, value] of Object.entries({ retainRecords, retainBytes })) {
+    if (!(value === Number.POSITIVE_INFINITY || (Number.isSafeInteger(value) && value >= 0))) {
+      throw new RangeError(`${name} must be a non-negative integer or Infinity, got ${value}`);
+    }
+  }
+  return { retainRecords, retainBytes };
+}
+
+/**
+ * The embedded default. Keeps final records within the limits of `RetentionOptions`, evicting the ones
+ * that ended first. `new MemoryJobStore(n)` (a count alone, the older form) still works.
+ */
 export class MemoryJobStore implements JobStore {
+  readonly retention: Required<RetentionOptions>;
   readonly #jobs = new Map<string, JobRecord>();
   readonly #byKey = new Map<string, string>();
-  readonly #finalOrder: string[] = [];
+  /** Final records by end time, then id (the order of the Redis store's sorted set), oldest first. */
+  readonly #finals: { id: string; endedAt: number }[] = [];
+  /** Size counted for each final record, so a record written again replaces its size instead of adding to it. */
+  readonly #finalBytes = new Map<string, number>();
+  #retainedBytes = 0;
 
-  constructor(private readonly retain = 100_000) {}
+  constructor(retention: number | RetentionOptions = {}) {
+    this.retention = retentionLimits(typeof retention === "number" ? { retainRecords: retention } : retention);
+  }
 
   async create(record: JobRecord) {
     if (record.idempotencyKey) {
@@ -99,12 +160,10 @@ export class MemoryJobStore implements JobStore {
     if (!record) return undefined;
     if (isFinal(record.status) || (ifNode !== undefined && record.node !== ifNode)) return { ...record };
     const next = { ...record, ...patch, id: record.id, updatedAt: patch.updatedAt ?? Date.now() };
-    if (isFinal(next.status)) {
-      next.endedAt ??= next.updatedAt;
-      this.#finalOrder.push(id);
-      this.#evict();
-    }
+    if (isFinal(next.status)) next.endedAt ??= next.updatedAt;
+    // Stored before retention runs, so a record evicted at once (over a limit on its own) is really gone.
     this.#jobs.set(id, next);
+    if (isFinal(next.status)) this.#retainFinal(next);
     return { ...next };
   }
 
@@ -132,14 +191,66 @@ export class MemoryJobStore implements JobStore {
     return { ...record };
   }
 
+  async retained(): Promise<RetainedStats> {
+    return { records: this.#finals.length, bytes: this.#retainedBytes };
+  }
+
   async close() {}
 
-  #evict() {
-    while (this.#finalOrder.length > this.retain) {
-      const id = this.#finalOrder.shift() as string;
-      const record = this.#jobs.get(id);
-      if (record?.idempotencyKey) this.#byKey.delete(record.idempotencyKey);
-      this.#jobs.delete(id);
+  /** Counts a record that is final now, then evicts until both limits hold. */
+  #retainFinal(record: JobRecord) {
+    const { retainRecords, retainBytes } = this.retention;
+    const size = recordBytes(record);
+    // Written again while final (no path does so today): its old size and place go first.
+    if (this.#finalBytes.has(record.id)) this.#forgetFinal(record.id);
+    if (size > retainBytes) {
+      this.#drop(record.id);
+      return;
     }
+    const endedAt = record.endedAt ?? record.updatedAt;
+    const at = this.#insertionPoint(endedAt, record.id);
+    this.#finals.splice(at, 0, { id: record.id, endedAt });
+    this.#finalBytes.set(record.id, size);
+    this.#retainedBytes += size;
+    while (this.#finals.length > retainRecords || this.#retainedBytes > retainBytes) {
+      const oldest = this.#finals[0];
+      if (!oldest) break;
+      this.#forgetFinal(oldest.id);
+      this.#drop(oldest.id);
+    }
+  }
+
+  /** Where (endedAt, id) goes in #finals; new records usually end last, so that is tried first. */
+  #insertionPoint(endedAt: number, id: string): number {
+    const before = (entry: { id: string; endedAt: number }) =>
+      entry.endedAt < endedAt || (entry.endedAt === endedAt && entry.id < id);
+    const last = this.#finals[this.#finals.length - 1];
+    if (!last || before(last)) return this.#finals.length;
+    let lo = 0;
+    let hi = this.#finals.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (before(this.#finals[mid] as { id: string; endedAt: number })) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  /** Takes a final record out of the retention accounting (not out of the store). */
+  #forgetFinal(id: string) {
+    const index = this.#finals[0]?.id === id ? 0 : this.#finals.findIndex((entry) => entry.id === id);
+    if (index === 0) this.#finals.shift();
+    else if (index > 0) this.#finals.splice(index, 1);
+    this.#retainedBytes -= this.#finalBytes.get(id) ?? 0;
+    this.#finalBytes.delete(id);
+  }
+
+  /** Deletes a record and the idempotency key that points at it, so the key can create a new job. */
+  #drop(id: string) {
+    const record = this.#jobs.get(id);
+    if (record?.idempotencyKey && this.#byKey.get(record.idempotencyKey) === id) {
+      this.#byKey.delete(record.idempotencyKey);
+    }
+    this.#jobs.delete(id);
   }
 }

@@ -1,6 +1,13 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { RedisJobStore } from "../../src/registry/cluster/redis-store.ts";
-import { type JobRecord, type JobStore, MemoryJobStore } from "../../src/registry/store.ts";
+import {
+  type JobRecord,
+  type JobStore,
+  MemoryJobStore,
+  type RetainedStats,
+  type RetentionOptions,
+  recordBytes,
+} from "../../src/registry/store.ts";
 import { dropPrefix, REDIS_URL, redisAvailable, testPrefix } from "../support/redis.ts";
 
 const hasRedis = await redisAvailable();
@@ -22,10 +29,45 @@ function record(over: Partial<JobRecord> = {}): JobRecord {
   };
 }
 
+/**
+ * A record whose JSON is exactly `bytes` long once `finish` has made it final at `endedAt`: the
+ * metadata is padded with ASCII, one byte a character, so the retention tests can set budgets to the byte.
+ */
+function sized(bytes: number, endedAt: number, over: Partial<JobRecord> = {}): JobRecord {
+  const base = record({ ...over, metadata: { pad: "" } });
+  const pad = bytes - finalBytes(base, endedAt);
+  if (pad < 0) throw new Error(`a record cannot be as small as ${bytes} bytes`);
+  return { ...base, metadata: { pad: "x".repeat(pad) } };
+}
+
+/** The size retention counts for `r` once `finish` has made it final. */
+function finalBytes(r: JobRecord, endedAt: number): number {
+  return recordBytes({ ...r, status: "completed", updatedAt: endedAt, endedAt });
+}
+
+async function finish(store: JobStore, r: JobRecord, endedAt: number): Promise<void> {
+  await store.create(r);
+  const after = await store.update(r.id, { status: "completed", updatedAt: endedAt });
+  expect(after).toMatchObject({ status: "completed", endedAt });
+}
+
+/** Which of `records` the store still holds. */
+async function kept(store: JobStore, records: JobRecord[]): Promise<string[]> {
+  const out: string[] = [];
+  for (const r of records) if (await store.get(r.id)) out.push(r.id);
+  return out;
+}
+
+function retained(store: JobStore): Promise<RetainedStats> {
+  if (!store.retained) throw new Error("the store reports no retained records");
+  return store.retained();
+}
+
 interface StoreFactory {
   name: string;
   enabled: boolean;
-  make(retain?: number): Promise<JobStore>;
+  /** A number is the older form (a count: positional for memory, `retain` for Redis), kept working. */
+  make(retention?: number | RetentionOptions): Promise<JobStore>;
   cleanup(): Promise<void>;
 }
 
@@ -34,16 +76,17 @@ const factories: StoreFactory[] = [
   {
     name: "MemoryJobStore",
     enabled: true,
-    make: async (retain) => new MemoryJobStore(retain),
+    make: async (retention) => new MemoryJobStore(retention),
     cleanup: async () => {},
   },
   {
     name: "RedisJobStore",
     enabled: hasRedis,
-    make: async (retain) => {
+    make: async (retention) => {
       const prefix = testPrefix("contract");
       prefixes.push(prefix);
-      return new RedisJobStore(REDIS_URL, { prefix, ...(retain ? { retain } : {}) });
+      const limits = typeof retention === "number" ? { retain: retention } : retention;
+      return new RedisJobStore(REDIS_URL, { prefix, ...limits });
     },
     cleanup: async () => {
       for (const prefix of prefixes.splice(0)) await dropPrefix(prefix);
@@ -194,6 +237,123 @@ for (const factory of factories) {
         for (const r of others) expect(await own.get(r.id)).toBeDefined();
         const reuse = await own.create(record({ idempotencyKey: old.idempotencyKey as string }));
         expect(reuse.created).toBe(true);
+      } finally {
+        await own.close();
+      }
+    });
+
+    it("keeps final records within a byte budget, evicting those that ended first, with their keys", async () => {
+      // Made final in an order other than their end times, so eviction must go by end time.
+      const a = sized(2_000, 300);
+      const b = sized(2_000, 100, { idempotencyKey: `bytes-b-${seq}` });
+      const c = sized(2_000, 200);
+      // Bigger than b, not bigger than b and c together: both must go, and a must stay.
+      const d = sized(3_900, 400);
+      const own = await factory.make({ retainBytes: 6_000 });
+      try {
+        await finish(own, a, 300);
+        await finish(own, b, 100);
+        await finish(own, c, 200);
+        // Exactly at the budget is within it.
+        expect(await kept(own, [a, b, c])).toEqual([a.id, b.id, c.id]);
+        expect(await retained(own)).toEqual({ records: 3, bytes: 6_000 });
+        // The size counted is the record's JSON as stored and read back.
+        let stored = 0;
+        for (const r of [a, b, c]) stored += recordBytes((await own.get(r.id)) as JobRecord);
+        expect(stored).toBe(6_000);
+
+        await finish(own, d, 400);
+        expect(await kept(own, [a, b, c, d])).toEqual([a.id, d.id]);
+        expect(await retained(own)).toEqual({ records: 2, bytes: 5_900 });
+        expect((await own.create(record({ idempotencyKey: b.idempotencyKey as string }))).created).toBe(true);
+      } finally {
+        await own.close();
+      }
+    });
+
+    it("never evicts live records, however far over the byte budget they are", async () => {
+      const pending = sized(5_000, 0);
+      const running = sized(5_000, 0);
+      const first = sized(800, 100);
+      const second = sized(800, 200);
+      const own = await factory.make({ retainBytes: 1_000 });
+      try {
+        await own.create(pending);
+        await own.create(running);
+        await own.update(running.id, { status: "running", workerId: "w-1" });
+        await finish(own, first, 100);
+        expect(await kept(own, [first])).toEqual([first.id]);
+        // 1,600 bytes of final records: the older one goes, and nothing live does.
+        await finish(own, second, 200);
+        expect(await kept(own, [pending, running, first, second])).toEqual([pending.id, running.id, second.id]);
+        expect((await own.listActive()).map((r) => r.id)).toEqual([pending.id, running.id]);
+        expect(await retained(own)).toEqual({ records: 1, bytes: 800 });
+      } finally {
+        await own.close();
+      }
+    });
+
+    it("evicts a record larger than the whole byte budget once final, and only it", async () => {
+      // The choice documented on RetentionOptions: evicting oldest first would delete every older
+      // record before reaching the outsize one, so it alone goes.
+      const small = [sized(400, 100), sized(400, 200)];
+      const big = sized(1_500, 300, { idempotencyKey: `big-${seq}` });
+      const own = await factory.make({ retainBytes: 1_000 });
+      try {
+        for (const [i, r] of small.entries()) await finish(own, r, 100 * (i + 1));
+        await own.create(big);
+        expect(await own.update(big.id, { status: "running" })).toMatchObject({ status: "running" });
+        expect(await own.get(big.id)).toBeDefined();
+        // The update still answers with the record as it was made final, then it is gone.
+        await finish(own, big, 300);
+        expect(await own.get(big.id)).toBeUndefined();
+        expect(await kept(own, small)).toEqual(small.map((r) => r.id));
+        expect(await retained(own)).toEqual({ records: 2, bytes: 800 });
+        expect((await own.create(record({ idempotencyKey: big.idempotencyKey as string }))).created).toBe(true);
+      } finally {
+        await own.close();
+      }
+    });
+
+    it("counts a final record once, however often it is written to again", async () => {
+      const a = sized(1_000, 100, { idempotencyKey: `once-${seq}` });
+      const b = sized(1_000, 200);
+      const c = sized(1_000, 300);
+      const own = await factory.make({ retainBytes: 2_000 });
+      try {
+        await finish(own, a, 100);
+        // A late correction, a second final status, the same create again: all refused, none counted.
+        expect(await own.update(a.id, { status: "lost", reason: "late", updatedAt: 150 })).toMatchObject({
+          status: "completed",
+        });
+        await own.update(a.id, { status: "completed", metadata: { pad: "y".repeat(500) }, updatedAt: 160 });
+        expect((await own.create(a)).created).toBe(false);
+        expect((await own.create({ ...a, id: `${a.id}-again` })).created).toBe(false);
+        expect(await retained(own)).toEqual({ records: 1, bytes: 1_000 });
+        // Counted twice, a would make 3,000 bytes here and be evicted.
+        await finish(own, b, 200);
+        expect(await kept(own, [a, b])).toEqual([a.id, b.id]);
+        await finish(own, c, 300);
+        expect(await kept(own, [a, b, c])).toEqual([b.id, c.id]);
+        expect(await retained(own)).toEqual({ records: 2, bytes: 2_000 });
+      } finally {
+        await own.close();
+      }
+    });
+
+    it("holds the count and the byte limit together, whichever is reached first", async () => {
+      const small = [sized(500, 100), sized(500, 200), sized(500, 300)];
+      const large = sized(1_400, 400);
+      const own = await factory.make({ retainRecords: 2, retainBytes: 1_500 });
+      try {
+        for (const [i, r] of small.entries()) await finish(own, r, 100 * (i + 1));
+        // 1,500 bytes would fit all three: the count evicts the oldest.
+        expect(await kept(own, small)).toEqual([small[1]?.id, small[2]?.id]);
+        expect(await retained(own)).toEqual({ records: 2, bytes: 1_000 });
+        // The count would keep one of the small ones beside the large one: the bytes do not.
+        await finish(own, large, 400);
+        expect(await kept(own, [...small, large])).toEqual([large.id]);
+        expect(await retained(own)).toEqual({ records: 1, bytes: 1_400 });
       } finally {
         await own.close();
       }

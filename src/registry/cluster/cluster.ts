@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { Redis } from "ioredis";
 import type { Logger } from "../../observability/logger.ts";
-import type { JobRecord } from "../store.ts";
+import type { JobRecord, RetentionOptions } from "../store.ts";
 import { type NodeMessage, nodeMessage, type ViewMessage, viewMessage, type WorkerView } from "./messages.ts";
 import { RedisJobStore } from "./redis-store.ts";
 
@@ -19,8 +19,8 @@ export interface ClusterSettings {
    * end `lost` (or go out again): the registry's worker liveness deadline.
    */
   workerDeadlineMs: number;
-  /** Final job records kept in Redis. */
-  retain?: number;
+  /** Final job records kept in Redis, by count and by bytes (see RetentionOptions). */
+  retention?: RetentionOptions;
   /** How often a node looks for jobs recorded as its own that it runs no dispatch for. Default 10 s. */
   sweepMs?: number;
 }
@@ -88,10 +88,7 @@ export class RegistryCluster {
     this.#redis = connect();
     this.#redis.defineCommand("troupeDropView", { numberOfKeys: 1, lua: DROP_VIEW });
     this.#sub = connect();
-    this.store = new RedisJobStore(this.#redis, {
-      prefix: this.#prefix,
-      ...(settings.retain ? { retain: settings.retain } : {}),
-    });
+    this.store = new RedisJobStore(this.#redis, { prefix: this.#prefix, ...settings.retention });
   }
 
   /** Connects, announces the node and loads the workers other nodes hold. */

@@ -1,5 +1,13 @@
 import { Redis } from "ioredis";
-import { FINAL_STATUSES, type JobFilter, type JobRecord, type JobStore } from "../store.ts";
+import {
+  FINAL_STATUSES,
+  type JobFilter,
+  type JobRecord,
+  type JobStore,
+  type RetainedStats,
+  type RetentionOptions,
+  retentionLimits,
+} from "../store.ts";
 
 /**
  * Job records in Redis, shared by every registry node and kept across restarts.
@@ -7,8 +15,10 @@ import { FINAL_STATUSES, type JobFilter, type JobRecord, type JobStore } from ".
  * Layout (all keys under `prefix`): `job:<id>` a hash, one JSON-encoded value per record field, so
  * scripts can read status and owner without decoding user metadata; `jobs` a sorted set of every
  * id by creation time; `active` the set of ids not final yet; `finals` a sorted set of final ids
- * by end time, trimmed to `retain`; `idem:<key>` the job id an idempotency key created.
- * Creating and updating are Lua scripts, so two nodes racing on one key or one record never both win.
+ * by end time; `finals:bytes` a hash of each final id's size (as `recordBytes` counts it) and
+ * `finals:total` their sum; `idem:<key>` the job id an idempotency key created.
+ * Creating and updating are Lua scripts, so two nodes racing on one key or one record never both win,
+ * and the script that makes a record final also evicts, so the limits hold with any number of nodes.
  */
 const FINAL_SET = `{${FINAL_STATUSES.map((s) => `[${luaString(JSON.stringify(s))}]=true`).join(",")}}`;
 
@@ -34,33 +44,77 @@ redis.call('SADD', KEYS[4], ARGV[1])
 return {1, redis.call('HGETALL', KEYS[1])}
 `;
 
-// KEYS: job, active, finals, jobs
-// ARGV: id, updatedAt (JSON), prefix, retain, required owner (JSON, or '' for any), then field, value pairs
+// KEYS: job, active, finals, jobs, finals:bytes, finals:total
+// ARGV: id, updatedAt (JSON), prefix, retainRecords, retainBytes (-1 = no limit),
+//       required owner (JSON, or '' for any), then field, value pairs
 const UPDATE = `
 local FINAL = ${FINAL_SET}
 if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
 if FINAL[redis.call('HGET', KEYS[1], 'status')] then return redis.call('HGETALL', KEYS[1]) end
-if ARGV[5] ~= '' and (redis.call('HGET', KEYS[1], 'node') or '') ~= ARGV[5] then return redis.call('HGETALL', KEYS[1]) end
-for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[6] ~= '' and (redis.call('HGET', KEYS[1], 'node') or '') ~= ARGV[6] then return redis.call('HGETALL', KEYS[1]) end
+for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', KEYS[1], 'updatedAt', ARGV[2])
-if FINAL[redis.call('HGET', KEYS[1], 'status')] then
-  if redis.call('HEXISTS', KEYS[1], 'endedAt') == 0 then redis.call('HSET', KEYS[1], 'endedAt', ARGV[2]) end
-  redis.call('SREM', KEYS[2], ARGV[1])
+if not FINAL[redis.call('HGET', KEYS[1], 'status')] then return redis.call('HGETALL', KEYS[1]) end
+if redis.call('HEXISTS', KEYS[1], 'endedAt') == 0 then redis.call('HSET', KEYS[1], 'endedAt', ARGV[2]) end
+redis.call('SREM', KEYS[2], ARGV[1])
+local out = redis.call('HGETALL', KEYS[1])
+-- The record's JSON is '{' .. '"field":value' joined by ',' .. '}' with every value stored JSON-encoded
+-- already, so its UTF-8 length (# counts bytes) is 1 + the sum of (#field + #value + 4).
+local size = 1
+for i = 1, #out, 2 do size = size + #out[i] + #out[i + 1] + 4 end
+-- A missing total (the key lost alone, say) is rebuilt from the sizes; a Redis restarted empty has
+-- neither, so both start at 0. Records a store without byte retention made final have no size: they
+-- count 0 until evicted, and they ended first, so they go first.
+local total = tonumber(redis.call('GET', KEYS[6]) or '')
+if not total then
+  total = 0
+  for _, bytes in ipairs(redis.call('HVALS', KEYS[5])) do total = total + tonumber(bytes) end
+end
+local prefix = ARGV[3]
+local function drop(id)
+  local job = prefix .. 'job:' .. id
+  local key = redis.call('HGET', job, 'idempotencyKey')
+  if key then
+    local idem = prefix .. 'idem:' .. cjson.decode(key)
+    -- Only while the key still names this job: never the key of a newer job that reused it.
+    if redis.call('GET', idem) == id then redis.call('DEL', idem) end
+  end
+  redis.call('DEL', job)
+  redis.call('ZREM', KEYS[4], id)
+  redis.call('ZREM', KEYS[3], id)
+  total = total - tonumber(redis.call('HGET', KEYS[5], id) or '0')
+  redis.call('HDEL', KEYS[5], id)
+end
+local retainRecords = tonumber(ARGV[4])
+local retainBytes = tonumber(ARGV[5])
+local overBytes = function(bytes) return retainBytes >= 0 and bytes > retainBytes end
+if overBytes(size) then
+  -- Larger than the whole budget on its own: only it goes, not every older record before it.
+  drop(ARGV[1])
+else
+  -- A record counted before (written again while final) replaces its size instead of adding to it.
+  total = total - tonumber(redis.call('HGET', KEYS[5], ARGV[1]) or '0') + size
+  redis.call('HSET', KEYS[5], ARGV[1], size)
   redis.call('ZADD', KEYS[3], tonumber(redis.call('HGET', KEYS[1], 'endedAt')), ARGV[1])
-  local retain = tonumber(ARGV[4])
-  local excess = redis.call('ZCARD', KEYS[3]) - retain
-  if excess > 0 then
-    local old = redis.call('ZRANGE', KEYS[3], 0, excess - 1)
-    for _, oldId in ipairs(old) do
-      local key = redis.call('HGET', ARGV[3] .. 'job:' .. oldId, 'idempotencyKey')
-      if key then redis.call('DEL', ARGV[3] .. 'idem:' .. cjson.decode(key)) end
-      redis.call('DEL', ARGV[3] .. 'job:' .. oldId)
-      redis.call('ZREM', KEYS[4], oldId)
-    end
-    redis.call('ZREMRANGEBYRANK', KEYS[3], 0, excess - 1)
+  while (retainRecords >= 0 and redis.call('ZCARD', KEYS[3]) > retainRecords) or overBytes(total) do
+    local oldest = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
+    if not oldest then break end
+    drop(oldest)
   end
 end
-return redis.call('HGETALL', KEYS[1])
+if total < 0 then total = 0 end
+redis.call('SET', KEYS[6], string.format('%d', total))
+return out
+`;
+
+// KEYS: finals, finals:bytes, finals:total. Returns the count and total bytes of the final records kept.
+const RETAINED = `
+local total = tonumber(redis.call('GET', KEYS[3]) or '')
+if not total then
+  total = 0
+  for _, bytes in ipairs(redis.call('HVALS', KEYS[2])) do total = total + tonumber(bytes) end
+end
+return {redis.call('ZCARD', KEYS[1]), string.format('%d', total)}
 `;
 
 // KEYS: job. ARGV: from (JSON, or '' for no owner), to (JSON)
@@ -78,28 +132,36 @@ interface ScriptedRedis extends Redis {
   troupeCreate(...args: (string | number)[]): Promise<[number, string[]]>;
   troupeUpdate(...args: (string | number)[]): Promise<string[] | null>;
   troupeClaim(...args: (string | number)[]): Promise<string[] | null>;
+  troupeRetained(...args: string[]): Promise<[number, string]>;
 }
 
-export interface RedisJobStoreOptions {
+/** Retention is as in MemoryJobStore: see RetentionOptions. */
+export interface RedisJobStoreOptions extends RetentionOptions {
   /** Key prefix, so several registries (or tests) can share one Redis. Default "troupe:". */
   prefix?: string;
-  /** Final records kept; the oldest beyond this are deleted. Default 100,000. */
+  /** The older name of `retainRecords`, still accepted; `retainRecords` wins when both are given. */
   retain?: number;
 }
 
 export class RedisJobStore implements JobStore {
   readonly redis: ScriptedRedis;
   readonly prefix: string;
-  readonly #retain: number;
+  /** Applied by whichever node finalises a record: nodes sharing a prefix should share these limits. */
+  readonly retention: Required<RetentionOptions>;
 
   constructor(redis: Redis | string, options: RedisJobStoreOptions = {}) {
+    // Checked first: a bad limit must not leave a connection open behind the error.
+    this.retention = retentionLimits({
+      retainRecords: options.retainRecords ?? options.retain,
+      retainBytes: options.retainBytes,
+    });
     const client = typeof redis === "string" ? new Redis(redis, { lazyConnect: false }) : redis;
     client.defineCommand("troupeCreate", { numberOfKeys: 4, lua: CREATE });
-    client.defineCommand("troupeUpdate", { numberOfKeys: 4, lua: UPDATE });
+    client.defineCommand("troupeUpdate", { numberOfKeys: 6, lua: UPDATE });
     client.defineCommand("troupeClaim", { numberOfKeys: 1, lua: CLAIM });
+    client.defineCommand("troupeRetained", { numberOfKeys: 3, lua: RETAINED });
     this.redis = client as ScriptedRedis;
     this.prefix = options.prefix ?? "troupe:";
-    this.#retain = options.retain ?? 100_000;
   }
 
   #key(name: string) {
@@ -135,10 +197,13 @@ export class RedisJobStore implements JobStore {
       this.#key("active"),
       this.#key("finals"),
       this.#key("jobs"),
+      this.#key("finals:bytes"),
+      this.#key("finals:total"),
       id,
       JSON.stringify(updatedAt ?? Date.now()),
       this.prefix,
-      this.#retain,
+      luaLimit(this.retention.retainRecords),
+      luaLimit(this.retention.retainBytes),
       ifNode === undefined ? "" : JSON.stringify(ifNode),
       ...encodeFields(rest),
     );
@@ -176,6 +241,15 @@ export class RedisJobStore implements JobStore {
     return fields ? decodeRecord(fields) : undefined;
   }
 
+  async retained(): Promise<RetainedStats> {
+    const [records, bytes] = await this.redis.troupeRetained(
+      this.#key("finals"),
+      this.#key("finals:bytes"),
+      this.#key("finals:total"),
+    );
+    return { records: Number(records), bytes: Number(bytes) };
+  }
+
   async close() {
     if (this.redis.status !== "end") await this.redis.quit().catch(() => this.redis.disconnect());
   }
@@ -192,6 +266,11 @@ export class RedisJobStore implements JobStore {
     }
     return out;
   }
+}
+
+/** A limit as the scripts read it: Infinity becomes -1 (no limit), which tonumber reads reliably. */
+function luaLimit(limit: number): string {
+  return limit === Number.POSITIVE_INFINITY ? "-1" : String(limit);
 }
 
 /** Field, JSON value, field, JSON value…; undefined fields are left out, as in a JSON record. */
