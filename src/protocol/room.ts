@@ -61,6 +61,10 @@ export const roomMessage = z.object({
   at: z.number(),
 });
 export const roomEnded = z.object({ type: z.literal("room_ended"), reason: z.string() });
+/**
+ * `code`: bad_json, bad_frame, binary, too_large, forbidden, or rate_limited (the member sent faster
+ * than the hub's per-member rate; that frame was dropped, the connection stays).
+ */
 export const roomError = z.object({ type: z.literal("error"), code: z.string(), message: z.string() });
 
 export const hubFrame = z.discriminatedUnion("type", [
@@ -78,4 +82,8 @@ export type RoomMessage = z.infer<typeof roomMessage>;
 export const ROOM_CLOSE = {
   ended: 4000,
   replaced: 4001,
+  /** The member did not read: more bytes waited for it than the hub holds for one member. */
+  slow_consumer: 4002,
+  /** The room filled up while this member's handshake completed; try again later. */
+  room_full: 4003,
 } as const;

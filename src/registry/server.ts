@@ -5,6 +5,7 @@ import { HttpError } from "../http/respond.ts";
 import { createLogger, type Logger } from "../observability/logger.ts";
 import { MAX_FRAME_BYTES } from "../protocol/registry.ts";
 import { RoomHub } from "../room/hub.ts";
+import type { RoomHubLimits } from "../room/limits.ts";
 import { mintRoomToken, roomAuthorizer } from "../room/room-auth.ts";
 import { createWebRoutes } from "../web/routes.ts";
 import { type Credentials, verifyToken } from "./auth.ts";
@@ -30,6 +31,8 @@ export interface RegistryOptions extends Credentials {
    * Applies to the built-in stores: in memory, or on Redis with `redis`; a custom `store` has its own.
    */
   retention?: RetentionOptions;
+  /** Bounds of the room hub: rooms, members per room, bytes queued per member, frames per second. */
+  roomLimits?: Partial<RoomHubLimits>;
   /** Timeouts and connection bounds of the HTTP server; see docs/deploying.md. */
   httpLimits?: Partial<HttpLimits>;
   random?: () => number;
@@ -107,7 +110,7 @@ export async function createRegistry(options: RegistryOptions): Promise<Registry
     core.cluster = cluster;
     cluster.attach(core);
   }
-  const rooms = new RoomHub({ authorize: roomAuthorizer(credentials), logger });
+  const rooms = new RoomHub({ authorize: roomAuthorizer(credentials), logger, ...options.roomLimits });
   let url = "";
   const hubUrl = () => options.publicUrl ?? url;
   core.roomAccess = {

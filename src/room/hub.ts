@@ -2,9 +2,17 @@ import { EventEmitter } from "node:events";
 import type { IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
 import { type RawData, type WebSocket, WebSocketServer } from "ws";
+import { refuseUpgrade } from "../http/gateway.ts";
+import { HttpError } from "../http/respond.ts";
+import { decodeSegment, requestUrl } from "../http/target.ts";
 import type { Logger } from "../observability/logger.ts";
-import { clientFrame, MAX_ROOM_FRAME_BYTES, ROOM_CLOSE, roomId } from "../protocol/room.ts";
-import { Room, send } from "./room.ts";
+import { clientFrame, type HubFrame, MAX_ROOM_FRAME_BYTES, ROOM_CLOSE, roomId } from "../protocol/room.ts";
+import { type RoomHubLimits, resolveRoomHubLimits } from "./limits.ts";
+import { Outbox } from "./outbox.ts";
+import { Room } from "./room.ts";
+import { TokenBucket } from "./token-bucket.ts";
+
+export { DEFAULT_ROOM_HUB_LIMITS, type RoomHubLimits } from "./limits.ts";
 
 /** Who a token lets in: checked by the hub's owner (registry credentials, or a local-mode secret). */
 export interface RoomGrant {
@@ -15,17 +23,20 @@ export interface RoomGrant {
 
 export type AuthorizeRoom = (token: string, roomId: string) => Promise<RoomGrant>;
 
-export class RoomAccessError extends Error {
+/** 401/403: the token; 409: the room is full; 503: the hub holds as many rooms as it may. */
+export type RoomAccessStatus = 401 | 403 | 409 | 503;
+
+/** An HttpError, so an HTTP route that lets it through answers with its status. */
+export class RoomAccessError extends HttpError {
   override readonly name = "RoomAccessError";
-  constructor(
-    message: string,
-    readonly status: 401 | 403 = 401,
-  ) {
-    super(message);
+  declare readonly status: RoomAccessStatus;
+
+  constructor(message: string, status: RoomAccessStatus = 401) {
+    super(status, message);
   }
 }
 
-export interface RoomHubOptions {
+export interface RoomHubOptions extends Partial<RoomHubLimits> {
   authorize: AuthorizeRoom;
   logger: Logger;
   /** Frames above this get an error frame; the socket stays. */
@@ -43,7 +54,8 @@ export interface RoomSummary {
 /**
  * Rooms over WebSocket at `/rooms/<id>`, mounted on an HTTP server's `upgrade`. Rooms are created by
  * id (`createRoom`) or on demand at the first join, and forgotten when they end or stay empty.
- * Every frame is parsed; a participant's bad frame gets an error frame and hurts no one else.
+ * Every frame is parsed; a participant's bad frame gets an error frame and hurts no one else. What
+ * clients can grow is bounded by RoomHubLimits (rooms, members, bytes queued, frames per second).
  */
 export class RoomHub extends EventEmitter<{
   "room.created": [RoomSummary];
@@ -55,11 +67,19 @@ export class RoomHub extends EventEmitter<{
   readonly #wss: WebSocketServer;
   readonly #maxFrameBytes: number;
   readonly #emptyRoomTtlMs: number;
+  readonly #limits: RoomHubLimits;
 
   constructor(private readonly options: RoomHubOptions) {
     super();
     this.#maxFrameBytes = options.maxFrameBytes ?? MAX_ROOM_FRAME_BYTES;
     this.#emptyRoomTtlMs = options.emptyRoomTtlMs ?? 5 * 60_000;
+    this.#limits = resolveRoomHubLimits({
+      maxRooms: options.maxRooms,
+      maxParticipantsPerRoom: options.maxParticipantsPerRoom,
+      maxPendingBytesPerParticipant: options.maxPendingBytesPerParticipant,
+      messagesPerSecondPerParticipant: options.messagesPerSecondPerParticipant,
+      messageBurstPerParticipant: options.messageBurstPerParticipant,
+    });
     // The hard cap only guards memory; frames between the two limits get a polite error.
     this.#wss = new WebSocketServer({ noServer: true, maxPayload: this.#maxFrameBytes * 16, perMessageDeflate: false });
   }
@@ -69,9 +89,17 @@ export class RoomHub extends EventEmitter<{
     return pathname.startsWith("/rooms/");
   }
 
+  /** The limits in force (the defaults overlaid with the options). */
+  get limits(): Readonly<RoomHubLimits> {
+    return this.#limits;
+  }
+
+  /** Throws RoomAccessError 403 for a bad id and 503 when a new room would pass `maxRooms`. */
   createRoom(id: string): RoomSummary {
     const parsed = roomId.safeParse(id);
     if (!parsed.success) throw new RoomAccessError(parsed.error.issues[0]?.message ?? "bad room id", 403);
+    const full = this.#admission(parsed.data);
+    if (full) throw full;
     return this.#room(parsed.data).summary();
   }
 
@@ -91,28 +119,68 @@ export class RoomHub extends EventEmitter<{
     return true;
   }
 
-  async handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
-    const refuse = (status: number, message: string) => {
-      const text = status === 401 ? "Unauthorized" : status === 403 ? "Forbidden" : "Not Found";
-      socket.write(
-        `HTTP/1.1 ${status} ${text}\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: ${Buffer.byteLength(message)}\r\n\r\n${message}`,
-      );
-      socket.destroy();
-    };
-    const url = new URL(req.url ?? "/", "http://hub");
-    const id = roomId.safeParse(decodeURIComponent(url.pathname.slice("/rooms/".length)));
-    if (!id.success) return refuse(404, "no such room path: use /rooms/<id>");
+  /**
+   * Joins the request's socket to its room, or answers with an HTTP status and closes it. Never
+   * throws and never rejects: callers `void` it, so anything escaping would kill the process.
+   */
+  handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    // Node removes its own error listener from a socket it hands to 'upgrade': a client resetting the
+    // connection while its token is checked would raise an unhandled 'error' and end the process.
+    socket.on("error", (error) => this.options.logger.debug({ err: error.message }, "room upgrade socket error"));
+    return this.#upgrade(req, socket, head)
+      .catch((error: unknown) => {
+        if (error instanceof HttpError) return refuseUpgrade(socket, error.status, error.message);
+        this.options.logger.error({ err: error, path: req.url?.slice(0, 200) }, "room upgrade failed");
+        refuseUpgrade(socket, 500, "internal error");
+      })
+      .catch(() => {
+        socket.destroy();
+      });
+  }
+
+  async #upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    const url = requestUrl(req);
+    if (!RoomHub.matches(url.pathname)) throw new HttpError(404, "no such room path: use /rooms/<id>");
+    const id = roomId.safeParse(decodeSegment(url.pathname.slice("/rooms/".length)));
+    if (!id.success) throw new HttpError(404, "no such room path: use /rooms/<id>");
     const token = url.searchParams.get("token") ?? bearer(req.headers.authorization);
-    if (!token) return refuse(401, "missing token: pass ?token=<participant token>");
-    let grant: RoomGrant;
-    try {
-      grant = await this.options.authorize(token, id.data);
-    } catch (error) {
-      const status = error instanceof RoomAccessError ? error.status : 401;
-      return refuse(status, error instanceof RoomAccessError ? error.message : "invalid token");
-    }
+    if (!token) throw new RoomAccessError("missing token: pass ?token=<participant token>");
+    const grant = await this.#authorize(token, id.data);
     const name = url.searchParams.get("name")?.slice(0, 100) || grant.name;
-    this.#wss.handleUpgrade(req, socket, head, (ws) => this.#join(id.data, ws, { ...grant, name }));
+    // Checked after the last await: ws completes the handshake synchronously from here, so no other
+    // join can take the place between this check and #join (which checks again all the same).
+    const full = this.#admission(id.data, grant.identity);
+    if (full) throw full;
+    this.#wss.handleUpgrade(req, socket, head, (ws) => {
+      try {
+        this.#join(id.data, ws, { ...grant, name });
+      } catch (error) {
+        this.options.logger.error({ err: error, room: id.data }, "room join failed");
+        ws.terminate();
+      }
+    });
+  }
+
+  async #authorize(token: string, id: string): Promise<RoomGrant> {
+    try {
+      return await this.options.authorize(token, id);
+    } catch (error) {
+      throw error instanceof RoomAccessError ? error : new RoomAccessError("invalid token");
+    }
+  }
+
+  /** Why `identity` may not join room `id` now, or undefined; without identity, whether it may be created. */
+  #admission(id: string, identity?: string): RoomAccessError | undefined {
+    const room = this.#rooms.get(id);
+    if (!room) {
+      if (this.#rooms.size < this.#limits.maxRooms) return undefined;
+      return new RoomAccessError(`hub full: ${this.#limits.maxRooms} rooms open (maxRooms); try later`, 503);
+    }
+    if (identity === undefined || room.has(identity) || room.size < this.#limits.maxParticipantsPerRoom) {
+      return undefined;
+    }
+    const max = this.#limits.maxParticipantsPerRoom;
+    return new RoomAccessError(`room full: ${max} participants (maxParticipantsPerRoom)`, 409);
   }
 
   #room(id: string): Room {
@@ -133,47 +201,70 @@ export class RoomHub extends EventEmitter<{
   }
 
   #join(id: string, ws: WebSocket, grant: RoomGrant): void {
+    const full = this.#admission(id, grant.identity);
+    if (full) {
+      ws.close(ROOM_CLOSE.room_full, full.message.slice(0, 120));
+      return;
+    }
     const room = this.#room(id);
-    const replaced = room.join(grant, ws);
-    if (replaced) replaced.close(ROOM_CLOSE.replaced, "joined again elsewhere");
-    ws.on("message", (raw: RawData, isBinary: boolean) => {
-      const bytes = byteLength(raw);
-      if (isBinary) return send(ws, { type: "error", code: "binary", message: "send JSON text frames" });
-      if (bytes > this.#maxFrameBytes) {
-        return send(ws, {
-          type: "error",
-          code: "too_large",
-          message: `frame of ${bytes} bytes is over the limit of ${this.#maxFrameBytes}`,
-        });
-      }
-      let json: unknown;
-      try {
-        json = JSON.parse(raw.toString());
-      } catch {
-        return send(ws, { type: "error", code: "bad_json", message: "frame is not valid JSON" });
-      }
-      const frame = clientFrame.safeParse(json);
-      if (!frame.success) {
-        const issue = frame.error.issues[0];
-        const where = issue?.path.length ? `${issue.path.join(".")}: ` : "";
-        return send(ws, { type: "error", code: "bad_frame", message: `${where}${issue?.message ?? "invalid frame"}` });
-      }
-      const value = frame.data;
-      if (value.type === "leave") {
-        ws.close(1000, "left");
-        return;
-      }
-      if (value.type === "end") {
-        if (grant.kind !== "agent") {
-          return send(ws, { type: "error", code: "forbidden", message: "only an agent can end the room" });
-        }
-        room.end(value.reason ?? "ended_by_agent");
-        return;
-      }
-      room.broadcast(grant.identity, value);
+    const outbox = new Outbox(ws, this.#limits.maxPendingBytesPerParticipant, (pendingBytes) => {
+      this.options.logger.warn(
+        { room: id, participant: grant.identity, pendingBytes },
+        "participant dropped: it does not read what the room sends it",
+      );
+      // Gone for the others now, not when its socket finally closes.
+      room.leave(grant.identity, outbox);
     });
-    ws.on("close", () => room.leave(grant.identity, ws));
+    const replaced = room.join(grant, outbox);
+    if (replaced) replaced.close(ROOM_CLOSE.replaced, "joined again elsewhere");
+    const inbound = new TokenBucket(
+      this.#limits.messagesPerSecondPerParticipant,
+      this.#limits.messageBurstPerParticipant,
+    );
+    ws.on("message", (raw: RawData, isBinary: boolean) => {
+      if (!inbound.take()) {
+        const rate = this.#limits.messagesPerSecondPerParticipant;
+        outbox.send(refusal("rate_limited", `over ${rate} frames/s: frame dropped`));
+        return;
+      }
+      try {
+        const refused = this.#receive(room, grant, outbox, raw, isBinary);
+        if (refused) outbox.send(refused);
+      } catch (error) {
+        // A fault of ours must not escape into ws's socket handler, which would end the process.
+        this.options.logger.error({ err: error, room: id }, "room frame failed");
+        outbox.send({ type: "error", code: "internal", message: "the hub could not handle that frame" });
+      }
+    });
+    ws.on("close", () => room.leave(grant.identity, outbox));
     ws.on("error", (error) => this.options.logger.debug({ room: id, err: error.message }, "room socket error"));
+  }
+
+  /** Acts on one frame from a member; returns the error frame to answer with when it is refused. */
+  #receive(room: Room, grant: RoomGrant, outbox: Outbox, raw: RawData, isBinary: boolean): RoomErrorFrame | undefined {
+    const bytes = byteLength(raw);
+    if (isBinary) return refusal("binary", "send JSON text frames");
+    if (bytes > this.#maxFrameBytes) {
+      return refusal("too_large", `frame of ${bytes} bytes is over the limit of ${this.#maxFrameBytes}`);
+    }
+    let json: unknown;
+    try {
+      json = JSON.parse(raw.toString());
+    } catch {
+      return refusal("bad_json", "frame is not valid JSON");
+    }
+    const frame = clientFrame.safeParse(json);
+    if (!frame.success) {
+      const issue = frame.error.issues[0];
+      const where = issue?.path.length ? `${issue.path.join(".")}: ` : "";
+      return refusal("bad_frame", `${where}${issue?.message ?? "invalid frame"}`);
+    }
+    const value = frame.data;
+    if (value.type === "leave") outbox.close(1000, "left");
+    else if (value.type === "message") room.broadcast(grant.identity, value);
+    else if (grant.kind !== "agent") return refusal("forbidden", "only an agent can end the room");
+    else room.end(value.reason ?? "ended_by_agent");
+    return undefined;
   }
 
   async close(): Promise<void> {
@@ -181,6 +272,12 @@ export class RoomHub extends EventEmitter<{
     for (const client of this.#wss.clients) client.terminate();
     await new Promise<void>((resolve) => this.#wss.close(() => resolve()));
   }
+}
+
+type RoomErrorFrame = Extract<HubFrame, { type: "error" }>;
+
+function refusal(code: string, message: string): RoomErrorFrame {
+  return { type: "error", code, message };
 }
 
 function byteLength(raw: RawData): number {

@@ -1,6 +1,6 @@
-import type { WebSocket } from "ws";
 import { type ClientFrame, type HubFrame, type ParticipantInfo, ROOM_CLOSE } from "../protocol/room.ts";
 import type { RoomGrant } from "./hub.ts";
+import { EncodedFrame, type Outbox } from "./outbox.ts";
 
 export interface RoomHooks {
   emptyTtlMs: number;
@@ -12,11 +12,7 @@ export interface RoomHooks {
 
 interface Member {
   info: ParticipantInfo;
-  ws: WebSocket;
-}
-
-export function send(ws: WebSocket, frame: HubFrame): void {
-  if (ws.readyState === ws.OPEN) ws.send(JSON.stringify(frame));
+  outbox: Outbox;
 }
 
 /** One room: its members, their join/leave events and their messages. */
@@ -33,6 +29,14 @@ export class Room {
     this.#armEmptyTimer();
   }
 
+  get size(): number {
+    return this.#members.size;
+  }
+
+  has(identity: string): boolean {
+    return this.#members.has(identity);
+  }
+
   participantList(): ParticipantInfo[] {
     return [...this.#members.values()].map((m) => m.info);
   }
@@ -41,18 +45,18 @@ export class Room {
     return { id: this.id, createdAt: this.createdAt, participants: this.participantList() };
   }
 
-  /** Adds the member and returns the socket it replaces when the same identity was already in. */
-  join(grant: RoomGrant, ws: WebSocket): WebSocket | undefined {
+  /** Adds the member and returns the outbox it replaces when the same identity was already in. */
+  join(grant: RoomGrant, outbox: Outbox): Outbox | undefined {
     if (this.#ended) {
-      send(ws, { type: "room_ended", reason: "ended" });
-      ws.close(ROOM_CLOSE.ended, "room ended");
+      outbox.send({ type: "room_ended", reason: "ended" });
+      outbox.close(ROOM_CLOSE.ended, "room ended");
       return undefined;
     }
     clearTimeout(this.#emptyTimer);
     const previous = this.#members.get(grant.identity);
     const info: ParticipantInfo = { id: grant.identity, name: grant.name, kind: grant.kind, joined_at: Date.now() };
-    this.#members.set(grant.identity, { info, ws });
-    send(ws, {
+    this.#members.set(grant.identity, { info, outbox });
+    outbox.send({
       type: "welcome",
       room: this.id,
       you: info,
@@ -62,13 +66,13 @@ export class Room {
       this.#toOthers(info.id, { type: "participant_joined", participant: info });
       this.hooks.onJoined(info);
     }
-    return previous?.ws;
+    return previous?.outbox;
   }
 
-  /** Only the member's current socket leaves; a replaced socket closing changes nothing. */
-  leave(identity: string, ws: WebSocket): void {
+  /** Only the member's current connection leaves; a replaced one closing changes nothing. */
+  leave(identity: string, outbox: Outbox): void {
     const member = this.#members.get(identity);
-    if (!member || member.ws !== ws) return;
+    if (!member || member.outbox !== outbox) return;
     this.#members.delete(identity);
     if (this.#ended) return;
     this.#toOthers(identity, { type: "participant_left", participant: member.info });
@@ -83,9 +87,12 @@ export class Room {
     if (message.text !== undefined) frame.text = message.text;
     if (message.data !== undefined) frame.data = message.data;
     const to = message.to ? new Set(message.to) : undefined;
+    // Serialized once for all recipients; a recipient dropped as slow meanwhile leaves the map,
+    // which iteration tolerates.
+    const encoded = new EncodedFrame(frame);
     for (const [id, member] of this.#members) {
       if (id === fromIdentity || (to && !to.has(id))) continue;
-      send(member.ws, frame);
+      member.outbox.send(encoded);
     }
   }
 
@@ -93,16 +100,18 @@ export class Room {
     if (this.#ended) return;
     this.#ended = true;
     clearTimeout(this.#emptyTimer);
+    const ended = new EncodedFrame({ type: "room_ended", reason });
     for (const member of this.#members.values()) {
-      send(member.ws, { type: "room_ended", reason });
-      member.ws.close(ROOM_CLOSE.ended, "room ended");
+      member.outbox.send(ended);
+      member.outbox.close(ROOM_CLOSE.ended, "room ended");
     }
     this.#members.clear();
     this.hooks.onGone(reason, true);
   }
 
   #toOthers(identity: string, frame: HubFrame): void {
-    for (const [id, member] of this.#members) if (id !== identity) send(member.ws, frame);
+    const encoded = new EncodedFrame(frame);
+    for (const [id, member] of this.#members) if (id !== identity) member.outbox.send(encoded);
   }
 
   #armEmptyTimer(): void {
