@@ -224,9 +224,18 @@ function parseOrThrow<S extends z.ZodType>(
 
 type Env = Record<string, string | undefined>;
 
-/** Fills registryUrl, authToken and apiKey/apiSecret from TROUPE_* variables when not given. */
+/**
+ * Fills registryUrl, authToken and apiKey/apiSecret from TROUPE_* variables when not given. In a job
+ * process (its worker strips those variables and sets TROUPE_JOB_PROCESS) the agent module's Options
+ * never reach a registry, so credentials are dropped instead: half a pair given in code must not
+ * make the module fail to load there.
+ */
 function withEnvironment(input: Record<string, unknown>, env: Env): Record<string, unknown> {
   const merged = { ...input };
+  if (env.TROUPE_JOB_PROCESS) {
+    for (const key of ["authToken", "apiKey", "apiSecret"]) delete merged[key];
+    return merged;
+  }
   const fill = (key: string, variable: string) => {
     const value = env[variable];
     if (merged[key] === undefined && value !== undefined && value !== "") merged[key] = value;

@@ -4,8 +4,10 @@ import type { JobSpec } from "../../machines/shared.ts";
 import { REDACTED_PATHS } from "../observability/logger.ts";
 import { type ChildConfig, childConfig, type ToParent, toChild, toErrorInfo } from "../protocol/ipc.ts";
 import type { WorkerJobDefinition } from "../worker/worker-job-definition.ts";
+import { killEscapedDescendants } from "./descendant-sweep.ts";
 import { installJobProcessHook } from "./hook.ts";
 import { JobContext } from "./job-context.ts";
+import { CHILD_DROPPED_LINES_FIELD, LOG_DROP_NOTICE_INTERVAL_MS, LogRateLimiter } from "./log-limits.ts";
 
 /**
  * The job process proper, loaded by child-main once the orphan guards are up: load the agent
@@ -20,21 +22,81 @@ function send(message: ToParent): Promise<void> {
   });
 }
 
-/** Child log lines travel to the worker over IPC, where they are tagged with job id and pid. */
-function ipcLogStream(): DestinationStream {
-  return {
-    write(line: string) {
-      try {
-        const { level, msg, ...fields } = JSON.parse(line) as { level: number; msg?: string };
-        void send({ type: "log", level, msg: msg ?? "", fields });
-      } catch {
-        void send({ type: "log", level: 30, msg: line.trimEnd() });
-      }
-    },
-  };
+/** Sends without waiting for the channel to take it (log lines, pongs); a closed channel drops it. */
+function post(message: ToParent): void {
+  if (process.connected && process.send) process.send(message, undefined, {}, ignoreSendResult);
 }
 
+function ignoreSendResult(): void {}
+
+/**
+ * Child log lines travel to the worker over IPC, where they are tagged with job id and pid. The
+ * worker enforces the job's log budget; applying it here too keeps a chatty job from flooding the
+ * IPC channel with lines the worker would drop. What is dropped here is counted and reported to the
+ * worker (at most once per interval, and at the end), which adds it to its own drop notice.
+ */
+class IpcLogStream implements DestinationStream {
+  readonly #limiter = new LogRateLimiter();
+  #reportTimer: NodeJS.Timeout | undefined;
+
+  write(line: string): void {
+    if (!this.#limiter.admit(Buffer.byteLength(line))) {
+      this.#reportTimer ??= setTimeout(() => {
+        this.#reportTimer = undefined;
+        this.postDropped();
+      }, LOG_DROP_NOTICE_INTERVAL_MS).unref();
+      return;
+    }
+    try {
+      const { level, msg, ...fields } = JSON.parse(line) as { level: number; msg?: string };
+      post({ type: "log", level, msg: msg ?? "", fields });
+    } catch {
+      post({ type: "log", level: 30, msg: line.trimEnd() });
+    }
+  }
+
+  /** Tells the worker how many lines were dropped here since the last report; resolves once it is sent. */
+  reportDropped(): Promise<void> {
+    const notice = this.#droppedNotice();
+    return notice ? send(notice) : Promise.resolve();
+  }
+
+  postDropped(): void {
+    const notice = this.#droppedNotice();
+    if (notice) post(notice);
+  }
+
+  #droppedNotice(): ToParent | undefined {
+    const dropped = this.#limiter.takeDropped();
+    if (dropped === 0) return undefined;
+    return { type: "log", level: 40, msg: "log lines dropped", fields: { [CHILD_DROPPED_LINES_FIELD]: dropped } };
+  }
+}
+
+/** How long an ending job process waits for its printed output to reach the worker. */
+const OUTPUT_FLUSH_CAP_MS = 1_000;
+
+/** Resolves once what was written to `stream` left this process. */
+function flushed(stream: NodeJS.WriteStream): Promise<void> {
+  return new Promise((resolve) => {
+    if (stream.writableLength === 0) resolve();
+    else stream.write("", () => resolve());
+  });
+}
+
+/**
+ * Exits once stdout and stderr are flushed (or after a short cap): over the worker's pipe they are
+ * asynchronous, and process.exit() would silently drop the job's last lines.
+ */
 async function exitWith(code: number): Promise<never> {
+  let cap: NodeJS.Timeout | undefined;
+  await Promise.race([
+    Promise.all([flushed(process.stdout), flushed(process.stderr)]),
+    new Promise((resolve) => {
+      cap = setTimeout(resolve, OUTPUT_FLUSH_CAP_MS);
+    }),
+  ]);
+  clearTimeout(cap);
   process.exit(code);
 }
 
@@ -46,9 +108,10 @@ export async function runJobProcess(): Promise<void> {
     await send({ type: "init_failed", error: toErrorInfo(error) });
     return exitWith(1);
   }
+  const logStream = new IpcLogStream();
   const logger = pino(
     { level: config.logLevel.toLowerCase(), redact: { paths: REDACTED_PATHS, censor: "[redacted]" }, base: {} },
-    ipcLogStream(),
+    logStream,
   );
 
   let definition: WorkerJobDefinition | undefined;
@@ -66,7 +129,7 @@ export async function runJobProcess(): Promise<void> {
     return exitWith(1);
   }
   const agent = definition;
-  const runner = new JobRunner(agent, logger);
+  const runner = new JobRunner(agent, logger, logStream);
 
   process.on("message", (raw) => {
     const parsed = toChild.safeParse(raw);
@@ -77,18 +140,18 @@ export async function runJobProcess(): Promise<void> {
     const message = parsed.data;
     switch (message.type) {
       case "ping":
-        void send({ type: "pong", ts: message.ts });
+        post({ type: "pong", ts: message.ts });
         break;
       case "start_job":
-        void runner.start(message.job);
+        runner.guard(runner.start(message.job));
         break;
       case "shutdown":
-        void runner.end({ ok: true, reason: message.reason });
+        runner.guard(runner.end({ ok: true, reason: message.reason }));
         break;
     }
   });
-  process.on("uncaughtException", (error) => void runner.end({ ok: false, error: toErrorInfo(error) }));
-  process.on("unhandledRejection", (error) => void runner.end({ ok: false, error: toErrorInfo(error) }));
+  process.on("uncaughtException", (error) => runner.guard(runner.end({ ok: false, error: toErrorInfo(error) })));
+  process.on("unhandledRejection", (error) => runner.guard(runner.end({ ok: false, error: toErrorInfo(error) })));
   await send({ type: "ready" });
 }
 
@@ -102,6 +165,7 @@ class JobRunner {
   constructor(
     private readonly agent: WorkerJobDefinition,
     private readonly logger: pino.Logger,
+    private readonly logStream: IpcLogStream,
   ) {}
 
   async start(job: JobSpec): Promise<void> {
@@ -114,7 +178,7 @@ class JobRunner {
       ctx.attach({
         job,
         logger: this.logger.child({ jobId: job.jobId }),
-        requestShutdown: (reason) => void this.end({ ok: true, reason }),
+        requestShutdown: (reason) => this.guard(this.end({ ok: true, reason })),
       });
       this.#ctx = ctx;
       await send({ type: "job_status", status: "running" });
@@ -128,6 +192,18 @@ class JobRunner {
     } catch (error) {
       await this.end({ ok: false, error: toErrorInfo(error) });
     }
+  }
+
+  /**
+   * Runs a step of the job without awaiting it. Ending a job can itself fail (a shutdown callback
+   * throwing past its guard, a broken channel): then the process exits non-zero, which the worker
+   * records as a crash, rather than hang with a rejection nobody handles.
+   */
+  guard(work: Promise<void>): void {
+    work.catch((error: unknown) => {
+      this.logger.error({ err: toErrorInfo(error) }, "ending the job failed");
+      process.exit(1);
+    });
   }
 
   /** Ends the job once: shutdown callbacks, the outcome to the worker, then exit. */
@@ -144,7 +220,26 @@ class JobRunner {
       }
       await this.#ctx.leaveRoom().catch(() => {});
     }
+    this.#killDescendants(reason);
+    await this.logStream.reportDropped();
     await send({ type: "done", result });
     return exitWith(result.ok ? 0 : 1);
+  }
+
+  /**
+   * The job is over, so is everything it started. Its process group is killed by the worker once this
+   * process exited; what moved to another session or group is killed here, while this process still
+   * knows its children (the worker sweeps again after the exit, for jobs that never get here).
+   */
+  #killDescendants(reason: string): void {
+    const killed = killEscapedDescendants();
+    if (killed === 0) return;
+    const jobId = this.#ctx?.job.jobId;
+    post({
+      type: "log",
+      level: 40,
+      msg: `killed ${killed} descendant process(es) of job ${jobId} that left its process group (job ended: ${reason})`,
+      fields: { jobId, killed },
+    });
   }
 }

@@ -1,12 +1,16 @@
 import { type ChildProcess, fork } from "node:child_process";
 import { createRequire } from "node:module";
-import { createInterface } from "node:readline";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { fromCallback } from "xstate";
 import type { ProcessCommand, ProcessEvent, ProcessInput } from "../../machines/slot.ts";
+import { LOG_LINE_MAX_BYTES } from "../job/log-limits.ts";
 import type { Logger } from "../observability/logger.ts";
 import type { LogLevel } from "../options.ts";
 import { type ChildConfig, toErrorInfo, toParent } from "../protocol/ipc.ts";
+import { onBoundedLines } from "./bounded-lines.ts";
+import { killLeftovers, RememberedDescendants } from "./descendants.ts";
+import { jobProcessEnv, withoutEnvFileFlags } from "./job-env.ts";
+import { JobLogGate } from "./job-log-gate.ts";
 import { processTreeMemoryMb } from "./process-memory.ts";
 
 /** What the runtime wants to know about processes, for /worker and /metrics. */
@@ -27,6 +31,7 @@ export interface ProcessSettings {
   closeTimeoutMs: number;
   logger: Logger;
   observer?: ProcessObserver;
+  /** The environment job processes start from (default process.env); secrets are stripped either way. */
   env?: NodeJS.ProcessEnv;
   /** Milliseconds before fork(); 0 forks at once. Default 20. */
   forkDeferMs?: number;
@@ -36,9 +41,12 @@ const here = fileURLToPath(import.meta.url);
 const runningFromTypeScript = here.endsWith(".ts");
 const childMain = fileURLToPath(new URL(`../job/child-main.${runningFromTypeScript ? "ts" : "js"}`, import.meta.url));
 
-/** A TypeScript child needs the tsx loader unless this process already runs under it. */
+/**
+ * A TypeScript child needs the tsx loader unless this process already runs under it. Never an
+ * `--env-file`: the child would read back the secrets its environment is stripped of.
+ */
 function childExecArgv(): string[] {
-  const inherited = process.execArgv.filter((arg) => !arg.startsWith("--inspect"));
+  const inherited = withoutEnvFileFlags(process.execArgv).filter((arg) => !arg.startsWith("--inspect"));
   const hasTsx = inherited.some((arg) => arg.includes("tsx"));
   if (!runningFromTypeScript || hasTsx) return inherited;
   const loader = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href;
@@ -123,7 +131,10 @@ function launchProcess(
     let jobId: string | undefined;
     let exited = false;
     let exitReported = false;
+    let shutdownReason: string | undefined;
     let logger = settings.logger.child({ slotId });
+    const { env, marker } = jobProcessEnv(settings.env ?? process.env);
+    const remembered = new RememberedDescendants();
 
     let child: ChildProcess;
     try {
@@ -132,7 +143,7 @@ function launchProcess(
         stdio: ["ignore", "pipe", "pipe", "ipc"],
         execArgv: childExecArgv(),
         serialization: "json",
-        env: settings.env ?? process.env,
+        env,
       });
     } catch (error) {
       sendBack({ type: "proc.spawn_failed", error: toErrorInfo(error) });
@@ -145,14 +156,12 @@ function launchProcess(
       sendBack({ type: "proc.spawned", pid });
     }
 
-    for (const [stream, level] of [
-      [child.stdout, "info"],
-      [child.stderr, "warn"],
+    const logs = new JobLogGate(logger, () => jobId, slotId);
+    for (const [stream, name] of [
+      [child.stdout, "stdout"],
+      [child.stderr, "stderr"],
     ] as const) {
-      if (!stream) continue;
-      createInterface({ input: stream }).on("line", (line) => {
-        logger[level]({ jobId, stream: level === "info" ? "stdout" : "stderr" }, line);
-      });
+      if (stream) onBoundedLines(stream, LOG_LINE_MAX_BYTES, (line, cut) => logs.streamLine(name, line, cut));
     }
 
     child.on("error", (error) => {
@@ -190,20 +199,37 @@ function launchProcess(
             settings.observer?.jobRunning?.(slotId, jobId ?? "", (performance.now() - jobSentAt) / 1000);
             sendBack({ type: "proc.job_running" });
           } else {
+            // The job is ending: what it started is still in its tree now, not after it exited.
+            if (pid !== undefined) remembered.rememberTreeOf(pid);
             sendBack({ type: "proc.job_ending" });
           }
           break;
-        case "log": {
-          const { time: _time, pid: _pid, hostname: _hostname, ...own } = message.fields ?? {};
-          const fields = { ...own, jobId: (own.jobId as string | undefined) ?? jobId };
-          logger[levelName(message.level)](fields, message.msg);
+        case "log":
+          logs.message(levelName(message.level), message.msg, message.fields);
           break;
-        }
         case "done":
           sendBack({ type: "proc.done", result: message.result });
           break;
       }
     });
+
+    /** Kills what the job left outside its process group (Linux) and says so. Never rejects. */
+    const killDescendants = async (code: number | null, signal: NodeJS.Signals | null): Promise<void> => {
+      if (pid === undefined) return;
+      try {
+        const killed = await killLeftovers(pid, marker, remembered);
+        if (killed.length === 0) return;
+        const how = signal ? `signal ${signal}` : `code ${code}`;
+        const after = shutdownReason ? `, after shutdown: ${shutdownReason}` : "";
+        logger.warn(
+          { jobId, killed: killed.length, pids: killed, exitCode: code, exitSignal: signal, shutdownReason },
+          `killed ${killed.length} descendant process(es) of ${jobId ? `job ${jobId}` : `job process ${slotId}`} ` +
+            `that left its process group (job process exited with ${how}${after})`,
+        );
+      } catch (error) {
+        logger.warn({ jobId, err: String(error) }, "could not look for the job's leftover processes");
+      }
+    };
 
     // Reported on `close`, once the child's last log lines and IPC messages are in, so an outcome
     // never arrives after the exit that settles the job. A descendant that kept our stdout open would
@@ -213,13 +239,17 @@ function launchProcess(
       if (exitReported) return;
       exitReported = true;
       clearTimeout(reportTimer);
+      logs.close();
       settings.observer?.exited?.(slotId, pid, code, signal);
       sendBack({ type: "proc.exit", code, signal });
     };
     child.on("exit", (code, signal) => {
       exited = true;
-      // Whatever the job started in its process group goes with it (a media tool, a shell).
+      // Whatever the job started in its process group goes with it (a media tool, a shell)...
       if (pid !== undefined) killGroupRemnants(pid);
+      // ...and so does what it moved to another session or group. The exit is not held back for
+      // this: on a busy worker reading /proc can take longer than the job's closeTimeout has left.
+      void killDescendants(code, signal);
       reportTimer = setTimeout(() => reportExit(code, signal), EXIT_REPORT_CAP_MS);
     });
     child.on("close", (code, signal) => reportExit(code, signal));
@@ -237,6 +267,7 @@ function launchProcess(
           sendToChild({ type: "start_job", job: command.job });
           break;
         case "shutdown":
+          shutdownReason = command.reason;
           sendToChild({ type: "shutdown", reason: command.reason });
           break;
         case "ping":
@@ -244,7 +275,7 @@ function launchProcess(
           break;
         case "sample_memory":
           if (pid === undefined || exited) break;
-          processTreeMemoryMb(pid).then(
+          processTreeMemoryMb(pid, remembered).then(
             (mb) => {
               settings.observer?.memory?.(slotId, mb);
               if (!exited) sendBack({ type: "proc.memory", mb });
@@ -252,10 +283,14 @@ function launchProcess(
             () => {},
           );
           break;
-        case "signal":
-          logger.info({ jobId, signal: command.signal }, "signalling job process group");
-          signalGroup(child, command.signal);
+        case "signal": {
+          const { signal } = command;
+          logger.info({ jobId, signal }, "signalling job process group");
+          // Remember its tree first: once it is dead, its children are no longer found under it.
+          if (pid !== undefined && !exited) remembered.rememberTreeOf(pid);
+          signalGroup(child, signal);
           break;
+        }
       }
     });
 

@@ -1,34 +1,6 @@
-import { readdir, readFile } from "node:fs/promises";
+import { readFile } from "node:fs/promises";
 import pidusage from "pidusage";
-
-/** Direct and indirect children of `pid`, from /proc (Linux). Empty where /proc is missing. */
-async function descendantsOf(pid: number): Promise<number[]> {
-  const found: number[] = [];
-  const queue = [pid];
-  while (queue.length > 0) {
-    const current = queue.shift() as number;
-    let tasks: string[] = [];
-    try {
-      tasks = await readdir(`/proc/${current}/task`);
-    } catch {
-      continue;
-    }
-    for (const task of tasks) {
-      try {
-        const children = (await readFile(`/proc/${current}/task/${task}/children`, "utf8")).trim();
-        for (const child of children.split(/\s+/).filter(Boolean).map(Number)) {
-          if (!found.includes(child)) {
-            found.push(child);
-            queue.push(child);
-          }
-        }
-      } catch {
-        // the task ended while we looked
-      }
-    }
-  }
-  return found;
-}
+import { descendantsOf, type RememberedDescendants } from "./descendants.ts";
 
 async function pssKb(pid: number): Promise<number | undefined> {
   try {
@@ -42,10 +14,13 @@ async function pssKb(pid: number): Promise<number | undefined> {
 
 /**
  * Memory of a job process and all its descendants in MB: PSS from /proc where available (RSS would
- * count shared pages once per process), RSS from pidusage elsewhere.
+ * count shared pages once per process), RSS from pidusage elsewhere. The tree walk it needs anyway
+ * also feeds `remembered`, so descendants that later leave the tree can still be killed with the job.
  */
-export async function processTreeMemoryMb(pid: number): Promise<number> {
-  const pids = [pid, ...(await descendantsOf(pid))];
+export async function processTreeMemoryMb(pid: number, remembered?: RememberedDescendants): Promise<number> {
+  const descendants = await descendantsOf(pid);
+  await remembered?.remember(descendants);
+  const pids = [pid, ...descendants];
   const pss = await Promise.all(pids.map(pssKb));
   if (pss.every((kb) => kb !== undefined)) {
     return (pss as number[]).reduce((a, b) => a + b, 0) / 1024;

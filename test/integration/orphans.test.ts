@@ -11,6 +11,7 @@ afterAll(sweepFile);
  * (the fixture starts `sleep 600` in its process group, as an agent would start a media tool). The
  * worker signals the job's whole process group when it kills one, and a job process exits by itself
  * when its worker dies (docs/process-model.md: "a worker killed with SIGKILL leaves no orphan").
+ * Descendants that left the job's process group (setsid, detached): descendants.test.ts.
  */
 describe.concurrent("no orphan processes", { timeout: 60_000 }, () => {
   it("a job killed as unresponsive takes its own subprocess along (the process group is signalled)", async (ctx) => {
