@@ -12,7 +12,7 @@ import WebSocket, { WebSocketServer } from "ws";
 import { createLogger } from "../src/observability/logger.ts";
 import { Options } from "../src/options.ts";
 import { mintToken } from "../src/registry/auth.ts";
-import { createRegistry } from "../src/registry/server.ts";
+import { createRegistry, registryInternals } from "../src/registry/server.ts";
 import { type JobRecord, MemoryJobStore } from "../src/registry/store.ts";
 import { runWorker } from "../src/worker/runtime.ts";
 import { BENCH_CREDENTIALS, startRegistryProcess } from "./registry-process.ts";
@@ -82,7 +82,7 @@ async function endToEnd(jobs: number) {
   const token = await mintToken(credentials, { role: "dispatcher" });
   const samples: number[] = [];
   for (let i = 0; i < jobs; i++) {
-    while (idle() < 3 || registry.core.dispatches.size > 0) await sleep(2);
+    while (idle() < 3 || registryInternals(registry).core.dispatcher.size > 0) await sleep(2);
     const started = performance.now();
     const response = await fetch(`${registry.url}/v1/jobs`, {
       method: "POST",

@@ -10,19 +10,35 @@ export interface DispatchTiming {
   dispatchTimeoutMs: number;
   /** How long a cancelled job waits for its worker's final report. */
   cancelTimeoutMs: number;
+  /**
+   * How long a worker told to let go of a job that never started (its running deadline passed) has
+   * to confirm its end before the job may be offered elsewhere: the worker liveness deadline, after
+   * which a silent worker is declared gone anyway.
+   */
+  releaseTimeoutMs: number;
 }
+
+/** Workers tried for this dispatch, each with its availability epoch when it was tried. */
+export type TriedWorkers = Record<string, number>;
 
 export interface DispatchInput {
   jobId: string;
   redispatch: boolean;
   timing: DispatchTiming;
-  /** A job adopted from a worker's inventory after a registry restart starts as running there. */
+  /** A job adopted from a worker's inventory (a registry restart, a dead node) starts as running there. */
   adoptedBy?: string;
+  /** A worker to ask first: the one another node picked before it handed the dispatch here. */
+  prefer?: string;
+  /** How often the dispatch has moved between registry nodes. */
+  hops?: number;
+  tried?: TriedWorkers;
 }
 
 export type DispatchEvent =
-  | { type: "candidate"; workerId: string }
-  | { type: "no_candidate" }
+  /** The worker to offer the job to, with its availability epoch now; `remote` = connected to another node. */
+  | { type: "candidate"; workerId: string; epoch: number; remote?: boolean }
+  /** No worker can take it now, and why (no worker serves the agent, all full, all declined). */
+  | { type: "no_candidate"; cause: string }
   | { type: "capacity_changed" }
   | { type: "answer"; workerId: string; available: boolean; error?: string }
   | {
@@ -33,16 +49,30 @@ export type DispatchEvent =
       error?: ErrorInfo;
     }
   | { type: "worker_gone"; workerId: string }
-  | { type: "cancel"; reason?: string };
+  | { type: "cancel"; reason?: string }
+  /** Another registry node took the job over: this node's dispatch lets go without recording anything. */
+  | { type: "taken_over" };
 
 /** What the registry does for the dispatch: emitted, so the machine stays pure. */
 export type DispatchEmitted =
-  | { type: "need_candidate"; jobId: string; exclude: string[] }
+  | { type: "need_candidate"; jobId: string; tried: TriedWorkers; prefer: string | null; hops: number }
+  /** The offer counts against the worker's capacity from entering `offering`... */
+  | { type: "reserve"; jobId: string; workerId: string }
+  /** ...until leaving it, whichever way. */
+  | { type: "release"; jobId: string; workerId: string }
   | { type: "offer"; jobId: string; workerId: string }
+  /** The best worker is on another node: the job goes there with what was learnt here. */
+  | { type: "forward"; jobId: string; workerId: string; tried: TriedWorkers; hops: number }
+  /** The job is the worker's from entering `bound`... */
+  | { type: "bind"; jobId: string; workerId: string }
+  /** ...until leaving it, whichever way. */
+  | { type: "unbind"; jobId: string; workerId: string }
   | { type: "assign"; jobId: string; workerId: string }
   | { type: "terminate"; jobId: string; workerId: string; reason: string }
   | { type: "status"; jobId: string; status: DispatchStatus; workerId: string | null; attempts: number }
-  | { type: "finished"; jobId: string; output: DispatchOutput };
+  | { type: "finished"; jobId: string; output: DispatchOutput }
+  /** The dispatch stopped here without an outcome: the job is another node's now. */
+  | { type: "handed_over"; jobId: string };
 
 export type DispatchStatus = "pending" | "offering" | "assigned" | "running";
 export type DispatchFinal = "completed" | "failed" | "cancelled" | "lost" | "rejected";
@@ -60,19 +90,28 @@ export interface DispatchContext {
   jobId: string;
   redispatch: boolean;
   timing: DispatchTiming;
-  /** Workers that said no, timed out or were lost for this job; asked last. */
-  tried: string[];
-  candidate: string | null;
+  /** Workers that said no, timed out or were lost, with their availability epoch then. */
+  tried: TriedWorkers;
+  prefer: string | null;
+  hops: number;
+  candidate: { workerId: string; epoch: number } | null;
   workerId: string | null;
+  /** The bound worker's availability epoch when it said yes (0 for an adopted job). */
+  boundEpoch: number;
   attempts: number;
+  /** Why the last search for a worker found none; the rejection's reason if the deadline passes. */
+  cause: string | null;
   final: { status: DispatchFinal; reason?: string; error?: ErrorInfo } | null;
 }
 
+const isFinalReport = (event: DispatchEvent) => event.type === "job_update" && event.status !== "running";
+
 /**
- * One dispatch request on the registry: unassigned{pending → offering | waiting} → assigned →
- * running → completed | failed | cancelled | lost | rejected. One worker at a time is asked; a no, a
- * timeout or a lost worker moves on to the next; a worker that never reports running is told to
- * terminate before the job moves on, so at most one worker ever runs it.
+ * One dispatch request on the registry: unassigned{pending → offering | waiting} → bound{assigned →
+ * running | cancelling | releasing} → completed | failed | cancelled | lost | rejected. One worker at
+ * a time is asked; a no, a timeout or a lost candidate moves on to the next. A job is offered
+ * elsewhere only once the worker that had it has confirmed its end or is gone, and only when the
+ * dispatch asked for `redispatch`: at most one worker ever runs it.
  */
 export const dispatchMachine = setup({
   types: {
@@ -87,20 +126,27 @@ export const dispatchMachine = setup({
     runningTimeout: ({ context }) => context.timing.runningTimeoutMs,
     dispatchTimeout: ({ context }) => context.timing.dispatchTimeoutMs,
     cancelTimeout: ({ context }) => context.timing.cancelTimeoutMs,
+    releaseTimeout: ({ context }) => context.timing.releaseTimeoutMs,
   },
   guards: {
     isAdopted: ({ context }) => context.workerId !== null,
-    fromCandidate: ({ context, event }) => "workerId" in event && event.workerId === context.candidate,
+    isRemote: ({ event }) => event.type === "candidate" && event.remote === true,
+    fromCandidate: ({ context, event }) => "workerId" in event && event.workerId === context.candidate?.workerId,
     candidateSaidYes: ({ context, event }) =>
-      event.type === "answer" && event.workerId === context.candidate && event.available,
-    fromAssigned: ({ context, event }) => "workerId" in event && event.workerId === context.workerId,
+      event.type === "answer" && event.workerId === context.candidate?.workerId && event.available,
+    fromBound: ({ context, event }) => "workerId" in event && event.workerId === context.workerId,
     reportsRunning: ({ context, event }) =>
       event.type === "job_update" && event.workerId === context.workerId && event.status === "running",
     reportsFinal: ({ context, event }) =>
-      event.type === "job_update" && event.workerId === context.workerId && event.status !== "running",
-    assignedLostAndRedispatch: ({ context, event }) =>
+      isFinalReport(event) && "workerId" in event && event.workerId === context.workerId,
+    reportsFinalAndRedispatch: ({ context, event }) =>
+      isFinalReport(event) && "workerId" in event && event.workerId === context.workerId && context.redispatch,
+    reportsCompleted: ({ context, event }) =>
+      event.type === "job_update" && event.workerId === context.workerId && event.status === "completed",
+    boundLostAndRedispatch: ({ context, event }) =>
       event.type === "worker_gone" && event.workerId === context.workerId && context.redispatch,
-    assignedLost: ({ context, event }) => event.type === "worker_gone" && event.workerId === context.workerId,
+    boundLost: ({ context, event }) => event.type === "worker_gone" && event.workerId === context.workerId,
+    mayRedispatch: ({ context }) => context.redispatch,
     finalCompleted: ({ context }) => context.final?.status === "completed",
     finalCancelled: ({ context }) => context.final?.status === "cancelled",
   },
@@ -108,32 +154,71 @@ export const dispatchMachine = setup({
     askForCandidate: emit(({ context }) => ({
       type: "need_candidate" as const,
       jobId: context.jobId,
-      exclude: context.tried,
+      tried: context.tried,
+      prefer: context.prefer,
+      hops: context.hops,
     })),
-    takeCandidate: assign({ candidate: ({ event }) => (event.type === "candidate" ? event.workerId : null) }),
-    offer: emit(({ context }) => ({ type: "offer" as const, jobId: context.jobId, workerId: context.candidate ?? "" })),
+    takeCandidate: assign({
+      candidate: ({ event }) => (event.type === "candidate" ? { workerId: event.workerId, epoch: event.epoch } : null),
+      // The preferred worker is asked once; after that it competes like any other.
+      prefer: () => null,
+    }),
+    recordCause: assign({ cause: ({ event }) => (event.type === "no_candidate" ? event.cause : null) }),
+    reserve: emit(({ context }) => ({
+      type: "reserve" as const,
+      jobId: context.jobId,
+      workerId: context.candidate?.workerId ?? "",
+    })),
+    release: emit(({ context, event }) => ({
+      type: "release" as const,
+      jobId: context.jobId,
+      // On a yes the candidate has just become the bound worker.
+      workerId: context.candidate?.workerId ?? (event.type === "answer" ? event.workerId : (context.workerId ?? "")),
+    })),
+    offer: emit(({ context }) => ({
+      type: "offer" as const,
+      jobId: context.jobId,
+      workerId: context.candidate?.workerId ?? "",
+    })),
+    forward: emit(({ context, event }) => ({
+      type: "forward" as const,
+      jobId: context.jobId,
+      workerId: event.type === "candidate" ? event.workerId : "",
+      tried: context.tried,
+      hops: context.hops + 1,
+    })),
     rememberTried: assign({
-      tried: ({ context }) => (context.candidate ? [...context.tried, context.candidate] : context.tried),
+      tried: ({ context }) =>
+        context.candidate ? { ...context.tried, [context.candidate.workerId]: context.candidate.epoch } : context.tried,
       candidate: () => null,
     }),
     bindWorker: assign({
-      workerId: ({ context }) => context.candidate,
+      workerId: ({ context }) => context.candidate?.workerId ?? null,
+      boundEpoch: ({ context }) => context.candidate?.epoch ?? 0,
       candidate: () => null,
       attempts: ({ context }) => context.attempts + 1,
     }),
+    bind: emit(({ context }) => ({ type: "bind" as const, jobId: context.jobId, workerId: context.workerId ?? "" })),
+    unbind: emit(({ context }) => ({
+      type: "unbind" as const,
+      jobId: context.jobId,
+      workerId: context.workerId ?? "",
+    })),
     assign: emit(({ context }) => ({
       type: "assign" as const,
       jobId: context.jobId,
       workerId: context.workerId ?? "",
     })),
-    terminateAssigned: emit(({ context }, params: { reason: string }) => ({
+    terminateBound: emit(({ context }, params: { reason: string }) => ({
       type: "terminate" as const,
       jobId: context.jobId,
       workerId: context.workerId ?? "",
       reason: params.reason,
     })),
+    // A worker that let the job go is asked again only once its availability moved on since the offer.
     releaseWorker: assign({
-      tried: ({ context }) => (context.workerId ? [...context.tried, context.workerId] : context.tried),
+      tried: ({ context }) =>
+        context.workerId ? { ...context.tried, [context.workerId]: context.boundEpoch } : context.tried,
       workerId: () => null,
     }),
     recordFinal: assign({
@@ -150,11 +235,14 @@ export const dispatchMachine = setup({
       final: ({ context }, params: { status: DispatchFinal; reason: string }) =>
         context.final?.status === params.status ? context.final : { status: params.status, reason: params.reason },
     }),
+    rejectWithCause: assign({
+      final: ({ context }) => ({ status: "rejected" as const, reason: context.cause ?? "timed out" }),
+    }),
     publish: emit(({ context }, params: { status: DispatchStatus }) => ({
       type: "status" as const,
       jobId: context.jobId,
       status: params.status,
-      workerId: context.workerId ?? context.candidate,
+      workerId: context.workerId ?? context.candidate?.workerId ?? null,
       attempts: context.attempts,
     })),
     announceFinal: emit(({ context }) => ({
@@ -162,6 +250,7 @@ export const dispatchMachine = setup({
       jobId: context.jobId,
       output: outputOf(context),
     })),
+    announceHandedOver: emit(({ context }) => ({ type: "handed_over" as const, jobId: context.jobId })),
   },
 }).createMachine({
   id: "dispatch",
@@ -169,10 +258,14 @@ export const dispatchMachine = setup({
     jobId: input.jobId,
     redispatch: input.redispatch,
     timing: input.timing,
-    tried: [],
+    tried: input.tried ?? {},
+    prefer: input.prefer ?? null,
+    hops: input.hops ?? 0,
     candidate: null,
     workerId: input.adoptedBy ?? null,
+    boundEpoch: 0,
     attempts: input.adoptedBy ? 1 : 0,
+    cause: null,
     final: null,
   }),
   initial: "start",
@@ -185,18 +278,14 @@ export const dispatchMachine = setup({
     job_update: {},
     worker_gone: {},
     cancel: {},
+    taken_over: ".handedOver",
   },
   states: {
     start: {
-      always: [{ guard: "isAdopted", target: "running" }, { target: "unassigned" }],
+      always: [{ guard: "isAdopted", target: "bound.running" }, { target: "unassigned" }],
     },
     unassigned: {
-      after: {
-        dispatchTimeout: {
-          target: "rejected",
-          actions: { type: "finishAs", params: { status: "rejected", reason: "no worker accepted the job in time" } },
-        },
-      },
+      after: { dispatchTimeout: { target: "rejected", actions: "rejectWithCause" } },
       on: {
         cancel: {
           target: "cancelled",
@@ -208,8 +297,11 @@ export const dispatchMachine = setup({
         pending: {
           entry: [{ type: "publish", params: { status: "pending" } }, "askForCandidate"],
           on: {
-            candidate: { target: "offering", actions: "takeCandidate" },
-            no_candidate: "waiting",
+            candidate: [
+              { guard: "isRemote", target: "#dispatch.handedOver", actions: "forward" },
+              { target: "offering", actions: "takeCandidate" },
+            ],
+            no_candidate: { target: "waiting", actions: "recordCause" },
           },
         },
         /** No worker can take it now; any capacity change tries again. */
@@ -217,11 +309,12 @@ export const dispatchMachine = setup({
           on: { capacity_changed: "pending" },
         },
         offering: {
-          entry: [{ type: "publish", params: { status: "offering" } }, "offer"],
+          entry: ["reserve", { type: "publish", params: { status: "offering" } }, "offer"],
+          exit: "release",
           after: { offerTimeout: { target: "pending", actions: "rememberTried" } },
           on: {
             answer: [
-              { guard: "candidateSaidYes", target: "#dispatch.assigned", actions: "bindWorker" },
+              { guard: "candidateSaidYes", target: "#dispatch.bound", actions: "bindWorker" },
               { guard: "fromCandidate", target: "pending", actions: "rememberTried" },
             ],
             worker_gone: { guard: "fromCandidate", target: "pending", actions: "rememberTried" },
@@ -229,63 +322,94 @@ export const dispatchMachine = setup({
         },
       },
     },
-    assigned: {
-      entry: [{ type: "publish", params: { status: "assigned" } }, "assign"],
-      after: {
-        // Never reported running: make sure it never will, then move on.
-        runningTimeout: {
-          target: "unassigned",
-          actions: [{ type: "terminateAssigned", params: { reason: "did not start in time" } }, "releaseWorker"],
-        },
-      },
+    /** The job is one worker's: assigned to it, running there, or being ended there. */
+    bound: {
+      entry: "bind",
+      exit: "unbind",
+      initial: "assigned",
       on: {
-        job_update: [
-          { guard: "reportsRunning", target: "running" },
-          { guard: "reportsFinal", target: "settling", actions: "recordFinal" },
-        ],
         worker_gone: [
-          { guard: "assignedLostAndRedispatch", target: "unassigned", actions: "releaseWorker" },
+          { guard: "boundLostAndRedispatch", target: "unassigned", actions: "releaseWorker" },
           {
-            guard: "assignedLost",
+            guard: "boundLost",
             target: "lost",
             actions: { type: "finishAs", params: { status: "lost", reason: "worker lost" } },
           },
         ],
-        cancel: { target: "cancelling", actions: { type: "terminateAssigned", params: { reason: "cancelled" } } },
-      },
-    },
-    running: {
-      entry: { type: "publish", params: { status: "running" } },
-      on: {
+        cancel: { target: ".cancelling", actions: { type: "terminateBound", params: { reason: "cancelled" } } },
         job_update: { guard: "reportsFinal", target: "settling", actions: "recordFinal" },
-        worker_gone: [
-          { guard: "assignedLostAndRedispatch", target: "unassigned", actions: "releaseWorker" },
-          {
-            guard: "assignedLost",
-            target: "lost",
-            actions: { type: "finishAs", params: { status: "lost", reason: "worker lost" } },
-          },
-        ],
-        cancel: { target: "cancelling", actions: { type: "terminateAssigned", params: { reason: "cancelled" } } },
       },
-    },
-    /** Termination sent; the worker's final report (or its loss, or a timeout) ends it as cancelled. */
-    cancelling: {
-      after: {
-        cancelTimeout: {
-          target: "cancelled",
-          actions: {
-            type: "finishAs",
-            params: { status: "cancelled", reason: "cancelled; the worker did not confirm" },
+      states: {
+        assigned: {
+          entry: [{ type: "publish", params: { status: "assigned" } }, "assign"],
+          after: {
+            // Never reported running: it must let go before the job may go anywhere else.
+            runningTimeout: {
+              target: "releasing",
+              actions: { type: "terminateBound", params: { reason: "did not start in time" } },
+            },
+          },
+          on: { job_update: { guard: "reportsRunning", target: "running" } },
+        },
+        running: {
+          entry: { type: "publish", params: { status: "running" } },
+        },
+        /** Termination sent; the worker's final report (or its loss, or a timeout) ends it as cancelled. */
+        cancelling: {
+          after: {
+            cancelTimeout: {
+              target: "#dispatch.cancelled",
+              actions: {
+                type: "finishAs",
+                params: { status: "cancelled", reason: "cancelled; the worker did not confirm" },
+              },
+            },
+          },
+          on: {
+            cancel: {},
+            worker_gone: {
+              guard: "boundLost",
+              target: "#dispatch.cancelled",
+              actions: { type: "finishAs", params: { status: "cancelled", reason: "cancelled; the worker was lost" } },
+            },
           },
         },
-      },
-      on: {
-        job_update: { guard: "reportsFinal", target: "settling", actions: "recordFinal" },
-        worker_gone: {
-          guard: "assignedLost",
-          target: "cancelled",
-          actions: { type: "finishAs", params: { status: "cancelled", reason: "cancelled; the worker was lost" } },
+        /**
+         * The worker missed its running deadline and was told to let go. Only once it confirms (or is
+         * gone, or the liveness deadline passes) may the job move on, and only with `redispatch`.
+         * If it ran the job after all and says it completed, that is what happened.
+         */
+        releasing: {
+          after: {
+            releaseTimeout: [
+              { guard: "mayRedispatch", target: "#dispatch.unassigned", actions: "releaseWorker" },
+              {
+                target: "#dispatch.failed",
+                actions: { type: "finishAs", params: { status: "failed", reason: "did not start in time" } },
+              },
+            ],
+          },
+          on: {
+            cancel: "cancelling",
+            job_update: [
+              { guard: "reportsCompleted", target: "#dispatch.settling", actions: "recordFinal" },
+              { guard: "reportsRunning" },
+              { guard: "reportsFinalAndRedispatch", target: "#dispatch.unassigned", actions: "releaseWorker" },
+              {
+                guard: "reportsFinal",
+                target: "#dispatch.failed",
+                actions: { type: "finishAs", params: { status: "failed", reason: "did not start in time" } },
+              },
+            ],
+            worker_gone: [
+              { guard: "boundLostAndRedispatch", target: "#dispatch.unassigned", actions: "releaseWorker" },
+              {
+                guard: "boundLost",
+                target: "#dispatch.failed",
+                actions: { type: "finishAs", params: { status: "failed", reason: "did not start in time" } },
+              },
+            ],
+          },
         },
       },
     },
@@ -302,6 +426,8 @@ export const dispatchMachine = setup({
     cancelled: { type: "final", entry: "announceFinal" },
     lost: { type: "final", entry: "announceFinal" },
     rejected: { type: "final", entry: "announceFinal" },
+    /** The job went to another node (forwarded, or taken over): nothing is recorded from here. */
+    handedOver: { type: "final", entry: "announceHandedOver" },
   },
   output: ({ context }) => outputOf(context),
 });

@@ -8,25 +8,37 @@ export interface SessionTiming {
 }
 
 export interface SessionInput {
+  /** The connection's id until the worker registers and names itself. */
   workerId: string;
   timing: SessionTiming;
+  /**
+   * The first availability epoch: above every epoch the registry has seen, so a worker that comes
+   * back under its old id is never mistaken for one that already said no (epochs never go backwards).
+   */
+  epochFloor: number;
 }
 
 export type WorkerReportedStatus = "starting" | "available" | "full" | "draining" | "offline";
 
 export type SessionEvent =
-  | { type: "registered"; agentName: string; maxProcesses: number; loadThreshold: number }
+  | { type: "registered"; workerId: string; agentName: string; maxProcesses: number; loadThreshold: number }
+  /** The connection belongs to a worker whose session already exists: that session takes it over. */
+  | { type: "merged" }
+  /** An offer to this worker is out (counted against its capacity until it is answered or moot). */
+  | { type: "offer_reserved" }
+  | { type: "offer_released" }
   | { type: "status"; status: WorkerReportedStatus; load: number; jobCount: number }
   /** The registry pinged the worker (it had been quiet for a ping interval). */
   | { type: "ping_sent" }
   /** Any frame from the worker after a ping: it is alive. */
   | { type: "pong" }
-  | { type: "socket_closed" }
+  /** `departed`: a draining worker closed its connection normally; it is not coming back. */
+  | { type: "socket_closed"; departed?: boolean }
   | { type: "reattached" }
   | { type: "close" };
 
 export type SessionEmitted =
-  | { type: "availability_changed"; workerId: string }
+  | { type: "availability_changed"; workerId: string; epoch: number }
   | { type: "gone"; workerId: string; reason: string };
 
 export interface SessionContext {
@@ -38,6 +50,10 @@ export interface SessionContext {
   reportedStatus: WorkerReportedStatus;
   load: number;
   jobCount: number;
+  /** Offers picked or sent to this worker and not yet answered. */
+  inflight: number;
+  /** Bumped whenever the worker may say yes where it said no: available again, or fewer jobs. */
+  epoch: number;
   goneReason: string;
 }
 
@@ -60,6 +76,8 @@ export const sessionMachine = setup({
     reconnectGrace: ({ context }) => context.timing.reconnectGraceMs,
   },
   guards: {
+    departed: ({ context, event }) =>
+      event.type === "socket_closed" && event.departed === true && context.reportedStatus === "draining",
     isDraining: ({ context }) => context.reportedStatus === "draining" || context.reportedStatus === "offline",
     isFull: ({ context }) =>
       context.reportedStatus === "full" ||
@@ -70,13 +88,32 @@ export const sessionMachine = setup({
   actions: {
     recordRegistration: assign(({ event }) =>
       event.type === "registered"
-        ? { agentName: event.agentName, maxProcesses: event.maxProcesses, loadThreshold: event.loadThreshold }
+        ? {
+            workerId: event.workerId,
+            agentName: event.agentName,
+            maxProcesses: event.maxProcesses,
+            loadThreshold: event.loadThreshold,
+          }
         : {},
     ),
-    recordStatus: assign(({ event }) =>
-      event.type === "status" ? { reportedStatus: event.status, load: event.load, jobCount: event.jobCount } : {},
+    recordStatus: assign(({ context, event }) =>
+      event.type === "status"
+        ? {
+            reportedStatus: event.status,
+            load: event.load,
+            jobCount: event.jobCount,
+            epoch: event.jobCount < context.jobCount ? context.epoch + 1 : context.epoch,
+          }
+        : {},
     ),
-    announceAvailable: emit(({ context }) => ({ type: "availability_changed" as const, workerId: context.workerId })),
+    reserveOffer: assign({ inflight: ({ context }) => context.inflight + 1 }),
+    releaseOffer: assign({ inflight: ({ context }) => Math.max(0, context.inflight - 1) }),
+    nextEpoch: assign({ epoch: ({ context }) => context.epoch + 1 }),
+    announceAvailable: emit(({ context }) => ({
+      type: "availability_changed" as const,
+      workerId: context.workerId,
+      epoch: context.epoch,
+    })),
     goneBecause: assign({ goneReason: (_, params: { reason: string }) => params.reason }),
     announceGone: emit(({ context }) => ({
       type: "gone" as const,
@@ -95,11 +132,16 @@ export const sessionMachine = setup({
     reportedStatus: "starting",
     load: 0,
     jobCount: 0,
+    inflight: 0,
+    epoch: input.epochFloor,
     goneReason: "",
   }),
   initial: "registering",
   on: {
     registered: {},
+    merged: {},
+    offer_reserved: { actions: "reserveOffer" },
+    offer_released: { actions: "releaseOffer" },
     status: { actions: "recordStatus" },
     ping_sent: {},
     pong: {},
@@ -117,6 +159,7 @@ export const sessionMachine = setup({
       },
       on: {
         registered: { target: "live", actions: "recordRegistration" },
+        merged: "merged",
         socket_closed: {
           target: "gone",
           actions: { type: "goneBecause", params: { reason: "closed before registering" } },
@@ -126,7 +169,14 @@ export const sessionMachine = setup({
     live: {
       type: "parallel",
       on: {
-        socket_closed: "disconnected",
+        socket_closed: [
+          {
+            guard: "departed",
+            target: "gone",
+            actions: { type: "goneBecause", params: { reason: "drained and left" } },
+          },
+          { target: "disconnected" },
+        ],
         reattached: { target: "live", reenter: true },
       },
       states: {
@@ -134,7 +184,7 @@ export const sessionMachine = setup({
           initial: "full",
           states: {
             available: {
-              entry: "announceAvailable",
+              entry: ["nextEpoch", "announceAvailable"],
               always: [
                 { guard: "isDraining", target: "draining" },
                 { guard: "isFull", target: "full" },
@@ -180,6 +230,8 @@ export const sessionMachine = setup({
       on: { reattached: "live" },
     },
     gone: { type: "final", entry: "announceGone" },
+    /** The connection was a reconnect: the worker's existing session carries on with it. */
+    merged: { type: "final" },
   },
 });
 

@@ -1,17 +1,9 @@
+import { stateText } from "../observability/diagram.ts";
 import type { DashboardSnapshot } from "../web/routes.ts";
-import type { RegistryCore } from "./registry.ts";
+import type { RegistryCore } from "./core/registry-core.ts";
 
 /** How many job records the registry's dashboard shows (newest first). */
 const DASHBOARD_JOBS = 100;
-
-/** A state value as one string of dotted paths ("a.b | c"), as the dashboard marks diagrams with. */
-function statePaths(value: unknown, prefix = ""): string[] {
-  if (typeof value === "string") return [prefix ? `${prefix}.${value}` : value];
-  if (value && typeof value === "object") {
-    return Object.entries(value).flatMap(([key, child]) => statePaths(child, prefix ? `${prefix}.${key}` : key));
-  }
-  return [];
-}
 
 /**
  * The registry's view for the dashboard: every worker with its session machine's state, and the
@@ -19,17 +11,17 @@ function statePaths(value: unknown, prefix = ""): string[] {
  * newest job records, each live one with its dispatch machine's state.
  */
 export async function registryDashboard(core: RegistryCore): Promise<DashboardSnapshot> {
-  const workers = [...core.workers.values()].map((link) => ({
+  const workers = [...core.directory.workers()].map((link) => ({
     id: link.workerId,
     agentName: link.context.agentName,
     machine: "session",
-    state: statePaths(link.session.getSnapshot().value).join(" | "),
-    status: link.socket ? (link.context.reportedStatus ?? "available") : "disconnected",
+    state: stateText(link.session.getSnapshot().value),
+    status: link.connected ? link.context.reportedStatus : "disconnected",
     load: link.context.load,
     jobCount: link.context.jobCount,
     maxProcesses: link.context.maxProcesses,
   }));
-  const slots = [...core.workers.values()].flatMap((link) =>
+  const slots = [...core.directory.workers()].flatMap((link) =>
     link.slots.map((slot) => ({
       workerId: link.workerId,
       id: slot.id,
@@ -41,7 +33,7 @@ export async function registryDashboard(core: RegistryCore): Promise<DashboardSn
   );
   const records = await core.store.list({ limit: DASHBOARD_JOBS });
   const jobs = records.map((record) => {
-    const live = core.dispatches.get(record.id);
+    const live = core.dispatcher.get(record.id);
     return {
       id: record.id,
       agentName: record.agentName,
@@ -49,7 +41,7 @@ export async function registryDashboard(core: RegistryCore): Promise<DashboardSn
       status: record.status,
       reason: record.reason,
       workerId: record.workerId,
-      ...(live ? { machine: "dispatch", state: statePaths(live.actor.getSnapshot().value).join(" | ") } : {}),
+      ...(live ? { machine: "dispatch", state: stateText(live.actor.getSnapshot().value) } : {}),
     };
   });
   return { workers, slots, jobs };

@@ -3,9 +3,9 @@ import { z } from "zod";
 import { HttpError, invalid, readJson, send } from "../http/respond.ts";
 import { decodeSegment } from "../http/target.ts";
 import type { Credentials } from "./auth.ts";
+import type { RegistryCore } from "./core/registry-core.ts";
 import { bearerAuthorizer } from "./http-auth.ts";
 import type { RegistryMetrics } from "./metrics.ts";
-import type { RegistryCore } from "./registry.ts";
 import { JOB_STATUSES } from "./store.ts";
 
 export const createJobBody = z.strictObject({
@@ -36,9 +36,10 @@ export function createHttpApi(core: RegistryCore, credentials: Credentials, metr
     }
     if (path === "/readyz") {
       // A node cut off from the cluster's Redis can neither record nor place jobs: not ready.
-      const redis = core.cluster ? (core.cluster.connected ? "connected" : "disconnected") : undefined;
+      const bus = core.deps.bus;
+      const redis = bus ? (bus.connected ? "connected" : "disconnected") : undefined;
       const ready = redis !== "disconnected";
-      send(res, ready ? 200 : 503, { ready, workers: core.workers.size, ...(redis ? { redis } : {}) });
+      send(res, ready ? 200 : 503, { ready, workers: core.directory.size, ...(redis ? { redis } : {}) });
       return true;
     }
     if (path === "/metrics") {

@@ -10,13 +10,15 @@ import { mintRoomToken, roomAuthorizer } from "../room/room-auth.ts";
 import { createWebRoutes } from "../web/routes.ts";
 import { type Credentials, verifyToken } from "./auth.ts";
 import { RegistryCluster } from "./cluster/cluster.ts";
+import { type DispatchRequest, systemClock } from "./core/ports.ts";
+import { RegistryCore, type WorkerSummary } from "./core/registry-core.ts";
 import { registryDashboard } from "./dashboard.ts";
 import { createHttpApi } from "./http-api.ts";
 import { createRegistryMetrics } from "./metrics.ts";
-import { RegistryCore } from "./registry.ts";
 import { createRoomApi } from "./room-api.ts";
-import { type JobStore, MemoryJobStore, type RetentionOptions } from "./store.ts";
+import { type JobFilter, type JobRecord, type JobStore, MemoryJobStore, type RetentionOptions } from "./store.ts";
 import { DEFAULT_REGISTRY_TIMING, type RegistryTiming } from "./timing.ts";
+import { WorkerGateway } from "./worker-gateway.ts";
 
 export interface RegistryOptions extends Credentials {
   host?: string;
@@ -60,19 +62,45 @@ export interface RedisSettings {
   sweepMs?: number;
 }
 
+/**
+ * A running registry: its address and what a program embedding it may ask of it. Its internals
+ * (the core, the servers) are not part of it; `registryInternals` reaches them for tests and pages.
+ */
 export interface Registry {
+  /** 0 picks a free port: this is the one it got. */
+  readonly port: number;
+  /** http://host:port; workers connect to its /agent path. */
+  readonly url: string;
+  /** Workers connected here and, in a cluster, to the other live nodes. */
+  workers(): WorkerSummary[];
+  /** Job records, newest first. */
+  jobs(filter?: JobFilter): Promise<JobRecord[]>;
+  job(id: string): Promise<JobRecord | undefined>;
+  dispatch(request: DispatchRequest): Promise<{ record: JobRecord; created: boolean }>;
+  cancel(jobId: string, reason?: string): Promise<JobRecord | undefined>;
+  close(): Promise<void>;
+}
+
+export interface RegistryInternals {
   core: RegistryCore;
+  gateway: WorkerGateway;
   rooms: RoomHub;
   server: Server;
-  port: number;
-  /** http://host:port; workers connect to its /agent path. */
-  url: string;
-  close(): Promise<void>;
+}
+
+const internals = new WeakMap<Registry, RegistryInternals>();
+
+/** The parts of a registry its own pages and tests look into; not for applications. */
+export function registryInternals(registry: Registry): RegistryInternals {
+  const found = internals.get(registry);
+  if (!found) throw new Error("not a registry made by createRegistry");
+  return found;
 }
 
 /** Starts a registry: the worker WebSocket endpoint at /agent and the HTTP API on one port. */
 export async function createRegistry(options: RegistryOptions): Promise<Registry> {
   if (!options.apiKey || !options.apiSecret) throw new Error("createRegistry needs apiKey and apiSecret");
+  if (Buffer.byteLength(options.apiSecret) < 32) throw new Error("the API secret must be at least 32 bytes");
   const host = options.host ?? "127.0.0.1";
   const logger = options.logger ?? createLogger("INFO");
   const metrics = createRegistryMetrics();
@@ -97,29 +125,30 @@ export async function createRegistry(options: RegistryOptions): Promise<Registry
     apiSecret: options.apiSecret,
     ...(options.maxTokenLifetimeSeconds ? { maxTokenLifetimeSeconds: options.maxTokenLifetimeSeconds } : {}),
   };
-  const core = new RegistryCore(
-    credentials,
-    cluster?.store ?? options.store ?? new MemoryJobStore(options.retention),
-    timing,
-    logger,
-    metrics,
-    options.maxFrameBytes ?? MAX_FRAME_BYTES,
-    options.random,
-  );
-  if (cluster) {
-    core.cluster = cluster;
-    cluster.attach(core);
-  }
   const rooms = new RoomHub({ authorize: roomAuthorizer(credentials), logger, ...options.roomLimits });
   let url = "";
   const hubUrl = () => options.publicUrl ?? url;
-  core.roomAccess = {
-    newRoomId: (jobId) => `room-${jobId.replace(/^job-/, "").slice(0, 12)}`,
-    forAgent: async (room, jobId, agentName) => ({
-      url: hubUrl(),
-      token: await mintRoomToken(credentials, { room, identity: `agent-${jobId}`, name: agentName, agent: true }),
-    }),
-  };
+  const gateway = new WorkerGateway(credentials, logger, metrics, options.maxFrameBytes ?? MAX_FRAME_BYTES);
+  const core = new RegistryCore({
+    credentials,
+    transport: gateway,
+    store: cluster?.store ?? options.store ?? new MemoryJobStore(options.retention),
+    ...(cluster ? { bus: cluster } : {}),
+    clock: systemClock,
+    random: options.random ?? Math.random,
+    timing,
+    logger,
+    metrics,
+    rooms: {
+      newRoomId: (jobId) => `room-${jobId.replace(/^job-/, "").slice(0, 12)}`,
+      forAgent: async (room, jobId, agentName) => ({
+        url: hubUrl(),
+        token: await mintRoomToken(credentials, { room, identity: `agent-${jobId}`, name: agentName, agent: true }),
+      }),
+    },
+  });
+  gateway.attach(core, timing.pingIntervalMs);
+  cluster?.attach(core);
   const api = createHttpApi(core, credentials, metrics);
   const roomApi = createRoomApi(rooms, credentials, hubUrl);
   const web = createWebRoutes({
@@ -136,7 +165,7 @@ export async function createRegistry(options: RegistryOptions): Promise<Registry
     {
       request: route,
       upgrade(req, socket, head, url) {
-        if (url.pathname === "/agent") return core.handleUpgrade(req, socket, head);
+        if (url.pathname === "/agent") return gateway.handleUpgrade(req, socket, head);
         if (RoomHub.matches(url.pathname)) return rooms.handleUpgrade(req, socket, head);
         throw new HttpError(404, "no WebSocket endpoint at this path: workers use /agent, rooms /rooms/<id>");
       },
@@ -159,15 +188,18 @@ export async function createRegistry(options: RegistryOptions): Promise<Registry
   const port = (server.address() as AddressInfo).port;
   url = `http://${host.includes(":") ? `[${host}]` : host}:${port}`;
   logger.info({ url, ...(cluster ? { nodeId: cluster.nodeId } : {}) }, "registry listening");
-  return {
-    core,
-    rooms,
-    server,
+  const registry: Registry = {
     port,
     url,
+    workers: () => core.describeWorkers(),
+    jobs: (filter) => core.store.list(filter),
+    job: (id) => core.store.get(id),
+    dispatch: (request) => core.dispatch(request),
+    cancel: (jobId, reason) => core.cancel(jobId, reason),
     async close() {
       web.close();
-      await core.close();
+      core.close();
+      await gateway.shutdown();
       await rooms.close();
       await new Promise<void>((resolve) => {
         server.close(() => resolve());
@@ -177,4 +209,6 @@ export async function createRegistry(options: RegistryOptions): Promise<Registry
       else await core.store.close();
     },
   };
+  internals.set(registry, { core, gateway, rooms, server });
+  return registry;
 }

@@ -36,6 +36,8 @@ export interface JobRecord {
   createdAt: number;
   updatedAt: number;
   endedAt?: number;
+  /** Earlier outcomes this record was corrected from (a `lost` job whose worker later reported its end). */
+  history?: { status: JobStatus; reason?: string; at: number }[];
 }
 
 export interface JobFilter {
@@ -57,6 +59,15 @@ export interface JobStore {
    * with `ifNode`, unless the job belongs to another node by now. Returns the record as it is after.
    */
   update(id: string, patch: Partial<JobRecord>, ifNode?: string): Promise<JobRecord | undefined>;
+  /**
+   * The one exception to "a final status is never overwritten": a record marked `lost` whose worker
+   * turns out to have finished the job takes the worker's outcome. Applied only while the record is
+   * `lost`; the caller puts the lost outcome in `history`. Returns the record as it is after.
+   */
+  correctLost(
+    id: string,
+    patch: Pick<JobRecord, "status" | "history"> & Partial<JobRecord>,
+  ): Promise<JobRecord | undefined>;
   list(filter?: JobFilter): Promise<JobRecord[]>;
   /** Every record that is not final yet, oldest first. */
   listActive(): Promise<JobRecord[]>;
@@ -164,6 +175,16 @@ export class MemoryJobStore implements JobStore {
     // Stored before retention runs, so a record evicted at once (over a limit on its own) is really gone.
     this.#jobs.set(id, next);
     if (isFinal(next.status)) this.#retainFinal(next);
+    return { ...next };
+  }
+
+  async correctLost(id: string, patch: Pick<JobRecord, "status" | "history"> & Partial<JobRecord>) {
+    const record = this.#jobs.get(id);
+    if (!record) return undefined;
+    if (record.status !== "lost") return { ...record };
+    const next = { ...record, ...patch, id: record.id, updatedAt: patch.updatedAt ?? Date.now() };
+    this.#jobs.set(id, next);
+    this.#retainFinal(next);
     return { ...next };
   }
 

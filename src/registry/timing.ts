@@ -1,7 +1,8 @@
 import type { DispatchTiming } from "../../machines/registry/dispatch.ts";
 import type { SessionTiming } from "../../machines/registry/session.ts";
 
-export interface RegistryTiming extends DispatchTiming, SessionTiming {
+/** The dispatch's release timeout is not set on its own: it is the worker liveness deadline below. */
+export interface RegistryTiming extends Omit<DispatchTiming, "releaseTimeoutMs">, SessionTiming {
   /** A worker not heard from for this long is pinged (within a fifth of it more, at most 1 s). */
   pingIntervalMs: number;
 }

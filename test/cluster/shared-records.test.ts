@@ -2,7 +2,7 @@ import { Writable } from "node:stream";
 import { afterAll, describe, expect, it } from "vitest";
 import { createLogger } from "../../src/observability/logger.ts";
 import { mintToken } from "../../src/registry/auth.ts";
-import { createRegistry, type Registry } from "../../src/registry/server.ts";
+import { createRegistry, type Registry, registryInternals } from "../../src/registry/server.ts";
 import type { JobRecord } from "../../src/registry/store.ts";
 import { api, CREDS, waitFor } from "../registry/helpers.ts";
 import { dropPrefix, REDIS_URL, redisAvailable, testPrefix } from "../support/redis.ts";
@@ -59,7 +59,10 @@ describe.runIf(hasRedis)("job records shared by registry nodes through Redis", (
     expect(cancel.status).toBe(202);
     await waitFor("the owner to cancel the job", async () => {
       const read = await api(owner.url, token, "GET", `/v1/jobs/${job.id}`);
-      return (read.body as { job: JobRecord }).job.status === "cancelled" && !owner.core.dispatches.has(job.id);
+      return (
+        (read.body as { job: JobRecord }).job.status === "cancelled" &&
+        !registryInternals(owner).core.dispatcher.has(job.id)
+      );
     });
 
     // Records outlive every node: a fresh node on the same Redis serves them.
@@ -85,8 +88,13 @@ describe.runIf(hasRedis)("job records shared by registry nodes through Redis", (
       updatedAt: now,
     };
     // As if another node had moved these to this one and the pub/sub message never arrived.
-    await node.core.store.create({ ...base, id: "job-handoff-pending", status: "pending", node: "node-lost-handoff" });
-    await node.core.store.create({
+    await registryInternals(node).core.store.create({
+      ...base,
+      id: "job-handoff-pending",
+      status: "pending",
+      node: "node-lost-handoff",
+    });
+    await registryInternals(node).core.store.create({
       ...base,
       id: "job-handoff-running",
       status: "running",
@@ -94,12 +102,12 @@ describe.runIf(hasRedis)("job records shared by registry nodes through Redis", (
       node: "node-lost-handoff",
     });
     await waitFor("the pending job to be dispatched by its node", () =>
-      node.core.dispatches.has("job-handoff-pending"),
+      registryInternals(node).core.dispatcher.has("job-handoff-pending"),
     );
     await waitFor("the job of a worker that never returns to end lost", async () => {
-      const record = await node.core.store.get("job-handoff-running");
+      const record = await registryInternals(node).core.store.get("job-handoff-running");
       return record?.status === "lost" && record.reason === "its worker did not come back";
     });
-    expect(await node.core.store.get("job-handoff-pending")).toMatchObject({ status: "pending" });
+    expect(await registryInternals(node).core.store.get("job-handoff-pending")).toMatchObject({ status: "pending" });
   });
 });

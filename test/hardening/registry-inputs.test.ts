@@ -2,6 +2,7 @@ import { SignJWT } from "jose";
 import { afterEach, describe, expect, it } from "vitest";
 import { MAX_INVENTORY_ENTRIES, PROTOCOL_VERSION } from "../../src/protocol/registry.ts";
 import { mintToken } from "../../src/registry/auth.ts";
+import { registryInternals } from "../../src/registry/server.ts";
 import {
   api,
   CREDS,
@@ -78,7 +79,7 @@ describe("a worker token cannot create job records", () => {
       timeoutMs: 5_000,
     });
     expect(await r.store.list({ limit: 1_000 })).toEqual([]);
-    expect(r.registry.core.dispatches.size).toBe(0);
+    expect(registryInternals(r.registry).core.dispatcher.size).toBe(0);
     c.close();
   });
 
@@ -103,7 +104,7 @@ describe("a worker token cannot create job records", () => {
     expect(overCapacity.code).toBe("invalid_message");
     expect(overCapacity.message).toMatch(/jobs/);
     expect(await r.store.list({ limit: 10_000 })).toEqual([]);
-    expect(r.registry.core.workers.size).toBe(0);
+    expect(registryInternals(r.registry).core.directory.size).toBe(0);
     c.close();
   });
 

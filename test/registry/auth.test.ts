@@ -2,6 +2,7 @@ import { SignJWT } from "jose";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { WebSocket } from "ws";
 import { mintToken } from "../../src/registry/auth.ts";
+import { registryInternals } from "../../src/registry/server.ts";
 import {
   api,
   CREDS,
@@ -118,8 +119,8 @@ describe("registry auth", () => {
       const result = await upgrade(r, authorization);
       expect({ name, ...result, body: undefined }).toEqual({ name, opened: false, status: 401, body: undefined });
     }
-    expect(r.registry.core.workers.size).toBe(0);
-    expect(r.registry.core.wss.clients.size).toBe(0);
+    expect(registryInternals(r.registry).core.directory.size).toBe(0);
+    expect(registryInternals(r.registry).gateway.connections).toBe(0);
   });
 
   it("refuses bad tokens with 401 on every HTTP route", async () => {
@@ -179,14 +180,16 @@ describe("registry auth", () => {
     expect(await upgrade(r, `Bearer ${workerShortLived}`)).toMatchObject({ opened: false, status: 401 });
   });
 
-  it("a worker refused at the upgrade retries with backoff and gives up after maxRetry (exit code 1)", async () => {
+  it("a worker refused at the upgrade (401) gives up at once, without retrying (exit code 1)", async () => {
     const handle = await startInProcessWorker(r.url, {
       agentId: "refused",
       apiSecret: `${CREDS.apiSecret}-not`,
-      maxRetry: 2,
+      maxRetry: 16,
       reconnectBackoffBase: 0.05,
       reconnectBackoffMax: 0.1,
     });
+    const said: { type: string; reason?: string; problem?: string | null }[] = [];
+    handle.actor.getSnapshot().children.registryLink?.on("*", (event: (typeof said)[number]) => said.push(event));
     let code: number | undefined;
     try {
       code = await within("the refused worker to give up", handle.done, 5_000);
@@ -196,6 +199,14 @@ describe("registry auth", () => {
       throw new Error(`${(error as Error).message}; its registry link is still in ${JSON.stringify(link?.value)}`);
     }
     expect(code).toBe(1);
-    expect(r.registry.core.workers.size).toBe(0);
+    expect(registryInternals(r.registry).core.directory.size).toBe(0);
+    expect(said).toEqual([
+      {
+        type: "link.gave_up",
+        reason: "unauthorized",
+        retries: 0,
+        problem: expect.stringMatching(/^registry refused the worker's credentials: 401 /),
+      },
+    ]);
   });
 });

@@ -10,7 +10,7 @@ import { WebSocket } from "ws";
 import { Options, type OptionsInput } from "../../src/options.ts";
 import { PROTOCOL_VERSION } from "../../src/protocol/registry.ts";
 import { mintToken, type Role } from "../../src/registry/auth.ts";
-import { createRegistry, type Registry, type RegistryOptions } from "../../src/registry/server.ts";
+import { createRegistry, type Registry, type RegistryOptions, registryInternals } from "../../src/registry/server.ts";
 import { isFinal, type JobRecord, MemoryJobStore } from "../../src/registry/store.ts";
 import type { RegistryTiming } from "../../src/registry/timing.ts";
 import { runWorker, type WorkerHandle } from "../../src/worker/runtime.ts";
@@ -475,8 +475,8 @@ export async function workerState(guard: ProcessGuard, worker: WorkerProcess | W
 
 /** The registry's id for a spawned worker (matched by its load threshold), once it is registered. */
 export function registeredId(r: TestRegistry, worker: WorkerProcess): string | undefined {
-  for (const link of r.registry.core.workers.values()) {
-    if (link.context.loadThreshold === worker.loadThreshold && link.socket) return link.workerId;
+  for (const link of registryInternals(r.registry).core.directory.workers()) {
+    if (link.context.loadThreshold === worker.loadThreshold && link.connected) return link.workerId;
   }
   return undefined;
 }
@@ -487,7 +487,7 @@ export async function waitAvailable(r: TestRegistry, worker: WorkerProcess, time
     `worker ${worker.name} to register and become available`,
     () => {
       const id = registeredId(r, worker);
-      return id && r.registry.core.workers.get(id)?.available ? id : undefined;
+      return id && registryInternals(r.registry).core.directory.get(id)?.available ? id : undefined;
     },
     { timeoutMs },
   ).catch((error: Error) => {
@@ -557,7 +557,7 @@ export function waitAvailableAgent(r: TestRegistry, agentName: string, timeoutMs
   return waitFor(
     `a worker for ${agentName} to become available`,
     () => {
-      for (const link of r.registry.core.workers.values()) {
+      for (const link of registryInternals(r.registry).core.directory.workers()) {
         if (link.context.agentName === agentName && link.available) return link.workerId;
       }
       return undefined;

@@ -5,6 +5,7 @@ import { createActor } from "xstate";
 import { type ConnectionInput, connectionMachine } from "../../machines/connection.ts";
 import type { WorkerStatus } from "../../machines/shared.ts";
 import { mintToken } from "../../src/registry/auth.ts";
+import { registryInternals } from "../../src/registry/server.ts";
 import { createRegistrySocket } from "../../src/worker/registry-socket.ts";
 import {
   CREDS,
@@ -102,7 +103,10 @@ describe("the worker's registry link, on real sockets", () => {
       await waitFor("the link to register", () => link.getSnapshot().matches({ online: "registered" }));
       link.send({ type: "link.status", status });
       const workerId = link.getSnapshot().context.workerId;
-      await waitFor("the registry to see the worker available", () => r.registry.core.workers.get(workerId)?.available);
+      await waitFor(
+        "the registry to see the worker available",
+        () => registryInternals(r.registry).core.directory.get(workerId)?.available,
+      );
 
       // An answer the socket cannot serialize: sending it throws inside the socket actor (once: the
       // link does not keep answers to send again).
@@ -119,12 +123,15 @@ describe("the worker's registry link, on real sockets", () => {
       await new Promise((resolve) => setTimeout(resolve, 200));
       expect(backoffs).toEqual([expect.stringMatching(/Do not know how to serialize a BigInt/)]);
       // Nothing of the dropped socket reaches the link afterwards: one backoff, one socket on the registry.
-      await waitFor("the registry to let go of the old socket", () => r.registry.core.wss.clients.size === 1);
+      await waitFor(
+        "the registry to let go of the old socket",
+        () => registryInternals(r.registry).gateway.connections === 1,
+      );
       await new Promise((resolve) => setTimeout(resolve, 200));
       expect(backoffs).toHaveLength(1);
       expect(link.getSnapshot().matches({ online: "registered" })).toBe(true);
-      expect([...r.registry.core.workers.keys()]).toEqual([workerId]);
-      expect(r.registry.core.wss.clients.size).toBe(1);
+      expect([...registryInternals(r.registry).core.directory.workers()].map((w) => w.workerId)).toEqual([workerId]);
+      expect(registryInternals(r.registry).gateway.connections).toBe(1);
     } finally {
       link.stop();
     }

@@ -1,4 +1,5 @@
 import { afterEach, describe, expect, it } from "vitest";
+import { registryInternals } from "../../src/registry/server.ts";
 import { closeRegistries, RawConnection, registerMessage, startRegistry } from "./helpers.ts";
 
 afterEach(closeRegistries);
@@ -33,7 +34,7 @@ describe("registry pings only quiet workers", () => {
     const quietFrom = c.frames.length;
     const ping = await c.next(quietFrom, (f) => f.type === "ping", "a ping once the worker is quiet", 5_000);
     expect(ping.type).toBe("ping");
-    expect([...r.registry.core.workers.values()].some((w) => w.workerId === workerId)).toBe(true);
+    expect([...registryInternals(r.registry).core.directory.workers()].some((w) => w.workerId === workerId)).toBe(true);
     c.close();
   });
 });

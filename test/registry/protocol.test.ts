@@ -2,6 +2,7 @@ import { request } from "node:http";
 import fc from "fast-check";
 import { afterEach, describe, expect, it } from "vitest";
 import { PROTOCOL_VERSION, workerMessage } from "../../src/protocol/registry.ts";
+import { registryInternals } from "../../src/registry/server.ts";
 import {
   api,
   closeRegistries,
@@ -71,7 +72,7 @@ describe("bad input on the worker socket", () => {
     c.send(JSON.stringify({ type: "ping", timestamp: 12345 }));
     expect(await c.next(pongFrom, (f) => f.type === "pong", "a pong")).toMatchObject({ timestamp: 12345 });
     expect(c.open).toBe(true);
-    expect(r.registry.core.workers.size).toBe(1);
+    expect(registryInternals(r.registry).core.directory.size).toBe(1);
     c.close();
   });
 
@@ -79,14 +80,14 @@ describe("bad input on the worker socket", () => {
     const r = await startRegistry({ pingIntervalMs: 30_000 }, { maxFrameBytes: MAX_FRAME_BYTES });
     const c = await RawConnection.open(r);
     c.send(registerMessage("big"));
-    await waitFor("registration", () => r.registry.core.workers.size === 1);
+    await waitFor("registration", () => registryInternals(r.registry).core.directory.size === 1);
     c.send(JSON.stringify({ type: "ping", timestamp: 1, pad: "x".repeat(MAX_FRAME_BYTES) }));
     await waitFor("the connection to close", () => c.closed);
     expect(c.closed?.code).toBe(1009);
     // Its session is disconnected, not gone: a real worker could reconnect within the grace.
     await waitFor(
       "the session to see the close",
-      () => [...r.registry.core.workers.values()][0]?.state === "disconnected",
+      () => [...registryInternals(r.registry).core.directory.workers()][0]?.state === "disconnected",
     );
     // A frame just under the limit is fine.
     const d = await RawConnection.open(r);
@@ -276,8 +277,12 @@ describe("bad input on the worker socket", () => {
 
     // Every adopted stray job ends once the fuzzing connections are gone.
     for (const c of connections) c.close();
-    await waitFor("the fuzzing sessions to be gone", () => r.registry.core.workers.size === 0, { timeoutMs: 5_000 });
-    await waitFor("stray jobs to settle", () => r.registry.core.dispatches.size === 0, { timeoutMs: 5_000 });
+    await waitFor("the fuzzing sessions to be gone", () => registryInternals(r.registry).core.directory.size === 0, {
+      timeoutMs: 5_000,
+    });
+    await waitFor("stray jobs to settle", () => registryInternals(r.registry).core.dispatcher.size === 0, {
+      timeoutMs: 5_000,
+    });
     const strays = await r.store.list({ limit: 10_000 });
     expect(strays.filter((job) => !["lost", "completed", "failed", "cancelled"].includes(job.status))).toEqual([]);
 

@@ -2,6 +2,7 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import type { RegistryMessage } from "../../src/protocol/registry.ts";
+import { registryInternals } from "../../src/registry/server.ts";
 import type { JobRecord } from "../../src/registry/store.ts";
 import {
   api,
@@ -178,7 +179,7 @@ describe.sequential("registry with worker processes", () => {
     // No record is left in a live state.
     const { body } = await api(r.url, r.dispatcher, "GET", "/v1/jobs?agent=kill");
     expect((body.jobs as JobRecord[]).map((job) => job.status).sort()).toEqual(["completed", "lost", "lost"]);
-    expect(r.registry.core.workers.has(doomedId)).toBe(false);
+    expect(registryInternals(r.registry).core.hasWorker(doomedId)).toBe(false);
     // The killed worker's job processes notice their parent is gone and exit by themselves.
     await waitFor(
       "the killed worker's job processes to exit",
@@ -213,20 +214,21 @@ describe.sequential("registry with worker processes", () => {
     const running = await r.store.until(long.id, (rec) => rec.status === "running", 15_000, "running");
     const drainedId = running.workerId as string;
     const drained = workers.find(
-      (w) => r.registry.core.workers.get(drainedId)?.context.loadThreshold === w.loadThreshold,
+      (w) => registryInternals(r.registry).core.directory.get(drainedId)?.context.loadThreshold === w.loadThreshold,
     );
     const other = workers.find((w) => w !== drained);
     if (!drained || !other) throw new Error("cannot tell the workers apart");
     const otherId = await waitAvailable(r, other);
 
     // Everything the registry sends the drained worker from here on.
-    const link = r.registry.core.workers.get(drainedId);
+    const link = registryInternals(r.registry).core.directory.get(drainedId);
     if (!link) throw new Error("no link for the drained worker");
     const sent: RegistryMessage[] = [];
-    const send = link.send.bind(link);
-    link.send = (message) => {
-      sent.push(message);
-      return send(message);
+    const gateway = registryInternals(r.registry).gateway;
+    const send = gateway.send.bind(gateway);
+    gateway.send = (connectionId, message) => {
+      if (connectionId === link.connectionId) sent.push(message);
+      return send(connectionId, message);
     };
 
     drained.child.kill("SIGTERM");
@@ -300,7 +302,7 @@ describe.sequential("registry with worker processes", () => {
     // The workers come back under their ids and report their running jobs, which the new registry adopts.
     await waitFor(
       "both workers to re-register",
-      () => ids.every((id) => second.registry.core.workers.get(id)?.socket),
+      () => ids.every((id) => registryInternals(second.registry).core.directory.get(id)?.connected),
       {
         timeoutMs: 10_000,
       },

@@ -4,7 +4,7 @@ import { createLogger } from "../../src/observability/logger.ts";
 import { Options, type OptionsInput, type RoomOptionsInput } from "../../src/options.ts";
 import type { RoomMessage } from "../../src/protocol/room.ts";
 import { mintToken } from "../../src/registry/auth.ts";
-import { createRegistry, type Registry } from "../../src/registry/server.ts";
+import { createRegistry, type Registry, registryInternals } from "../../src/registry/server.ts";
 import { RoomConnection, RoomError } from "../../src/room/client.ts";
 import { mintRoomToken } from "../../src/room/room-auth.ts";
 import { runWorker, type WorkerHandle } from "../../src/worker/runtime.ts";
@@ -162,7 +162,7 @@ describe("a dispatched job lives in a room on the registry", { timeout: 60_000 }
 
   async function finalRecord(registry: Registry, jobId: string) {
     for (;;) {
-      const record = await registry.core.store.get(jobId);
+      const record = await registryInternals(registry).core.store.get(jobId);
       if (record && ["completed", "failed", "cancelled", "lost", "rejected"].includes(record.status)) return record;
       // Polls a condition (bounded by the caller's `within`), never a guess at how long it takes.
       await new Promise((resolve) => setTimeout(resolve, 25));

@@ -66,8 +66,10 @@ export class RegistryCluster {
   #lastSweep = Date.now();
   #liveNodes = new Set<string>();
   #host: ClusterHost | undefined;
-  #timer: NodeJS.Timeout | undefined;
-  #ticking = false;
+  /** Presence renewal, on its own schedule: slow reaping or sweeping must never make this node look dead. */
+  #presenceTimer: NodeJS.Timeout | undefined;
+  /** The next round of node-liveness, reaping and sweeping work, scheduled when the last one ends. */
+  #housekeepingTimer: NodeJS.Timeout | undefined;
   #closed = false;
 
   private constructor(
@@ -122,8 +124,9 @@ export class RegistryCluster {
 
   attach(host: ClusterHost): void {
     this.#host = host;
-    this.#timer = setInterval(() => this.#tick().catch(this.#warn("cluster heartbeat")), this.#heartbeatMs);
-    this.#timer.unref();
+    this.#presenceTimer = setInterval(() => this.#renew().catch(this.#warn("presence renewal")), this.#heartbeatMs);
+    this.#presenceTimer.unref();
+    this.#scheduleHousekeeping();
   }
 
   /** Workers of live nodes other than this one. */
@@ -164,7 +167,8 @@ export class RegistryCluster {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    if (this.#timer) clearInterval(this.#timer);
+    clearInterval(this.#presenceTimer);
+    clearTimeout(this.#housekeepingTimer);
     // Gone at once rather than after its TTL, so the other nodes start settling its jobs now.
     await this.#redis.del(this.#key(`nodeAlive:${this.nodeId}`)).catch(() => {});
     this.#sub.disconnect();
@@ -239,11 +243,19 @@ export class RegistryCluster {
     return dead;
   }
 
-  async #tick(): Promise<void> {
-    if (this.#ticking || this.#closed) return;
-    this.#ticking = true;
+  /** One round at a time: the next is scheduled only when this one has finished, however long it took. */
+  #scheduleHousekeeping(): void {
+    if (this.#closed) return;
+    this.#housekeepingTimer = setTimeout(() => {
+      this.#housekeep()
+        .catch(this.#warn("cluster housekeeping"))
+        .finally(() => this.#scheduleHousekeeping());
+    }, this.#heartbeatMs);
+    this.#housekeepingTimer.unref();
+  }
+
+  async #housekeep(): Promise<void> {
     try {
-      await this.#renew();
       const dead = await this.#refreshNodes();
       for (const nodeId of dead) await this.#reapIfFirst(nodeId);
       if (Date.now() - this.#lastSweep >= this.#sweepMs) {
@@ -251,9 +263,7 @@ export class RegistryCluster {
         await this.#sweepOwn();
       }
     } catch (error) {
-      this.#warn("cluster heartbeat")(error as Error);
-    } finally {
-      this.#ticking = false;
+      this.#warn("cluster housekeeping")(error as Error);
     }
   }
 

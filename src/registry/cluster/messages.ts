@@ -17,6 +17,7 @@ export const workerView = z.object({
   inflight: z.number(),
   load: z.number(),
   availabilityEpoch: z.number(),
+  loadThreshold: z.number().optional(),
   state: z.string(),
   status: z.string(),
   jobs: z.array(z.string()),

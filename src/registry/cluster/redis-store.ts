@@ -46,13 +46,16 @@ return {1, redis.call('HGETALL', KEYS[1])}
 
 // KEYS: job, active, finals, jobs, finals:bytes, finals:total
 // ARGV: id, updatedAt (JSON), prefix, retainRecords, retainBytes (-1 = no limit),
-//       required owner (JSON, or '' for any), then field, value pairs
+//       required owner (JSON, or '' for any), '1' to correct a lost record ('' otherwise), then field, value pairs
 const UPDATE = `
 local FINAL = ${FINAL_SET}
 if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
-if FINAL[redis.call('HGET', KEYS[1], 'status')] then return redis.call('HGETALL', KEYS[1]) end
+local status = redis.call('HGET', KEYS[1], 'status')
+if ARGV[7] == '1' then
+  if status ~= '"lost"' then return redis.call('HGETALL', KEYS[1]) end
+elseif FINAL[status] then return redis.call('HGETALL', KEYS[1]) end
 if ARGV[6] ~= '' and (redis.call('HGET', KEYS[1], 'node') or '') ~= ARGV[6] then return redis.call('HGETALL', KEYS[1]) end
-for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', KEYS[1], 'updatedAt', ARGV[2])
 if not FINAL[redis.call('HGET', KEYS[1], 'status')] then return redis.call('HGETALL', KEYS[1]) end
 if redis.call('HEXISTS', KEYS[1], 'endedAt') == 0 then redis.call('HSET', KEYS[1], 'endedAt', ARGV[2]) end
@@ -191,6 +194,14 @@ export class RedisJobStore implements JobStore {
   }
 
   async update(id: string, patch: Partial<JobRecord>, ifNode?: string) {
+    return this.#update(id, patch, ifNode, "");
+  }
+
+  async correctLost(id: string, patch: Pick<JobRecord, "status" | "history"> & Partial<JobRecord>) {
+    return this.#update(id, patch, undefined, "1");
+  }
+
+  async #update(id: string, patch: Partial<JobRecord>, ifNode: string | undefined, correctLost: "" | "1") {
     const { id: _ignored, updatedAt, ...rest } = patch;
     const fields = await this.redis.troupeUpdate(
       this.#key(`job:${id}`),
@@ -205,6 +216,7 @@ export class RedisJobStore implements JobStore {
       luaLimit(this.retention.retainRecords),
       luaLimit(this.retention.retainBytes),
       ifNode === undefined ? "" : JSON.stringify(ifNode),
+      correctLost,
       ...encodeFields(rest),
     );
     return fields ? decodeRecord(fields) : undefined;

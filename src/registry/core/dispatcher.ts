@@ -1,0 +1,278 @@
+import { type Actor, createActor } from "xstate";
+import {
+  type DispatchEmitted,
+  type DispatchEvent,
+  type DispatchInput,
+  dispatchMachine,
+} from "../../../machines/registry/dispatch.ts";
+import type { JobRecord } from "../store.ts";
+import type { NodeStrategy } from "./node-strategy.ts";
+import { place } from "./placement.ts";
+import type { RegistryDeps, RoomAssignment } from "./ports.ts";
+import type { WorkerDirectory } from "./worker-directory.ts";
+
+export interface LiveDispatch {
+  actor: Actor<typeof dispatchMachine>;
+  record: JobRecord;
+  /** The agent's token for the job's room, sent with the assignment (never stored in the record). */
+  room: RoomAssignment | undefined;
+}
+
+export interface DispatchStart {
+  adoptedBy?: string;
+  room?: RoomAssignment;
+  prefer?: string;
+  hops?: number;
+  tried?: Record<string, number>;
+}
+
+/**
+ * The dispatches this node runs: one dispatch machine each, and what their machines emit carried
+ * out (asking placement, offers, assignments, terminations, records). Which dispatches wait for a
+ * worker, which offers are out and which jobs a worker holds are the machines' states, read from
+ * them or kept only by their reserve/release and bind/unbind events.
+ */
+export class Dispatcher {
+  readonly #live = new Map<string, LiveDispatch>();
+  #closing = false;
+
+  constructor(
+    private readonly deps: RegistryDeps,
+    private readonly directory: WorkerDirectory,
+    private readonly node: NodeStrategy,
+    private readonly persist: (work: Promise<unknown>) => void,
+  ) {}
+
+  get size(): number {
+    return this.#live.size;
+  }
+
+  get(jobId: string): LiveDispatch | undefined {
+    return this.#live.get(jobId);
+  }
+
+  has(jobId: string): boolean {
+    return this.#live.has(jobId);
+  }
+
+  values(): IterableIterator<LiveDispatch> {
+    return this.#live.values();
+  }
+
+  send(jobId: string, event: DispatchEvent): boolean {
+    const live = this.#live.get(jobId);
+    live?.actor.send(event);
+    return live !== undefined;
+  }
+
+  start(record: JobRecord, start: DispatchStart = {}): LiveDispatch | undefined {
+    if (this.#closing || this.#live.has(record.id)) return undefined;
+    const input: DispatchInput = {
+      jobId: record.id,
+      redispatch: record.redispatch,
+      timing: {
+        ...this.deps.timing,
+        releaseTimeoutMs: this.deps.timing.pingIntervalMs + this.deps.timing.pongTimeoutMs,
+      },
+      ...(start.adoptedBy ? { adoptedBy: start.adoptedBy } : {}),
+      ...(start.prefer ? { prefer: start.prefer } : {}),
+      ...(start.hops ? { hops: start.hops } : {}),
+      ...(start.tried ? { tried: start.tried } : {}),
+    };
+    const actor = createActor(dispatchMachine, { id: `dispatch.${record.id}`, clock: this.deps.clock, input });
+    const live: LiveDispatch = { actor, record, room: start.room };
+    this.#live.set(record.id, live);
+    actor.on("*", (event) => this.#perform(live, event as DispatchEmitted));
+    actor.start();
+    // Its worker went away while the store answered: the job settles as if it had been known all along.
+    if (start.adoptedBy && !this.directory.get(start.adoptedBy)?.active) {
+      actor.send({ type: "worker_gone", workerId: start.adoptedBy });
+    }
+    return live;
+  }
+
+  /** Every dispatch involving the worker learns it is gone. */
+  workerGone(workerId: string): void {
+    for (const live of [...this.#live.values()]) live.actor.send({ type: "worker_gone", workerId });
+  }
+
+  /** Dispatches of this agent waiting for a worker try again (read from their machines' states). */
+  wakeWaiting(agentName: string): void {
+    const waking = [...this.#live.values()].filter(
+      (live) => live.record.agentName === agentName && live.actor.getSnapshot().matches({ unassigned: "waiting" }),
+    );
+    for (const live of waking) live.actor.send({ type: "capacity_changed" });
+  }
+
+  /** Any dispatch waiting for a worker? (A cheap check before waking.) */
+  anyWaiting(): boolean {
+    for (const live of this.#live.values())
+      if (live.actor.getSnapshot().matches({ unassigned: "waiting" })) return true;
+    return false;
+  }
+
+  /** Stops every dispatch quietly: records keep their last status for the next registry to reconcile. */
+  close(): void {
+    this.#closing = true;
+    for (const live of this.#live.values()) live.actor.stop();
+    this.#live.clear();
+  }
+
+  #perform(live: LiveDispatch, event: DispatchEmitted): void {
+    const { record } = live;
+    const { transport, store } = this.deps;
+    switch (event.type) {
+      case "need_candidate": {
+        // Decided now, against the registry as it is now: the answer reaches the machine right after
+        // this transition, and a dispatch that waits is in `waiting` before anything can free capacity.
+        const placement = place(
+          this.directory.workers(),
+          this.deps.bus,
+          {
+            agentName: record.agentName,
+            tried: event.tried,
+            prefer: event.prefer,
+            hops: event.hops,
+          },
+          this.deps.random,
+        );
+        if (placement.kind === "local") {
+          live.actor.send({ type: "candidate", workerId: placement.link.workerId, epoch: placement.epoch });
+        } else if (placement.kind === "remote") {
+          live.actor.send({
+            type: "candidate",
+            workerId: placement.view.workerId,
+            epoch: placement.view.availabilityEpoch,
+            remote: true,
+          });
+        } else {
+          live.actor.send({ type: "no_candidate", cause: placement.cause });
+        }
+        break;
+      }
+      case "reserve":
+        this.directory.get(event.workerId)?.session.send({ type: "offer_reserved" });
+        break;
+      case "release": {
+        const link = this.directory.get(event.workerId);
+        link?.session.send({ type: "offer_released" });
+        if (link) this.onCapacity(link.workerId);
+        break;
+      }
+      case "offer": {
+        const link = this.directory.get(event.workerId);
+        const sent =
+          link?.connected &&
+          transport.send(link.connectionId, {
+            type: "availability_request",
+            job_id: record.id,
+            agent_name: record.agentName,
+            ...(record.roomId ? { room_id: record.roomId } : {}),
+            ...(Object.keys(record.metadata).length ? { metadata: record.metadata } : {}),
+          });
+        if (!sent) live.actor.send({ type: "answer", workerId: event.workerId, available: false });
+        break;
+      }
+      case "forward": {
+        const view = this.deps.bus?.remoteViews().find((v) => v.workerId === event.workerId);
+        if (view) this.node.forward(record, view, event.tried, event.hops, live.room);
+        break;
+      }
+      case "bind":
+        this.directory.get(event.workerId)?.jobs.add(record.id);
+        this.onCapacity(event.workerId);
+        break;
+      case "unbind":
+        if (this.directory.get(event.workerId)?.jobs.delete(record.id)) this.onCapacity(event.workerId);
+        break;
+      case "assign":
+        this.persist(
+          this.node.fenceAssignment(record.id, event.workerId).then((safe) => {
+            if (this.#live.get(record.id) !== live) return;
+            if (!safe) {
+              this.deps.logger.warn({ jobId: record.id }, "job taken over by another node: not assigned here");
+              live.actor.send({ type: "taken_over" });
+              return;
+            }
+            this.#sendAssignment(live, event.workerId);
+          }),
+        );
+        break;
+      case "terminate": {
+        const link = this.directory.get(event.workerId);
+        if (link)
+          transport.send(link.connectionId, { type: "job_termination", job_id: record.id, reason: event.reason });
+        break;
+      }
+      case "status":
+        this.persist(
+          store.update(
+            record.id,
+            {
+              status: event.status,
+              attempts: event.attempts,
+              ...(event.workerId ? { workerId: event.workerId } : {}),
+            },
+            this.node.nodeId,
+          ),
+        );
+        break;
+      case "finished": {
+        const { output } = event;
+        this.#live.delete(record.id);
+        this.deps.metrics.finished.inc({ status: output.status, reason: output.reason ?? "" });
+        this.deps.metrics.dispatchDuration.observe((this.deps.clock.now() - record.createdAt) / 1000);
+        const log = output.status === "completed" ? "debug" : "info";
+        this.deps.logger[log](output, `job ${output.status}`);
+        this.persist(
+          store
+            .update(
+              record.id,
+              {
+                status: output.status,
+                attempts: output.attempts,
+                ...(output.workerId ? { workerId: output.workerId } : {}),
+                ...(output.reason ? { reason: output.reason } : {}),
+                ...(output.error ? { error: output.error } : {}),
+              },
+              this.node.nodeId,
+            )
+            .then((after) => this.#forwardRefusedCancel(after, output.status, output.reason)),
+        );
+        break;
+      }
+      case "handed_over":
+        this.#live.delete(record.id);
+        this.deps.logger.info({ jobId: record.id }, "job handed over to another node");
+        break;
+    }
+  }
+
+  /** Set by the core: capacity on this worker may have grown. */
+  onCapacity: (workerId: string) => void = () => {};
+
+  /**
+   * A cancel this node carried out but could not record, because the job had moved to another node
+   * in between (a reaper that took this node for dead): the new owner carries it out instead.
+   */
+  #forwardRefusedCancel(after: JobRecord | undefined, status: string, reason: string | undefined): void {
+    if (!after || status !== "cancelled" || this.node.owns(after)) return;
+    this.node.cancelElsewhere(after, reason ?? "cancelled by request");
+  }
+
+  #sendAssignment(live: LiveDispatch, workerId: string): void {
+    const { record } = live;
+    const link = this.directory.get(workerId);
+    if (!link) return;
+    this.deps.transport.send(link.connectionId, {
+      type: "job_assignment",
+      job_id: record.id,
+      agent_name: record.agentName,
+      ...(record.roomId ? { room_id: record.roomId } : {}),
+      ...(live.room ? { token: live.room.token, url: live.room.url } : {}),
+      room_options: record.roomOptions,
+      metadata: record.metadata,
+      ...(record.maxDuration ? { max_duration: record.maxDuration } : {}),
+    });
+  }
+}

@@ -1,0 +1,92 @@
+import type { TriedWorkers } from "../../../machines/registry/dispatch.ts";
+import type { WorkerView } from "../cluster/messages.ts";
+import type { JobRecord } from "../store.ts";
+import type { NodeBus, RegistryDeps, RoomAssignment } from "./ports.ts";
+
+/**
+ * What differs between one registry node and a node of a cluster, and nothing else: who owns a
+ * record, how an assignment is made safe, and how a job reaches a worker on another node. The
+ * dispatcher, the directory and reconcile run the same code either way.
+ */
+export interface NodeStrategy {
+  /** This node's id in records (absent on a single node). */
+  readonly nodeId: string | undefined;
+  /** The record is this node's to dispatch (a single node owns everything). */
+  owns(record: JobRecord): boolean;
+  /**
+   * Sends the assignment once it is safe: at once on one node; in a cluster only if the record
+   * still names this node when it says "assigned" (another node that took this one for dead must
+   * not see the job started twice). Resolves false when the job is no longer this node's.
+   */
+  fenceAssignment(jobId: string, workerId: string): Promise<boolean>;
+  /** The job goes to the node of the worker picked for it. */
+  forward(record: JobRecord, view: WorkerView, tried: TriedWorkers, hops: number, room?: RoomAssignment): void;
+  /** A worker's capacity or state changed. */
+  publishView(view: WorkerView): void;
+  publishGone(workerId: string): void;
+  /** This node took a job another node held: that node lets go (it may only have been slow). */
+  tookOver(previousOwner: string | undefined, jobId: string): void;
+  /** Tells the owner of a job to cancel it; true when the owner is alive to do it. */
+  cancelElsewhere(record: JobRecord, reason: string): boolean;
+}
+
+export function singleNode(): NodeStrategy {
+  return {
+    nodeId: undefined,
+    owns: () => true,
+    fenceAssignment: async () => true,
+    forward: () => {
+      throw new Error("a single registry node has no other node to forward to");
+    },
+    publishView: () => {},
+    publishGone: () => {},
+    tookOver: () => {},
+    cancelElsewhere: () => false,
+  };
+}
+
+export function clusterNode(bus: NodeBus, deps: Pick<RegistryDeps, "store" | "logger">): NodeStrategy {
+  const nodeId = bus.nodeId;
+  return {
+    nodeId,
+    owns: (record) => !record.node || record.node === nodeId,
+    async fenceAssignment(jobId, workerId) {
+      const after = await deps.store.update(jobId, { status: "assigned", workerId }, nodeId);
+      return after?.node === nodeId && after.status === "assigned" && after.workerId === workerId;
+    },
+    forward(record, view, tried, hops, room) {
+      // Counted against it here until its node publishes its own count, so a burst spreads out.
+      view.inflight++;
+      deps.store
+        .claim(record.id, nodeId, view.nodeId)
+        .then((claimed) => {
+          if (!claimed) return;
+          bus.send(view.nodeId, {
+            type: "dispatch",
+            jobId: record.id,
+            from: nodeId,
+            prefer: view.workerId,
+            tried: Object.entries(tried),
+            hops,
+            ...(room ? { room } : {}),
+          });
+        })
+        .catch((error: Error) =>
+          deps.logger.error({ err: error.message, jobId: record.id }, "forwarding a job failed"),
+        );
+    },
+    publishView: (view) => bus.publishView(view),
+    publishGone: (workerId) => bus.publishGone(workerId),
+    tookOver(previousOwner, jobId) {
+      // Sent even to a node believed dead: one that was only slow must learn the job is no longer its.
+      if (previousOwner && previousOwner !== nodeId) bus.send(previousOwner, { type: "handover", jobId, to: nodeId });
+    },
+    cancelElsewhere(record, reason) {
+      const owner = record.node;
+      if (!owner || owner === nodeId) return false;
+      // Told even when believed dead: a node that was only slow stops its dispatch instead of waiting out the deadline.
+      bus.send(owner, { type: "cancel", jobId: record.id, reason });
+      return bus.isLive(owner);
+    },
+  };
+}

@@ -1,0 +1,90 @@
+import type { Logger } from "../../observability/logger.ts";
+import type { RegistryMessage } from "../../protocol/registry.ts";
+import type { Credentials } from "../auth.ts";
+import type { NodeMessage, WorkerView } from "../cluster/messages.ts";
+import type { RegistryMetrics } from "../metrics.ts";
+import type { JobRecord, JobStore } from "../store.ts";
+import type { RegistryTiming } from "../timing.ts";
+
+/**
+ * What the registry core needs from the world, in one object. The core has no sockets, servers,
+ * Redis clients or timers of its own: the WebSocket gateway, the HTTP API, the Redis store and bus
+ * are adapters that implement these (and a simulation implements them in memory).
+ */
+export interface RegistryDeps {
+  credentials: Credentials;
+  transport: WorkerTransport;
+  store: JobStore;
+  /** Absent: one registry node. Present: a node of a cluster sharing the store. */
+  bus?: NodeBus;
+  /** Wall time (`now()`) and the timers of every machine the core runs. */
+  clock: RegistryClock;
+  random: () => number;
+  timing: RegistryTiming;
+  logger: Logger;
+  metrics: RegistryMetrics;
+  rooms?: RoomAccess;
+}
+
+/** XState's clock interface (setTimeout/clearTimeout for `after` transitions), plus the time. */
+export interface RegistryClock {
+  setTimeout(fn: (...args: unknown[]) => void, timeout: number): unknown;
+  clearTimeout(id: unknown): void;
+  /** Milliseconds since the epoch (Date.now() in production). */
+  now(): number;
+}
+
+/** Real time, for production. */
+export const systemClock: RegistryClock = {
+  setTimeout: (fn, timeout) => setTimeout(fn, timeout),
+  clearTimeout: (id) => clearTimeout(id as NodeJS.Timeout),
+  now: () => Date.now(),
+};
+
+/** The connections workers reach the registry on; ids are the transport's own. */
+export interface WorkerTransport {
+  /** False when the connection is gone or not open. */
+  send(connectionId: string, message: RegistryMessage): boolean;
+  /** Closes with a code and reason (the worker may come back). */
+  close(connectionId: string, code: number, reason: string): void;
+}
+
+/** The other registry nodes of a cluster: their workers, their liveness and a channel to each. */
+export interface NodeBus {
+  readonly nodeId: string;
+  /** Connected to the shared store and bus: the node can serve. */
+  readonly connected: boolean;
+  /** Workers connected to other live nodes, as they last published them. */
+  remoteViews(): WorkerView[];
+  isLive(nodeId: string): boolean;
+  send(nodeId: string, message: NodeMessage): void;
+  publishView(view: WorkerView): void;
+  publishGone(workerId: string): void;
+}
+
+/** What a worker needs to put its job into a room: the hub's URL and the agent's token. */
+export interface RoomAssignment {
+  url: string;
+  token: string;
+}
+
+/**
+ * Rooms for dispatched jobs: a job without a room id gets a new room, and its assignment carries the
+ * agent's token and the hub's URL. Absent = jobs carry only the room id they were dispatched with.
+ */
+export interface RoomAccess {
+  newRoomId(jobId: string): string;
+  forAgent(roomId: string, jobId: string, agentName: string): Promise<RoomAssignment>;
+}
+
+export interface DispatchRequest {
+  agentName: string;
+  roomId?: string;
+  metadata?: Record<string, unknown>;
+  roomOptions?: Record<string, unknown>;
+  maxDuration?: number;
+  idempotencyKey?: string;
+  redispatch?: boolean;
+}
+
+export type { JobRecord };

@@ -1,0 +1,369 @@
+import { randomUUID } from "node:crypto";
+import type { WorkerMessage } from "../../protocol/registry.ts";
+import { PROTOCOL_VERSION } from "../../protocol/registry.ts";
+import type { ClusterHost } from "../cluster/cluster.ts";
+import type { NodeMessage, WorkerView } from "../cluster/messages.ts";
+import { spareOf } from "../picker.ts";
+import { isFinal, type JobRecord } from "../store.ts";
+import { Dispatcher, type DispatchStart } from "./dispatcher.ts";
+import { clusterNode, type NodeStrategy, singleNode } from "./node-strategy.ts";
+import type { DispatchRequest, RegistryDeps } from "./ports.ts";
+import { Reconciler } from "./reconcile.ts";
+import { WorkerDirectory } from "./worker-directory.ts";
+import type { WorkerLink } from "./worker-link.ts";
+
+/** A worker as GET /v1/workers and the CLI list it. */
+export interface WorkerSummary {
+  id: string;
+  agentName: string;
+  state: string;
+  connected: boolean;
+  status: string;
+  load: number;
+  jobCount: number;
+  maxProcesses: number;
+  jobs: string[];
+  node?: string;
+}
+
+/**
+ * The registry's core, without I/O of its own: connections and frames come in from the WebSocket
+ * gateway, dispatches and cancels from the HTTP API, node messages from the cluster bus; what it
+ * does goes out through the transport, the store and the bus in `deps`. The worker directory holds
+ * the sessions, the dispatcher the dispatch machines, reconcile what workers report, and the node
+ * strategy what differs between one node and a cluster.
+ */
+export class RegistryCore implements ClusterHost {
+  readonly directory: WorkerDirectory;
+  readonly dispatcher: Dispatcher;
+  readonly #reconciler: Reconciler;
+  readonly #node: NodeStrategy;
+  readonly #dirtyViews = new Set<WorkerLink>();
+  #closing = false;
+
+  constructor(readonly deps: RegistryDeps) {
+    this.#node = deps.bus ? clusterNode(deps.bus, deps) : singleNode();
+    const persist = (work: Promise<unknown>) => this.#persist(work);
+    this.directory = new WorkerDirectory(deps, {
+      capacityGrew: (link) => this.#capacityGrew(link),
+      gone: (link, reason) => this.#workerGone(link, reason),
+      registered: (link, message) => {
+        deps.transport.send(link.connectionId, {
+          type: "register",
+          success: true,
+          worker_id: link.workerId,
+          protocol_version: PROTOCOL_VERSION,
+        });
+        this.#reconciler.inventory(link, message.jobs);
+        this.#viewChanged(link);
+      },
+    });
+    this.dispatcher = new Dispatcher(deps, this.directory, this.#node, persist);
+    this.dispatcher.onCapacity = (workerId) => {
+      const link = this.directory.get(workerId);
+      if (link) this.#capacityGrew(link);
+    };
+    this.#reconciler = new Reconciler(deps, this.dispatcher, this.#node, persist);
+  }
+
+  get store() {
+    return this.deps.store;
+  }
+
+  // ---------------------------------------------------------------- from the gateway
+
+  connectionOpened(connectionId: string): void {
+    if (this.#closing) {
+      this.deps.transport.close(connectionId, 1001, "registry shutting down");
+      return;
+    }
+    this.directory.accepted(connectionId);
+  }
+
+  /** The connection closed; `departed` when the worker closed it normally (it drained and left). */
+  connectionClosed(connectionId: string, departed: boolean): void {
+    if (!this.#closing) this.directory.closed(connectionId, departed);
+  }
+
+  /** A frame from a worker, already parsed against the protocol. */
+  frame(connectionId: string, message: WorkerMessage): void {
+    // A closing registry has stopped its sessions: nothing a worker says can be acted on any more.
+    if (this.#closing) return;
+    const link = this.directory.byConnection(connectionId);
+    if (message.type === "register") {
+      if (link?.registered) {
+        this.#sendError(connectionId, "already registered on this connection", "already_registered");
+        return;
+      }
+      this.directory.register(connectionId, message);
+      return;
+    }
+    if (!link?.registered) {
+      this.#sendError(connectionId, "register first", "not_registered");
+      return;
+    }
+    // A connection the worker has since replaced speaks for nobody.
+    if (link.connectionId !== connectionId) return;
+    this.directory.heard(link);
+    this.#onWorkerMessage(link, message);
+  }
+
+  /** Pings quiet workers; the gateway calls it on a schedule (a fifth of the ping interval, at most 1 s). */
+  sweep(): void {
+    this.directory.sweep();
+  }
+
+  #sendError(connectionId: string, message: string, code: string): void {
+    this.deps.metrics.protocolErrors.inc({ code });
+    this.deps.transport.send(connectionId, { type: "error", message, code });
+  }
+
+  #onWorkerMessage(link: WorkerLink, message: WorkerMessage): void {
+    switch (message.type) {
+      case "status_update": {
+        if (message.slots) link.slots = message.slots;
+        const before = link.context.jobCount;
+        link.session.send({ type: "status", status: message.status, load: message.load, jobCount: message.job_count });
+        // Fewer jobs than it had: a process is free (the session moved the worker's epoch on).
+        if (message.job_count < before) this.#capacityGrew(link);
+        break;
+      }
+      case "availability_response":
+        if (!this.dispatcher.has(message.job_id)) break;
+        this.deps.metrics.offers.inc({ answer: message.available ? "yes" : "no" });
+        this.dispatcher.send(message.job_id, {
+          type: "answer",
+          workerId: link.workerId,
+          available: message.available,
+          ...(message.error ? { error: message.error } : {}),
+        });
+        break;
+      case "job_update": {
+        const update = {
+          type: "job_update" as const,
+          workerId: link.workerId,
+          status: message.status,
+          ...(message.reason ? { reason: message.reason } : {}),
+          ...(message.error ? { error: message.error } : {}),
+        };
+        if (!this.dispatcher.send(message.job_id, update)) this.#reconciler.unknownJobUpdate(link, message);
+        break;
+      }
+      case "ping":
+        this.deps.transport.send(link.connectionId, { type: "pong", timestamp: message.timestamp });
+        break;
+      case "pong":
+      case "register":
+        // Any frame counts as the pong (see `heard`); a second register was refused above.
+        break;
+    }
+  }
+
+  // ---------------------------------------------------------------- dispatches
+
+  async dispatch(request: DispatchRequest): Promise<{ record: JobRecord; created: boolean }> {
+    const now = this.deps.clock.now();
+    const id = `job-${randomUUID()}`;
+    const roomId = request.roomId ?? this.deps.rooms?.newRoomId(id);
+    const room = roomId ? await this.deps.rooms?.forAgent(roomId, id, request.agentName) : undefined;
+    const record: JobRecord = {
+      id,
+      agentName: request.agentName,
+      metadata: request.metadata ?? {},
+      roomOptions: request.roomOptions ?? {},
+      redispatch: request.redispatch ?? false,
+      status: "pending",
+      attempts: 0,
+      createdAt: now,
+      updatedAt: now,
+      ...(roomId ? { roomId } : {}),
+      ...(request.maxDuration !== undefined ? { maxDuration: request.maxDuration } : {}),
+      ...(request.idempotencyKey ? { idempotencyKey: request.idempotencyKey } : {}),
+      ...(this.#node.nodeId ? { node: this.#node.nodeId } : {}),
+    };
+    const result = await this.deps.store.create(record);
+    if (result.created) {
+      this.deps.metrics.dispatches.inc();
+      this.dispatcher.start(result.record, room ? { room } : {});
+    }
+    return result;
+  }
+
+  async cancel(jobId: string, reason = "cancelled by request"): Promise<JobRecord | undefined> {
+    const record = await this.deps.store.get(jobId);
+    const live = this.dispatcher.get(jobId);
+    if (live && (!record || this.#node.owns(record))) {
+      live.actor.send({ type: "cancel", reason });
+      return this.deps.store.get(jobId);
+    }
+    // The job moved to another node and the hand-over has not reached this one yet: that node cancels.
+    if (live) live.actor.send({ type: "taken_over" });
+    if (!record || isFinal(record.status)) return record;
+    if (this.#node.cancelElsewhere(record, reason)) return record;
+    // Nobody runs a dispatch for it (its node is gone, or it was never started): cancelled here.
+    if (!record.workerId) return this.deps.store.update(jobId, { status: "cancelled", reason }, record.node);
+    return record;
+  }
+
+  // ---------------------------------------------------------------- the cluster
+
+  onNodeMessage(message: NodeMessage): void {
+    if (this.#closing) return;
+    switch (message.type) {
+      case "dispatch":
+        this.#persist(
+          this.deps.store.get(message.jobId).then((record) => {
+            const mine = record && !isFinal(record.status) && record.node === this.#node.nodeId;
+            if (!mine) return;
+            this.dispatcher.start(record, {
+              ...(message.prefer ? { prefer: message.prefer } : {}),
+              ...(message.room ? { room: message.room } : {}),
+              hops: message.hops,
+              tried: Object.fromEntries(message.tried),
+            });
+          }),
+        );
+        break;
+      case "cancel":
+        this.#persist(this.cancel(message.jobId, message.reason));
+        break;
+      case "handover":
+        this.dispatcher.send(message.jobId, { type: "taken_over" });
+        break;
+      case "adopt": {
+        const nodeId = this.#node.nodeId;
+        if (!this.directory.get(message.workerId) || !nodeId || this.dispatcher.has(message.jobId)) break;
+        this.#persist(
+          this.deps.store.claim(message.jobId, message.from, nodeId).then((claimed) => {
+            if (!claimed) return;
+            this.#node.tookOver(message.from, message.jobId);
+            this.resume(claimed, message.workerId);
+          }),
+        );
+        break;
+      }
+    }
+  }
+
+  /** Runs this node's dispatch for a record it has just claimed from a dead node. */
+  resume(record: JobRecord, runningOn?: string): void {
+    if (this.#closing || this.dispatcher.has(record.id)) return;
+    if (runningOn) {
+      this.deps.logger.info({ jobId: record.id, workerId: runningOn }, "took over a running job from a dead node");
+      this.dispatcher.start(record, { adoptedBy: runningOn });
+      return;
+    }
+    this.deps.logger.info({ jobId: record.id }, "dispatching a job again that a dead node had not placed");
+    const rooms = this.deps.rooms;
+    if (record.roomId && rooms) {
+      this.#persist(
+        rooms.forAgent(record.roomId, record.id, record.agentName).then((room) => {
+          if (!this.#closing) this.dispatcher.start(record, { room } satisfies DispatchStart);
+        }),
+      );
+      return;
+    }
+    this.dispatcher.start(record);
+  }
+
+  hasWorker(workerId: string): boolean {
+    return this.directory.get(workerId)?.active === true;
+  }
+
+  hasDispatch(jobId: string): boolean {
+    return this.dispatcher.has(jobId);
+  }
+
+  /** A worker on another node changed: if it has room, dispatches waiting for its agent try again. */
+  onRemoteView(view: WorkerView): void {
+    this.directory.observeEpoch(view.availabilityEpoch);
+    if (this.#closing || !view.available || spareOf(view) <= 0) return;
+    this.dispatcher.wakeWaiting(view.agentName);
+  }
+
+  // ---------------------------------------------------------------- workers
+
+  /** Workers for GET /v1/workers: this node's, and in a cluster every other live node's too. */
+  describeWorkers(): WorkerSummary[] {
+    const nodeId = this.#node.nodeId;
+    const local = [...this.directory.workers()].map((link) => ({
+      id: link.workerId,
+      agentName: link.context.agentName,
+      state: link.state,
+      connected: link.connected,
+      status: link.context.reportedStatus,
+      load: link.context.load,
+      jobCount: link.context.jobCount,
+      maxProcesses: link.context.maxProcesses,
+      jobs: [...link.jobs],
+      ...(nodeId ? { node: nodeId } : {}),
+    }));
+    const remote = (this.deps.bus?.remoteViews() ?? [])
+      .filter((view) => !this.directory.get(view.workerId))
+      .map((view) => ({
+        id: view.workerId,
+        agentName: view.agentName,
+        state: view.state,
+        connected: true,
+        status: view.status,
+        load: view.load,
+        jobCount: view.jobCount,
+        maxProcesses: view.maxProcesses,
+        jobs: view.jobs,
+        node: view.nodeId,
+      }));
+    return [...local, ...remote];
+  }
+
+  #workerGone(link: WorkerLink, reason: string): void {
+    const fields = { workerId: link.workerId, reason, jobs: [...link.jobs] };
+    // A worker that drained and closed its connection left on purpose: not a warning.
+    if (reason === "drained and left") this.deps.logger.info(fields, "worker left");
+    else this.deps.logger.warn(fields, "worker gone");
+    this.#node.publishGone(link.workerId);
+    this.dispatcher.workerGone(link.workerId);
+  }
+
+  /** The worker may have room it did not have: dispatches waiting for capacity try again. */
+  #capacityGrew(link: WorkerLink): void {
+    this.#viewChanged(link);
+    if (this.#closing || this.directory.get(link.workerId) !== link || !link.available) return;
+    if (!this.dispatcher.anyWaiting()) return;
+    this.dispatcher.wakeWaiting(link.context.agentName);
+  }
+
+  /** The worker's capacity or state changed: other nodes hear of it (coalesced to one publish per turn). */
+  #viewChanged(link: WorkerLink): void {
+    if (!this.deps.bus || this.#closing) return;
+    if (this.#dirtyViews.size === 0) queueMicrotask(() => this.#publishViews());
+    this.#dirtyViews.add(link);
+  }
+
+  #publishViews(): void {
+    const nodeId = this.#node.nodeId;
+    const links = [...this.#dirtyViews];
+    this.#dirtyViews.clear();
+    if (!nodeId || this.#closing) return;
+    for (const link of links) {
+      if (this.directory.get(link.workerId) !== link || !link.active) continue;
+      this.#node.publishView(this.directory.view(link, nodeId));
+    }
+  }
+
+  /** Store writes the core does not wait for: a failing store is logged, never an unhandled rejection. */
+  #persist(work: Promise<unknown>): void {
+    work.catch((error: Error) => this.deps.logger.error({ err: error.message }, "job store operation failed"));
+  }
+
+  /**
+   * Stops quietly: dispatches stop (their records keep their last status, for the workers'
+   * inventories to reconcile with the next registry) and sessions stop, so nothing is settled by
+   * the shutdown itself. The gateway then closes the connections.
+   */
+  close(): void {
+    if (this.#closing) return;
+    this.#closing = true;
+    this.dispatcher.close();
+    this.directory.close();
+  }
+}
