@@ -10,7 +10,7 @@ import { mintRoomToken, roomAuthorizer } from "../room/room-auth.ts";
 import { createWebRoutes } from "../web/routes.ts";
 import { type Credentials, verifyToken } from "./auth.ts";
 import { RegistryCluster } from "./cluster/cluster.ts";
-import { type DispatchRequest, systemClock } from "./core/ports.ts";
+import { type DispatchRequest, systemClock, uuidIds } from "./core/ports.ts";
 import { RegistryCore, type WorkerSummary } from "./core/registry-core.ts";
 import { registryDashboard } from "./dashboard.ts";
 import { createHttpApi } from "./http-api.ts";
@@ -136,6 +136,7 @@ export async function createRegistry(options: RegistryOptions): Promise<Registry
     ...(cluster ? { bus: cluster } : {}),
     clock: systemClock,
     random: options.random ?? Math.random,
+    newId: uuidIds,
     timing,
     logger,
     metrics,

@@ -132,7 +132,9 @@ describe("lifecycle edges of a dispatch", () => {
       status: "rejected",
       reason: "offered to 1 worker, all declined",
     });
-    worker.c.send(JSON.stringify({ type: "status_update", worker_id: "", status: "available", load: 0.98, job_count: 0 }));
+    worker.c.send(
+      JSON.stringify({ type: "status_update", worker_id: "", status: "available", load: 0.98, job_count: 0 }),
+    );
     await waitFor("the worker to be full", () => r.registry.workers()[0]?.state === "live.full");
     const full = await dispatch(r, { agent_name: "picky" });
     expect(await r.store.untilFinal(full.id, 3_000)).toMatchObject({

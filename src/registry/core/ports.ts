@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import type { Logger } from "../../observability/logger.ts";
 import type { RegistryMessage } from "../../protocol/registry.ts";
 import type { Credentials } from "../auth.ts";
@@ -20,6 +21,8 @@ export interface RegistryDeps {
   /** Wall time (`now()`) and the timers of every machine the core runs. */
   clock: RegistryClock;
   random: () => number;
+  /** A fresh id for a job ("job-…") or a worker ("w-…"); random UUIDs in production, seeded in a simulation. */
+  newId(kind: "job" | "worker"): string;
   timing: RegistryTiming;
   logger: Logger;
   metrics: RegistryMetrics;
@@ -33,6 +36,9 @@ export interface RegistryClock {
   /** Milliseconds since the epoch (Date.now() in production). */
   now(): number;
 }
+
+/** Random UUIDs, for production. */
+export const uuidIds = (kind: "job" | "worker") => `${kind === "job" ? "job" : "w"}-${randomUUID()}`;
 
 /** Real time, for production. */
 export const systemClock: RegistryClock = {

@@ -1,4 +1,3 @@
-import { randomUUID } from "node:crypto";
 import type { WorkerMessage } from "../../protocol/registry.ts";
 import { PROTOCOL_VERSION } from "../../protocol/registry.ts";
 import type { ClusterHost } from "../cluster/cluster.ts";
@@ -163,7 +162,7 @@ export class RegistryCore implements ClusterHost {
 
   async dispatch(request: DispatchRequest): Promise<{ record: JobRecord; created: boolean }> {
     const now = this.deps.clock.now();
-    const id = `job-${randomUUID()}`;
+    const id = this.deps.newId("job");
     const roomId = request.roomId ?? this.deps.rooms?.newRoomId(id);
     const room = roomId ? await this.deps.rooms?.forAgent(roomId, id, request.agentName) : undefined;
     const record: JobRecord = {

@@ -86,7 +86,7 @@ export class WorkerDirectory {
       this.deps.logger.info({ workerId: link.workerId }, "worker reconnected");
     } else {
       const requested = message.worker_id;
-      const workerId = requested && !this.#byWorker.has(requested) ? requested : `w-${crypto.randomUUID()}`;
+      const workerId = requested && !this.#byWorker.has(requested) ? requested : this.deps.newId("worker");
       pending.session.send({
         type: "registered",
         workerId,
