@@ -167,7 +167,7 @@ function crossFieldProblems(o: CrossFieldInput): { field: string; message: strin
 export type OptionsInput = z.input<typeof optionsSchema>;
 export type ResolvedOptions = z.output<typeof optionsSchema>;
 
-/** One error for all bad fields. Its message lists each field and why; values are never echoed. */
+/** One error for all bad fields. Its message lists each field and why; string values (so secrets) are never echoed. */
 export class OptionsError extends Error {
   override readonly name = "OptionsError";
   constructor(
@@ -290,6 +290,10 @@ export const roomOptionsSchema = z.strictObject({
   autoEndSession: z.boolean({ error: "autoEndSession must be true or false" }).default(true),
   sessionTimeoutSeconds: nonNegativeSeconds("sessionTimeoutSeconds").default(5),
   noParticipantTimeoutSeconds: nonNegativeSeconds("noParticipantTimeoutSeconds").default(90),
+  /**
+   * Local mode: the worker serves a playground page for the job's room and prints a link to it (and a
+   * `troupe connect` command), each with a participant token. A registered worker ignores it.
+   */
   playground: z.boolean({ error: "playground must be true or false" }).default(true),
   metadata: z.record(z.string(), z.unknown(), { error: "metadata must be an object" }).optional(),
 });

@@ -1,9 +1,9 @@
 // The dashboard: one server-sent event stream of snapshots, rendered into tables and a diagram of
-// the chosen machine with its current state marked. No framework: the page stays small.
+// the chosen machine with every active state marked. No framework: the page stays small.
 const params = new URLSearchParams(location.search);
 const token = params.get("token") ?? sessionStorage.getItem("troupe.token") ?? "";
 if (token) sessionStorage.setItem("troupe.token", token);
-if (token) document.getElementById("playground-link").href = `/playground?token=${encodeURIComponent(token)}`;
+const $ = (id) => document.getElementById(id);
 
 const DIAGRAMS = {
   worker: "worker",
@@ -37,7 +37,7 @@ function fill(id, rows) {
 
 function render(snapshot) {
   latest = snapshot;
-  document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   fill(
     "workers",
     snapshot.workers.map((w) =>
@@ -66,7 +66,8 @@ function render(snapshot) {
           s.memoryMb === null || s.memoryMb === undefined ? "" : Number(s.memoryMb).toFixed(1),
           s.jobId,
         ],
-        { "data-slot": s.id },
+        // Slot ids ("slot.0") repeat across workers: a slot is its worker and its id.
+        { "data-worker": s.workerId, "data-slot": s.id },
       ),
     ),
   );
@@ -91,20 +92,34 @@ function render(snapshot) {
   void renderDiagram();
 }
 
-/** The machines that have a live instance now, as "kind:id" choices. */
+/** A short name for a worker in the machine list: its agent and the start of its id. */
+function workerLabel(workerId) {
+  const worker = latest.workers.find((w) => w.id === workerId);
+  const id = text(workerId);
+  const short = id.length > 12 ? `${id.slice(0, 10)}…` : id;
+  return worker?.agentName && !id.startsWith(worker.agentName) ? `${worker.agentName} ${short}` : short;
+}
+
+/** The machines that have a live instance now, as choices with a key unique on this page. */
 function instances() {
   const out = [];
   for (const w of latest.workers)
     if (w.machine)
       out.push({ key: `${w.machine}:${w.id}`, kind: w.machine, state: w.state, label: `${w.machine} ${w.id}` });
-  for (const s of latest.slots) out.push({ key: `slot:${s.id}`, kind: "slot", state: s.state, label: `slot ${s.id}` });
+  for (const s of latest.slots)
+    out.push({
+      key: `slot:${s.workerId}:${s.id}`,
+      kind: "slot",
+      state: s.state,
+      label: `slot ${s.id} of ${workerLabel(s.workerId)}`,
+    });
   for (const j of latest.jobs)
     if (j.state && j.machine)
       out.push({ key: `${j.machine}:${j.id}`, kind: j.machine, state: j.state, label: `${j.machine} ${j.id}` });
   return out;
 }
 function renderMachineChoices() {
-  const select = document.getElementById("machine");
+  const select = $("machine");
   const current = select.value;
   const choices = instances();
   select.replaceChildren(...choices.map((c) => new Option(c.label, c.key)));
@@ -120,36 +135,123 @@ async function svgFor(kind) {
     );
   return svgCache.get(file);
 }
+
+/**
+ * Marks the chosen machine's state in its diagram. A state string holds one full path per active
+ * region ("active.lifecycle.running.available | active.pool.ready"); the diagram draws state
+ * `<machine>.<path>` as a node titled `<machine>_<path with _>` and a compound state as a cluster
+ * titled `cluster_<machine>_<path>`. Every active leaf is marked `current`, every compound state
+ * that holds one `active`.
+ */
 async function renderDiagram() {
-  const select = document.getElementById("machine");
-  const chosen = instances().find((c) => c.key === select.value);
-  const holder = document.getElementById("diagram");
-  document.getElementById("machine-state").textContent = chosen ? chosen.state : "";
-  if (!chosen) return holder.replaceChildren();
+  const chosen = instances().find((c) => c.key === $("machine").value);
+  const holder = $("diagram");
+  $("machine-state").textContent = chosen ? chosen.state : "";
+  if (!chosen) {
+    delete holder.dataset.kind;
+    return holder.replaceChildren();
+  }
   const svg = await svgFor(chosen.kind);
   if (!svg) return holder.replaceChildren();
   if (holder.dataset.kind !== chosen.kind) {
     holder.innerHTML = svg;
     holder.dataset.kind = chosen.kind;
   }
-  const machineId = chosen.kind;
-  const wanted = new Set(chosen.state.split(" | ").map((path) => `${machineId}_${path.trim().replaceAll(".", "_")}`));
-  for (const node of holder.querySelectorAll("g.node")) {
-    const title = node.querySelector("title")?.textContent ?? "";
-    node.classList.toggle("current", wanted.has(title));
+  const id = (path) => `${chosen.kind}_${path.replaceAll(".", "_")}`;
+  const leaves = new Set();
+  const compounds = new Set();
+  for (const path of chosen.state.split(" | ").map((p) => p.trim())) {
+    if (!path) continue;
+    leaves.add(id(path));
+    const parts = path.split(".");
+    for (let i = 1; i < parts.length; i++) compounds.add(`cluster_${id(parts.slice(0, i).join("."))}`);
   }
+  let marked = 0;
+  for (const node of holder.querySelectorAll("g.node")) {
+    const on = leaves.has(node.querySelector("title")?.textContent ?? "");
+    node.classList.toggle("current", on);
+    if (on) marked++;
+  }
+  for (const cluster of holder.querySelectorAll("g.cluster"))
+    cluster.classList.toggle("active", compounds.has(cluster.querySelector("title")?.textContent ?? ""));
+  holder.dataset.marked = String(marked);
+  if (holder.classList.contains("zoomed")) revealCurrent(holder);
 }
-document.getElementById("machine").addEventListener("change", () => void renderDiagram());
+
+/** At full size the diagram scrolls inside its box: bring the first current state into view. */
+function revealCurrent(holder) {
+  const node = holder.querySelector("g.node.current");
+  if (!node) return;
+  const box = holder.getBoundingClientRect();
+  const at = node.getBoundingClientRect();
+  if (at.left < box.left || at.right > box.right) holder.scrollLeft += at.left - box.left - (box.width - at.width) / 2;
+  if (at.top < box.top || at.bottom > box.bottom) holder.scrollTop += at.top - box.top - (box.height - at.height) / 2;
+}
+
+$("machine").addEventListener("change", () => void renderDiagram());
+// The diagram fits its box; a click shows it at full size (scrolling to the current state) and back.
+$("diagram").addEventListener("click", () => {
+  const holder = $("diagram");
+  holder.classList.toggle("zoomed");
+  if (holder.classList.contains("zoomed")) revealCurrent(holder);
+});
+
+function setSource(value) {
+  $("source").textContent = value;
+}
+function showProblem(message) {
+  const problem = $("problem");
+  problem.textContent = message;
+  problem.hidden = !message;
+}
+const eventsUrl = () => `/events${token ? `?token=${encodeURIComponent(token)}` : ""}`;
 
 function connect() {
-  const url = `/events${token ? `?token=${encodeURIComponent(token)}` : ""}`;
-  const events = new EventSource(url);
+  const events = new EventSource(eventsUrl());
   events.addEventListener("snapshot", (e) => render(JSON.parse(e.data)));
   events.addEventListener("hello", (e) => {
-    document.getElementById("source").textContent = JSON.parse(e.data).source;
+    const hello = JSON.parse(e.data);
+    setSource(hello.source);
+    showProblem("");
+    // Only the registry's playground can be opened from here; a local worker's needs its printed link.
+    const link = $("playground-link");
+    link.hidden = hello.playground !== "dispatch";
+    link.href = `/playground${token ? `?token=${encodeURIComponent(token)}` : ""}`;
   });
   events.onerror = () => {
-    document.getElementById("source").textContent = "reconnecting…";
+    setSource("reconnecting…");
+    // While CONNECTING the browser retries by itself (the server is away). CLOSED means the server
+    // answered but not with a stream: a refused token, which no retry fixes. Find out which.
+    if (events.readyState === EventSource.CLOSED) {
+      events.close();
+      void diagnose();
+    }
   };
+}
+
+/** Asks /events once more to read why it was refused; a refused token is said plainly, and stops. */
+async function diagnose() {
+  const abort = new AbortController();
+  let status = 0;
+  let error = "";
+  try {
+    const res = await fetch(eventsUrl(), { signal: abort.signal, cache: "no-store" });
+    status = res.status;
+    if (!res.ok) error = (await res.json().catch(() => ({}))).error ?? "";
+  } catch {
+    status = 0; // unreachable: try again below
+  } finally {
+    abort.abort();
+  }
+  if (status === 401 || status === 403) {
+    sessionStorage.removeItem("troupe.token");
+    setSource("not connected");
+    showProblem(
+      `${token ? "token not valid" : "no token"}: reload with ?token=<dispatcher token> ` +
+        `(troupe token --role dispatcher mints one; troupe dev prints a link with one)${error ? `. The server said: ${error}` : ""}`,
+    );
+    return;
+  }
+  setTimeout(connect, 2000);
 }
 connect();

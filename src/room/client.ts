@@ -32,6 +32,7 @@ export class RoomConnection extends EventEmitter<RoomEvents> {
   readonly participants = new Map<string, ParticipantInfo>();
   #endedReason: string | undefined;
   #finished = false;
+  #close: { code: number; reason: string } | undefined;
 
   private constructor(
     readonly id: string,
@@ -56,6 +57,13 @@ export class RoomConnection extends EventEmitter<RoomEvents> {
       }, options.timeoutMs ?? 10_000);
       let room: RoomConnection | undefined;
       let refused = false;
+      // What arrives right behind the welcome (often in the same read, so in the same tick) waits for
+      // the next turn of the event loop: the caller's `await connect()` has attached its listeners by then.
+      let held: (() => void)[] | undefined;
+      const deliver = (event: () => void) => {
+        if (held) held.push(event);
+        else event();
+      };
       ws.on("unexpected-response", (_req, res) => {
         refused = true;
         let body = "";
@@ -64,15 +72,19 @@ export class RoomConnection extends EventEmitter<RoomEvents> {
         });
         res.on("end", () => {
           clearTimeout(timer);
-          reject(new RoomError(`room ${roomId} refused (${res.statusCode}): ${body}`));
+          const said = safeJson(body) as { error?: unknown } | undefined;
+          const why = typeof said?.error === "string" ? said.error : body.slice(0, 500);
+          reject(new RoomError(`room ${roomId} refused (${res.statusCode}): ${why}`));
           ws.terminate();
         });
       });
       ws.on("error", (error) => {
         if (refused) return;
         clearTimeout(timer);
-        if (!room) reject(new RoomError(`room ${roomId}: ${error.message}`));
-        else room.emit("error", new RoomError(error.message));
+        const current = room;
+        if (!current) reject(new RoomError(`room ${roomId}: ${error.message}`));
+        // (a close follows, which ends the room; an unheard "error" would throw)
+        else deliver(() => current.listenerCount("error") > 0 && current.emit("error", new RoomError(error.message)));
       });
       ws.on("message", (raw) => {
         const parsed = hubFrame.safeParse(safeJson(raw.toString()));
@@ -81,16 +93,30 @@ export class RoomConnection extends EventEmitter<RoomEvents> {
           if (parsed.data.type !== "welcome") return;
           clearTimeout(timer);
           room = new RoomConnection(parsed.data.room, parsed.data.you, ws, parsed.data.participants);
+          held = [];
+          setImmediate(() => {
+            const events = held ?? [];
+            held = undefined;
+            for (const event of events) event();
+          });
           resolve(room);
           return;
         }
-        room.#receive(parsed.data);
+        const current = room;
+        const frame = parsed.data;
+        deliver(() => current.#receive(frame));
       });
       ws.on("close", (code, reason) => {
         if (refused) return;
         clearTimeout(timer);
         if (!room) reject(new RoomError(`room ${roomId} closed before the welcome (${code} ${reason.toString()})`));
-        else room.#finish(room.#endedReason ?? "disconnected");
+        else {
+          const current = room;
+          deliver(() => {
+            current.#close = { code, reason: reason.toString() };
+            current.#finish(current.#endedReason ?? "disconnected");
+          });
+        }
       });
     });
   }
@@ -98,6 +124,15 @@ export class RoomConnection extends EventEmitter<RoomEvents> {
   /** Set once the connection closed: why (the room's end reason, or "disconnected"). */
   get endedReason(): string | undefined {
     return this.#finished ? this.#endedReason : undefined;
+  }
+
+  /**
+   * Set once the connection closed: the WebSocket close code and reason (the hub's own codes: 4000
+   * the room ended, 4001 the same identity joined elsewhere, 4002 this client did not read, 4003
+   * the room filled up).
+   */
+  get closed(): { code: number; reason: string } | undefined {
+    return this.#close;
   }
 
   /** Participants other than this one. */

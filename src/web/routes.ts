@@ -6,7 +6,7 @@ const WEB_DIR = fileURLToPath(new URL("../../web/", import.meta.url));
 const VIZ_DIR = fileURLToPath(new URL("../../visualizations/", import.meta.url));
 
 const PAGES: Record<string, string> = { "/dashboard": "dashboard.html", "/playground": "playground.html" };
-const ASSET = /^\/web\/([a-z-]+\.(?:js|css))$/;
+const ASSET = /^\/web\/([a-z-]+\.(?:js|css|svg))$/;
 const DIAGRAM = /^\/visualizations\/([a-z-]+\.svg)$/;
 const TYPES: Record<string, string> = {
   html: "text/html; charset=utf-8",
@@ -14,6 +14,8 @@ const TYPES: Record<string, string> = {
   css: "text/css; charset=utf-8",
   svg: "image/svg+xml",
 };
+
+export type PlaygroundMode = "dispatch" | "join";
 
 /** What the dashboard shows: flat lists, each entry carrying its machine's current state. */
 export interface DashboardSnapshot {
@@ -28,8 +30,13 @@ export interface WebRoutesOptions {
   snapshot(): Promise<DashboardSnapshot> | DashboardSnapshot;
   /** Checks the token of an /events request; throws to refuse. Absent = open (a worker's own server). */
   authorize?(token: string | undefined): Promise<void>;
-  /** Without the playground (a worker in local mode has no dispatch API). */
-  playground?: boolean;
+  /**
+   * The playground this server offers: `"dispatch"` (default: the registry's, which dispatches an
+   * agent and joins its room), `"join"` (a local-mode worker's: it only joins the room its printed
+   * link names, with the participant token in that link), or `false` (none: `/playground` is a 404
+   * and the dashboard shows no link to it). Read on every request, so it may be a getter.
+   */
+  playground?: PlaygroundMode | boolean;
   /** How often the stream looks for changes; it sends only when something changed. */
   intervalMs?: number;
 }
@@ -41,11 +48,20 @@ export interface WebRoutesOptions {
  */
 export function createWebRoutes(options: WebRoutesOptions) {
   const intervalMs = options.intervalMs ?? 250;
+  // Read per request: a local-mode worker knows only once its job's room is set up.
+  const playgroundMode = (): PlaygroundMode | false =>
+    options.playground === undefined || options.playground === true ? "dispatch" : options.playground;
   const streams = new Set<ServerResponse>();
 
-  async function serveFile(res: ServerResponse, path: string, ext: string): Promise<void> {
+  async function serveFile(
+    res: ServerResponse,
+    path: string,
+    ext: string,
+    edit?: (text: string) => string,
+  ): Promise<void> {
     try {
-      const body = await readFile(path);
+      const raw = await readFile(path);
+      const body = edit ? edit(raw.toString("utf8")) : raw;
       res.writeHead(200, { "content-type": TYPES[ext] ?? "application/octet-stream", "cache-control": "no-cache" });
       res.end(body);
     } catch {
@@ -71,7 +87,7 @@ export function createWebRoutes(options: WebRoutesOptions) {
       "cache-control": "no-store",
       connection: "keep-alive",
     });
-    res.write(`event: hello\ndata: ${JSON.stringify({ source: options.source })}\n\n`);
+    res.write(`event: hello\ndata: ${JSON.stringify({ source: options.source, playground: playgroundMode() })}\n\n`);
     streams.add(res);
     let last = "";
     let busy = false;
@@ -105,8 +121,27 @@ export function createWebRoutes(options: WebRoutesOptions) {
     async handle(req: IncomingMessage, res: ServerResponse, url: URL): Promise<boolean> {
       if (req.method !== "GET" && req.method !== "HEAD") return false;
       const path = url.pathname;
+      if (path === "/") {
+        // The dashboard is the front page; the query (e.g. ?token=) goes along.
+        res.writeHead(302, { location: `/dashboard${url.search}`, "cache-control": "no-store" });
+        res.end();
+        return true;
+      }
+      if (path === "/favicon.ico") {
+        await serveFile(res, `${WEB_DIR}favicon.svg`, "svg");
+        return true;
+      }
       const page = PAGES[path];
-      if (page && (path !== "/playground" || options.playground !== false)) {
+      if (page === "playground.html") {
+        const playground = playgroundMode();
+        if (!playground) return false;
+        // The page learns which playground this is from its body's data-mode.
+        await serveFile(res, `${WEB_DIR}${page}`, "html", (html) =>
+          html.replace('data-mode="dispatch"', `data-mode="${playground}"`),
+        );
+        return true;
+      }
+      if (page) {
         await serveFile(res, `${WEB_DIR}${page}`, "html");
         return true;
       }

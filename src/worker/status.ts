@@ -1,17 +1,16 @@
 import type { AnyActorRef, AnyMachineSnapshot, StateValue } from "xstate";
 import type { WorkerContext } from "../../machines/worker.ts";
 import { loadOf } from "../../machines/worker.ts";
+import { stateText } from "../observability/diagram.ts";
 import type { Options } from "../options.ts";
 import type { ProcessTracker } from "./process-tracker.ts";
 
+/**
+ * A state value as text: every active region's full path from the root (`active.lifecycle.running.available
+ * | active.pool.ready`), so the dashboard can find each one in the machine's diagram.
+ */
 export function flattenState(value: StateValue): string {
-  if (typeof value === "string") return value;
-  return Object.entries(value)
-    .map(([key, child]) => {
-      const inner = child === undefined ? "" : flattenState(child);
-      return inner ? `${key}.${inner}` : key;
-    })
-    .join(" | ");
+  return stateText(value);
 }
 
 type WorkerSnapshot = AnyMachineSnapshot & { context: WorkerContext };

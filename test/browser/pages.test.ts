@@ -1,32 +1,23 @@
-import { existsSync, mkdirSync, mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { type Browser, chromium } from "playwright-core";
+import type { Browser } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type DevSession, startDev } from "../../src/cli/dev.ts";
 import { createLogger } from "../../src/observability/logger.ts";
+import { registryInternals } from "../../src/registry/server.ts";
 import { until } from "../integration/helpers/recorder.ts";
+import { chromiumAvailable, failedResponses, launchChromium, screenshotDir } from "./chromium.ts";
 
 /**
  * The playground and the dashboard in Debian's chromium, against `troupe dev` running the echo
- * example: dispatch the agent from the playground, talk to it, and watch its job on the dashboard go
- * from running to completed. Screenshots go under docs/ with TROUPE_SCREENSHOTS=1 (how the README's
- * pictures are made), else into a temporary folder.
+ * example: dispatch the agent from the playground with metadata, talk to it, watch its job and its
+ * process on the dashboard (every region of the slot's parallel state marked), leave, see the job
+ * complete, and dispatch again. Screenshots go under docs/ with TROUPE_SCREENSHOTS=1 (how the
+ * README's pictures are made), else into a temporary folder.
  */
-const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 const ECHO_AGENT = fileURLToPath(new URL("../../examples/echo-agent.ts", import.meta.url));
-const SHOTS = process.env.TROUPE_SCREENSHOTS
-  ? fileURLToPath(new URL("../../docs/", import.meta.url))
-  : mkdtempSync(join(tmpdir(), "troupe-shots-"));
-const available = existsSync(CHROMIUM);
-if (!available) {
-  // On a developer machine without chromium: say so. In CI the browser must be there (.ci/run installs it).
-  if (process.env.CI === "true") throw new Error(`no chromium at ${CHROMIUM}: .ci/run should have installed it`);
-  console.warn(`browser tests skipped: no chromium at ${CHROMIUM} (apt-get install chromium)`);
-}
 
-describe.runIf(available)("the playground and the dashboard in a real browser", { timeout: 90_000 }, () => {
+describe.runIf(chromiumAvailable)("the playground and the dashboard in a real browser", { timeout: 150_000 }, () => {
   let dev: DevSession;
   let browser: Browser;
 
@@ -39,19 +30,10 @@ describe.runIf(available)("the playground and the dashboard in a real browser", 
       logger: createLogger("ERROR", { write() {} }),
       workerOutput: "ignore",
     });
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: [
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-      ],
-    });
+    browser = await launchChromium();
     // The worker registers in its own process; the playground lists agents it finds at load.
     await until(
-      () => [...dev.registry.core.workers.values()].some((w) => w.available),
+      () => [...registryInternals(dev.registry).core.directory.workers()].some((w) => w.available),
       30_000,
       "the echo agent's worker to register",
     );
@@ -62,35 +44,89 @@ describe.runIf(available)("the playground and the dashboard in a real browser", 
     await dev?.stop();
   });
 
-  it("dispatches the echo agent, chats with it, and the dashboard shows its job run and complete", async () => {
-    mkdirSync(SHOTS, { recursive: true });
+  it("dispatches with metadata, chats, leaves, sees the job complete, and dispatches again", async () => {
+    const shots = screenshotDir();
+    const dispatcher = new URL(dev.playgroundUrl).searchParams.get("token") as string;
     const playground = await browser.newPage({ viewport: { width: 1100, height: 760 } });
+    const playgroundFailures = failedResponses(playground);
     await playground.goto(`${dev.playgroundUrl}&agent=EchoAgent&room=browser-room`);
     await playground.getByLabel("Your name").fill("Ada");
+    await playground.getByLabel("Metadata (JSON)").fill("not json");
+    await playground.getByRole("button", { name: "Dispatch agent and join" }).click();
+    await playground.locator("#status", { hasText: "error: metadata is not JSON" }).waitFor({ timeout: 5_000 });
+    await playground.getByLabel("Metadata (JSON)").fill('{"topic": "troupe", "level": 2}');
     await playground.getByRole("button", { name: "Dispatch agent and join" }).click();
     await playground.locator("#log .agent", { hasText: "Hello Ada!" }).waitFor({ timeout: 30_000 });
     await playground.getByPlaceholder("say something").fill("is anyone there?");
     await playground.getByRole("button", { name: "Send" }).click();
     await playground.locator("#log .agent", { hasText: "echo: is anyone there?" }).waitFor({ timeout: 10_000 });
-    const jobId = await playground.locator("#status").getAttribute("data-job-id");
+    const jobId = (await playground.locator("#status").getAttribute("data-job-id")) as string;
     expect(jobId).toMatch(/^job-/);
-    await playground.screenshot({ path: join(SHOTS, "playground.png") });
+    // While its job runs, the page dispatches nothing more into the room; it can leave.
+    await expect
+      .poll(() => playground.locator("#status").getAttribute("data-job-status"), { timeout: 15_000 })
+      .toBe("running");
+    expect(await playground.getByRole("button", { name: "Dispatch agent and join" }).isDisabled()).toBe(true);
+    expect(await playground.getByRole("button", { name: "Leave" }).isEnabled()).toBe(true);
+    const record = await fetch(`${dev.registry.url}/v1/jobs/${jobId}`, {
+      headers: { authorization: `Bearer ${dispatcher}` },
+    }).then((r) => r.json() as Promise<{ job: { metadata?: unknown } }>);
+    expect(record.job.metadata).toEqual({ topic: "troupe", level: 2 });
+    await playground.screenshot({ path: join(shots, "playground.png") });
 
-    const dashboard = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+    const dashboard = await browser.newPage({ viewport: { width: 1100, height: 1000 } });
+    const dashboardFailures = failedResponses(dashboard);
     await dashboard.goto(dev.dashboardUrl);
     const row = dashboard.locator(`#jobs tr[data-job="${jobId}"]`);
     await expect.poll(() => row.getAttribute("data-status"), { timeout: 15_000 }).toBe("running");
-    // The worker's processes, as its status updates report them: slot machine state and pid.
-    await dashboard.locator("#slots tbody tr").first().waitFor({ timeout: 15_000 });
-    expect(await dashboard.locator("#slots tbody tr").first().textContent()).toMatch(/slot\.\d+.*alive/);
-    await dashboard.locator("#machine").selectOption({ label: `dispatch ${jobId}` });
-    await dashboard.locator("#diagram svg .current").first().waitFor({ timeout: 10_000 });
-    await dashboard.screenshot({ path: join(SHOTS, "dashboard.png"), fullPage: true });
+    // The job's process, as its worker's status updates report it: all four regions of its slot marked.
+    const slot = dashboard.locator("#slots tbody tr", { hasText: jobId });
+    await slot.waitFor({ timeout: 15_000 });
+    expect(await slot.textContent()).toMatch(/slot\.\d+.*alive\.ready\.work\.busy/);
+    const slotKey = `slot:${await slot.getAttribute("data-worker")}:${await slot.getAttribute("data-slot")}`;
+    await dashboard.locator("#machine").selectOption(slotKey);
+    await expect.poll(() => dashboard.locator("#diagram").getAttribute("data-marked"), { timeout: 10_000 }).toBe("4");
+    expect(await dashboard.locator("#diagram g.node.current title").allTextContents()).toContain(
+      "slot_alive_ready_work_busy",
+    );
+    await dashboard.screenshot({ path: join(shots, "dashboard.png"), fullPage: true });
 
-    // Leaving the room ends the session after the agent's sessionTimeoutSeconds; the job completes.
-    await playground.close();
+    // Leaving ends the session after the agent's sessionTimeoutSeconds; the job completes, and the
+    // playground may dispatch again.
+    await playground.getByRole("button", { name: "Leave" }).click();
+    await playground.locator("#log .system", { hasText: "you left the room" }).waitFor({ timeout: 10_000 });
     await expect.poll(() => row.getAttribute("data-status"), { timeout: 30_000 }).toBe("completed");
     expect(await row.textContent()).toContain("session_ended");
+    await expect
+      .poll(() => playground.locator("#status").getAttribute("data-job-status"), { timeout: 15_000 })
+      .toBe("completed");
+    const again = playground.getByRole("button", { name: "Dispatch agent and join" });
+    expect(await again.isEnabled()).toBe(true);
+    await again.click();
+    await expect
+      .poll(() => playground.locator("#status").getAttribute("data-job-id"), { timeout: 15_000 })
+      .not.toBe(jobId);
+    await expect
+      .poll(() => playground.locator("#log .agent", { hasText: "Hello Ada!" }).count(), { timeout: 30_000 })
+      .toBe(2);
+    const secondJob = (await playground.locator("#status").getAttribute("data-job-id")) as string;
+
+    await playground.close();
+    const secondRow = dashboard.locator(`#jobs tr[data-job="${secondJob}"]`);
+    await expect.poll(() => secondRow.getAttribute("data-status"), { timeout: 30_000 }).toBe("completed");
     await dashboard.close();
+    expect(playgroundFailures).toEqual([]);
+    expect(dashboardFailures).toEqual([]);
+  });
+
+  it("answers / with the dashboard and serves a favicon", async () => {
+    const root = await fetch(`${dev.registry.url}/?token=abc`, { redirect: "manual" });
+    expect(root.status).toBe(302);
+    expect(root.headers.get("location")).toBe("/dashboard?token=abc");
+    for (const path of ["/favicon.ico", "/web/favicon.svg"]) {
+      const icon = await fetch(`${dev.registry.url}${path}`);
+      expect(icon.status, path).toBe(200);
+      expect(icon.headers.get("content-type"), path).toBe("image/svg+xml");
+    }
   });
 });

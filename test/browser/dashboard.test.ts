@@ -1,0 +1,204 @@
+import type { Browser, Page } from "playwright-core";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { registryInternals } from "../../src/registry/server.ts";
+import type { WorkerHandle } from "../../src/worker/runtime.ts";
+import {
+  closeRegistries,
+  startInProcessWorker,
+  startRegistry,
+  stopInProcessWorkers,
+  type TestRegistry,
+  waitFor,
+} from "../registry/helpers.ts";
+import { chromiumAvailable, launchChromium } from "./chromium.ts";
+
+/**
+ * The dashboard in chromium, on machines in parallel states: a registry with two workers, each with
+ * one warm process `slot.0` (a slot is four parallel regions while it is alive: work, heartbeat,
+ * memory sampler, memory), each worker's registry session (two regions), and a worker's own root
+ * machine (two regions). Every active region is marked, the two `slot.0` are two choices, a marked
+ * state is inside the visible diagram, and a bad token is said plainly.
+ */
+
+/** What the page marked in its diagram: the titles of the current states and of the active clusters. */
+async function marks(page: Page): Promise<{ current: string[]; active: string[]; clipped: string[] }> {
+  const box = await page.locator("#diagram").boundingBox();
+  if (!box) throw new Error("the diagram is not shown");
+  const current = page.locator("#diagram g.node.current");
+  const clipped: string[] = [];
+  for (const node of await current.all()) {
+    // A marked state drawn (partly) outside the diagram's box would be cut off.
+    const at = await node.boundingBox();
+    const outside =
+      !at ||
+      at.x < box.x - 1 ||
+      at.y < box.y - 1 ||
+      at.x + at.width > box.x + box.width + 1 ||
+      at.y + at.height > box.y + box.height + 1;
+    if (outside) clipped.push((await node.locator("title").textContent()) ?? "");
+  }
+  return {
+    current: (await current.locator("title").allTextContents()).sort(),
+    active: (await page.locator("#diagram g.cluster.active > title").allTextContents()).sort(),
+    clipped,
+  };
+}
+
+/** The machine choices on the page: value and label. */
+async function choices(page: Page): Promise<{ value: string; label: string }[]> {
+  const out = [];
+  for (const option of await page.locator("#machine option").all()) {
+    out.push({ value: (await option.getAttribute("value")) ?? "", label: (await option.textContent()) ?? "" });
+  }
+  return out;
+}
+
+async function choose(page: Page, label: RegExp): Promise<string> {
+  const all = await choices(page);
+  const option = all.find((o) => label.test(o.label));
+  if (!option) throw new Error(`no machine ${label} among ${all.map((o) => o.label).join(", ")}`);
+  await page.locator("#machine").selectOption(option.value);
+  return option.value;
+}
+
+/**
+ * The diagram titles the state shown above the diagram names: one full path per active region,
+ * `<machine>_<path with _>`.
+ */
+async function expectedMarks(page: Page, machine: string): Promise<string[]> {
+  const state = (await page.locator("#machine-state").textContent()) ?? "";
+  return state
+    .split(" | ")
+    .map((path) => `${machine}_${path.trim().replaceAll(".", "_")}`)
+    .sort();
+}
+
+/**
+ * Waits until the diagram marks exactly the states the page shows as the machine's state (at least
+ * `regions` of them, one per active region), every compound state holding one is marked active, and
+ * none of them is cut off; returns the marks.
+ */
+async function expectMarked(page: Page, machine: string, regions: number) {
+  let last: Awaited<ReturnType<typeof marks>> | undefined;
+  let wanted: string[] = [];
+  await expect
+    .poll(
+      async () => {
+        // The state and the marks come from one snapshot; a region may move on between the two reads.
+        wanted = await expectedMarks(page, machine);
+        last = await marks(page);
+        return last.current.join(" ") === wanted.join(" ") && wanted.length >= regions;
+      },
+      { timeout: 15_000, message: `marks of ${machine}` },
+    )
+    .toBe(true);
+  const got = last as Awaited<ReturnType<typeof marks>>;
+  expect(got.current).toHaveLength(regions);
+  const clusters = new Set<string>();
+  for (const title of wanted) {
+    const parts = title.split("_");
+    for (let i = 2; i < parts.length; i++) clusters.add(`cluster_${parts.slice(0, i).join("_")}`);
+  }
+  expect(got.active).toEqual([...clusters].sort());
+  expect(got.clipped).toEqual([]);
+  expect(await page.locator("#diagram").getAttribute("data-marked")).toBe(String(regions));
+  return got;
+}
+
+describe.runIf(chromiumAvailable)("dashboard marks in a real browser", { timeout: 120_000 }, () => {
+  let registry: TestRegistry;
+  let workers: WorkerHandle[];
+  let browser: Browser;
+
+  beforeAll(async () => {
+    registry = await startRegistry({});
+    workers = await Promise.all(
+      ["marks-a", "marks-b"].map((agentId) =>
+        startInProcessWorker(registry.url, { agentId, maxProcesses: 1, numIdleProcesses: 1, initializeTimeout: 30 }),
+      ),
+    );
+    browser = await launchChromium();
+    // Each worker's status updates carry its processes: wait until both report a warm slot.0.
+    await waitFor(
+      "both workers to report a warm slot.0",
+      () =>
+        [...registryInternals(registry.registry).core.directory.workers()].filter((link) =>
+          link.slots.some((slot) => slot.id === "slot.0" && slot.state.includes("work.idle")),
+        ).length === 2 || undefined,
+      { timeoutMs: 60_000 },
+    );
+  }, 90_000);
+
+  afterAll(async () => {
+    await browser?.close();
+    await stopInProcessWorkers();
+    await closeRegistries();
+  });
+
+  it("marks every region of a slot and of a session, for each of two workers' slot.0", async () => {
+    const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+    await page.goto(`${registry.url}/dashboard?token=${registry.dispatcher}`);
+    await expect.poll(() => page.locator("#slots tbody tr").count(), { timeout: 15_000 }).toBe(2);
+
+    const slotChoices = (await choices(page)).filter((c) => c.label.startsWith("slot slot.0")).map((c) => c.value);
+    expect(slotChoices).toHaveLength(2);
+    expect(new Set(slotChoices).size).toBe(2);
+
+    for (const value of slotChoices) {
+      await page.locator("#machine").selectOption(value);
+      const marked = await expectMarked(page, "slot", 4);
+      expect(marked.current.join(" ")).toMatch(
+        /^slot_alive_ready_heartbeat_(waiting|awaitingPong) slot_alive_ready_memorySampler_sampling slot_alive_ready_memory_normal slot_alive_ready_work_idle$/,
+      );
+      expect(marked.active).toEqual([
+        "cluster_slot_alive",
+        "cluster_slot_alive_ready",
+        "cluster_slot_alive_ready_heartbeat",
+        "cluster_slot_alive_ready_memory",
+        "cluster_slot_alive_ready_memorySampler",
+        "cluster_slot_alive_ready_work",
+      ]);
+    }
+
+    await choose(page, /^session /);
+    const session = await expectMarked(page, "session", 2);
+    expect(session.current.join(" ")).toMatch(
+      /^session_live_capacity_available session_live_liveness_(quiet|awaitingPong)$/,
+    );
+    await page.close();
+  });
+
+  it("marks every region of a worker's root machine on the worker's own dashboard", async () => {
+    const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+    await page.goto(`http://127.0.0.1:${workers[0]?.port}/dashboard`);
+    await page.locator("#workers tbody tr").first().waitFor({ timeout: 15_000 });
+    await choose(page, /^worker /);
+    const marked = await expectMarked(page, "worker", 2);
+    expect(marked.current.some((title) => title.startsWith("worker_active_lifecycle_running"))).toBe(true);
+    expect(marked.current.some((title) => title.startsWith("worker_active_pool_"))).toBe(true);
+    // A worker's own dashboard has no playground to link to.
+    expect(await page.locator("#playground-link").isVisible()).toBe(false);
+    await page.close();
+  });
+
+  it("says a bad or missing token is not valid instead of reconnecting forever", async () => {
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    await page.goto(`${registry.url}/dashboard?token=not-a-token`);
+    const problem = page.locator("#problem");
+    await problem.waitFor({ state: "visible", timeout: 15_000 });
+    expect(await problem.textContent()).toMatch(/^token not valid: reload with \?token=<dispatcher token>/);
+    expect(await page.locator("#source").textContent()).toBe("not connected");
+    // The bad token is forgotten: a reload without one says a token is needed.
+    await page.goto(`${registry.url}/dashboard`);
+    await problem.waitFor({ state: "visible", timeout: 15_000 });
+    expect(await problem.textContent()).toMatch(/^no token: reload with \?token=<dispatcher token>/);
+    // With a good one the page works, and the problem is gone.
+    await page.goto(`${registry.url}/?token=${registry.dispatcher}`);
+    expect(new URL(page.url()).pathname).toBe("/dashboard");
+    await page.locator("#source", { hasText: "registry" }).waitFor({ timeout: 15_000 });
+    expect(await problem.isVisible()).toBe(false);
+    expect(await page.locator("#playground-link").isVisible()).toBe(true);
+    await context.close();
+  });
+});
