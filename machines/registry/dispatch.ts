@@ -63,6 +63,10 @@ export type DispatchEmitted =
   | { type: "offer"; jobId: string; workerId: string }
   /** The best worker is on another node: the job goes there with what was learnt here. */
   | { type: "forward"; jobId: string; workerId: string; tried: TriedWorkers; hops: number }
+  /** The dispatch waits for capacity from entering `waiting`... */
+  | { type: "waiting"; jobId: string }
+  /** ...until leaving it, whichever way. */
+  | { type: "waiting_over"; jobId: string }
   /** The job is the worker's from entering `bound`... */
   | { type: "bind"; jobId: string; workerId: string }
   /** ...until leaving it, whichever way. */
@@ -250,6 +254,8 @@ export const dispatchMachine = setup({
       jobId: context.jobId,
       output: outputOf(context),
     })),
+    announceWaiting: emit(({ context }) => ({ type: "waiting" as const, jobId: context.jobId })),
+    announceWaitingOver: emit(({ context }) => ({ type: "waiting_over" as const, jobId: context.jobId })),
     announceHandedOver: emit(({ context }) => ({ type: "handed_over" as const, jobId: context.jobId })),
   },
 }).createMachine({
@@ -306,6 +312,8 @@ export const dispatchMachine = setup({
         },
         /** No worker can take it now; any capacity change tries again. */
         waiting: {
+          entry: "announceWaiting",
+          exit: "announceWaitingOver",
           on: { capacity_changed: "pending" },
         },
         offering: {

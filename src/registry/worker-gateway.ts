@@ -70,11 +70,16 @@ export class WorkerGateway implements WorkerTransport {
     return true;
   }
 
+  /** Closes with a close frame; a peer that does not answer it (a dead link) is cut after a grace. */
   close(connectionId: string, code: number, reason: string): void {
     const ws = this.#sockets.get(connectionId);
     if (!ws) return;
-    if (ws.readyState === ws.OPEN) ws.close(code, reason);
-    else ws.terminate();
+    if (ws.readyState !== ws.OPEN) {
+      ws.terminate();
+      return;
+    }
+    ws.close(code, reason);
+    setTimeout(() => ws.terminate(), CLOSE_GRACE_MS).unref();
   }
 
   /** Cuts a connection without a close handshake (what a dead network does). */

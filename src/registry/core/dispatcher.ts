@@ -34,6 +34,8 @@ export interface DispatchStart {
  */
 export class Dispatcher {
   readonly #live = new Map<string, LiveDispatch>();
+  /** Dispatches in `waiting`, by agent: kept by the machines' waiting/waiting_over events only. */
+  readonly #waiting = new Map<string, Set<LiveDispatch>>();
   #closing = false;
 
   constructor(
@@ -96,19 +98,15 @@ export class Dispatcher {
     for (const live of [...this.#live.values()]) live.actor.send({ type: "worker_gone", workerId });
   }
 
-  /** Dispatches of this agent waiting for a worker try again (read from their machines' states). */
+  /** Dispatches of this agent waiting for a worker try again. */
   wakeWaiting(agentName: string): void {
-    const waking = [...this.#live.values()].filter(
-      (live) => live.record.agentName === agentName && live.actor.getSnapshot().matches({ unassigned: "waiting" }),
-    );
-    for (const live of waking) live.actor.send({ type: "capacity_changed" });
+    const waiting = this.#waiting.get(agentName);
+    if (!waiting) return;
+    for (const live of [...waiting]) live.actor.send({ type: "capacity_changed" });
   }
 
-  /** Any dispatch waiting for a worker? (A cheap check before waking.) */
   anyWaiting(): boolean {
-    for (const live of this.#live.values())
-      if (live.actor.getSnapshot().matches({ unassigned: "waiting" })) return true;
-    return false;
+    return this.#waiting.size > 0;
   }
 
   /** Stops every dispatch quietly: records keep their last status for the next registry to reconcile. */
@@ -116,6 +114,7 @@ export class Dispatcher {
     this.#closing = true;
     for (const live of this.#live.values()) live.actor.stop();
     this.#live.clear();
+    this.#waiting.clear();
   }
 
   #perform(live: LiveDispatch, event: DispatchEmitted): void {
@@ -148,6 +147,18 @@ export class Dispatcher {
         } else {
           live.actor.send({ type: "no_candidate", cause: placement.cause });
         }
+        break;
+      }
+      case "waiting": {
+        const waiting = this.#waiting.get(record.agentName) ?? new Set();
+        waiting.add(live);
+        this.#waiting.set(record.agentName, waiting);
+        break;
+      }
+      case "waiting_over": {
+        const waiting = this.#waiting.get(record.agentName);
+        waiting?.delete(live);
+        if (waiting?.size === 0) this.#waiting.delete(record.agentName);
         break;
       }
       case "reserve":
