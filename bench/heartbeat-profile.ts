@@ -26,7 +26,10 @@ const url = await new Promise<string>((resolve) => {
     resolve(JSON.parse(line).url),
   );
 });
-const token = await mintToken({ apiKey: "bench", apiSecret: "bench-secret-bench-secret" }, { role: "worker" });
+const token = await mintToken(
+  { apiKey: "bench", apiSecret: "bench-secret-bench-secret-0123456789" },
+  { role: "worker" },
+);
 const sims: SimWorker[] = [];
 while (sims.length < count) {
   const batch = Array.from(

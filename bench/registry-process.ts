@@ -4,7 +4,7 @@ import { createRequire } from "node:module";
 import { createInterface } from "node:readline";
 import { fileURLToPath, pathToFileURL } from "node:url";
 
-export const BENCH_CREDENTIALS = { apiKey: "bench", apiSecret: "bench-secret-bench-secret" };
+export const BENCH_CREDENTIALS = { apiKey: "bench", apiSecret: "bench-secret-bench-secret-0123456789" };
 
 const tsxLoader = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href;
 

@@ -8,7 +8,7 @@ import { createRegistry } from "../src/registry/server.ts";
 
 const registry = await createRegistry({
   apiKey: process.env.BENCH_KEY ?? "bench",
-  apiSecret: process.env.BENCH_SECRET ?? "bench-secret-bench-secret",
+  apiSecret: process.env.BENCH_SECRET ?? "bench-secret-bench-secret-0123456789",
   port: 0,
   logger: createLogger("ERROR", new Writable({ write: (_c, _e, done) => done() })),
   timing: { pingIntervalMs: 5_000, pongTimeoutMs: 10_000, registrationTimeoutMs: 60_000 },

@@ -1,4 +1,4 @@
-import { assign, type DoneActorEvent, enqueueActions, fromCallback, sendParent, sendTo, setup } from "xstate";
+import { assign, type DoneActorEvent, emit, enqueueActions, fromCallback, sendParent, sendTo, setup } from "xstate";
 import type {
   AvailabilityRequest,
   JobAssignment,
@@ -36,7 +36,12 @@ export type SocketCommand =
 
 export type SocketEvent =
   | { type: "socket.open" }
+  /** An open socket closed. */
   | { type: "socket.closed"; code: number; reason: string }
+  /** The attempt ended before the socket opened (refused, unreachable, timed out, no token); `error` says why. */
+  | { type: "socket.failed"; error: string }
+  /** The registry refused this worker's credentials (HTTP 401/403 on the upgrade): retrying cannot help. */
+  | { type: "socket.unauthorized"; status: number; error: string }
   | { type: "socket.invalid"; error: string }
   | { type: "registry.register"; message: Extract<RegistryMessage, { type: "register" }> }
   | { type: "registry.availability_request"; message: AvailabilityRequest }
@@ -70,13 +75,29 @@ export interface ConnectionContext {
   inventory: JobInventoryEntry[];
   lastStatus: WorkerStatus | null;
   lastProblem: string | null;
+  /** The wait before the next attempt, drawn when the link enters backoff. */
+  retryDelayMs: number;
+  /** Why the link ends in `failed`. */
+  failure: ConnectionOutput["reason"];
 }
 
 export interface ConnectionOutput {
-  reason: "max_retry";
+  /** max_retry: maxRetry consecutive failures; unauthorized: the registry refused the credentials. */
+  reason: "max_retry" | "unauthorized";
   retries: number;
   lastProblem: string | null;
 }
+
+/**
+ * What the link says about itself, for logs (`actor.on(...)` on the link actor). `attempt` is the
+ * number of the next connection attempt since the link was last registered (or since it started),
+ * of at most `maxRetry`.
+ */
+export type ConnectionEmitted =
+  | { type: "link.connected"; workerId: string }
+  | { type: "link.lost"; problem: string | null }
+  | { type: "link.retrying"; attempt: number; maxRetry: number; delayMs: number; problem: string | null }
+  | { type: "link.gave_up"; reason: ConnectionOutput["reason"]; retries: number; problem: string | null };
 
 export const MAX_BUFFERED_UPDATES = 10_000;
 export const MAX_RECENT_FINAL = 100;
@@ -124,7 +145,9 @@ function updateInventory(inventory: JobInventoryEntry[], update: JobUpdate): Job
 /**
  * The worker's link to the registry: online{connecting → registering → registered{quiet ⇄
  * awaitingPong}} → on any drop backoff (capped exponential, full jitter) → online … → failed after
- * maxRetry consecutive failures. The socket is the invoked `socket` actor, provided by src/.
+ * maxRetry consecutive failures, or at once when the registry refuses the credentials (401/403).
+ * The socket is the invoked `socket` actor, provided by src/. Emits `link.*` events
+ * (ConnectionEmitted) for logs: connected, lost, retrying, gave up.
  */
 export const connectionMachine = setup({
   types: {
@@ -132,6 +155,7 @@ export const connectionMachine = setup({
     context: {} as ConnectionContext,
     events: {} as ConnectionEvent,
     output: {} as ConnectionOutput,
+    emitted: {} as ConnectionEmitted,
   },
   actors: {
     socket: fromCallback<SocketCommand, ConnectionInput, SocketEvent>(() => {
@@ -142,10 +166,7 @@ export const connectionMachine = setup({
     registrationTimeout: ({ context }) => context.timing.registrationTimeoutMs,
     pingInterval: ({ context }) => context.timing.pingIntervalMs,
     pongTimeout: ({ context }) => context.timing.pongTimeoutMs,
-    // Full jitter: uniform in [0, min(max, base·2^(retries−1))].
-    reconnectDelay: ({ context }) =>
-      context.random() *
-      Math.min(context.timing.backoffMaxMs, context.timing.backoffBaseMs * 2 ** Math.max(0, context.retries - 1)),
+    reconnectDelay: ({ context }) => context.retryDelayMs,
   },
   guards: {
     registrationAccepted: ({ event }) => event.type === "registry.register" && event.message.success,
@@ -236,6 +257,8 @@ export const connectionMachine = setup({
             return `connection closed (${event.code}${event.reason ? `: ${event.reason}` : ""})`;
           case "registry.register":
             return `registration refused: ${event.message.message ?? "no reason given"}`;
+          case "socket.failed":
+            return event.error;
           case "registry.error":
             return `registry error: ${event.message.message}`;
           case "socket.invalid":
@@ -252,6 +275,34 @@ export const connectionMachine = setup({
       },
     }),
     noteTimeout: assign({ lastProblem: (_, params: { what: string }) => `${params.what} timed out` }),
+    noteUnauthorized: assign({
+      failure: () => "unauthorized" as const,
+      lastProblem: ({ event }) => (event.type === "socket.unauthorized" ? event.error : "unauthorized"),
+    }),
+    // Full jitter: uniform in [0, min(max, base·2^(retries−1))]. Drawn on every entry, retry or not.
+    planRetry: assign({
+      retryDelayMs: ({ context }) =>
+        context.random() *
+        Math.min(context.timing.backoffMaxMs, context.timing.backoffBaseMs * 2 ** Math.max(0, context.retries - 1)),
+    }),
+    reportConnected: emit(({ context }) => ({ type: "link.connected" as const, workerId: context.workerId })),
+    reportLost: emit(({ context }) => ({ type: "link.lost" as const, problem: context.lastProblem })),
+    reportRetrying: enqueueActions(({ context, enqueue }) => {
+      if (context.retries >= context.maxRetry) return;
+      enqueue.emit({
+        type: "link.retrying",
+        attempt: context.retries + 1,
+        maxRetry: context.maxRetry,
+        delayMs: Math.round(context.retryDelayMs),
+        problem: context.lastProblem,
+      });
+    }),
+    reportGaveUp: emit(({ context }) => ({
+      type: "link.gave_up" as const,
+      reason: context.failure,
+      retries: context.retries,
+      problem: context.lastProblem,
+    })),
   },
 }).createMachine({
   id: "connection",
@@ -268,6 +319,8 @@ export const connectionMachine = setup({
     inventory: [],
     lastStatus: null,
     lastProblem: null,
+    retryDelayMs: 0,
+    failure: "max_retry",
   }),
   initial: "online",
   on: {
@@ -277,6 +330,8 @@ export const connectionMachine = setup({
     "link.offer_answer": {},
     "socket.open": {},
     "socket.closed": {},
+    "socket.failed": {},
+    "socket.unauthorized": {},
     "socket.invalid": { actions: "noteProblem" },
     "registry.register": {},
     "registry.availability_request": {},
@@ -303,6 +358,9 @@ export const connectionMachine = setup({
       },
       on: {
         "socket.closed": { target: "backoff", actions: "noteProblem" },
+        "socket.failed": { target: "backoff", actions: "noteProblem" },
+        // Retrying with the same credentials cannot help: give up at once.
+        "socket.unauthorized": { target: "failed", actions: "noteUnauthorized" },
       },
       initial: "connecting",
       states: {
@@ -319,7 +377,11 @@ export const connectionMachine = setup({
           },
           on: {
             "registry.register": [
-              { guard: "registrationAccepted", target: "registered", actions: "acceptRegistration" },
+              {
+                guard: "registrationAccepted",
+                target: "registered",
+                actions: ["acceptRegistration", "reportConnected"],
+              },
               { target: "#connection.backoff", actions: "noteProblem" },
             ],
           },
@@ -327,6 +389,12 @@ export const connectionMachine = setup({
         registered: {
           entry: ["sendLastStatus", "flushBuffer"],
           on: {
+            // A registered link that drops is lost (an attempt that fails before this only retries).
+            "socket.closed": { target: "#connection.backoff", actions: ["noteProblem", "reportLost"] },
+            "xstate.error.actor.socket": {
+              target: "#connection.backoff",
+              actions: ["noteSocketFailure", "reportLost"],
+            },
             "link.status": { actions: ["rememberStatus", "sendStatus"] },
             "link.job_update": { actions: ["trackJob", "sendUpdate"] },
             "link.offer_answer": { actions: "sendAnswer" },
@@ -346,7 +414,7 @@ export const connectionMachine = setup({
               after: {
                 pongTimeout: {
                   target: "#connection.backoff",
-                  actions: { type: "noteTimeout", params: { what: "pong" } },
+                  actions: [{ type: "noteTimeout", params: { what: "pong" } }, "reportLost"],
                 },
               },
             },
@@ -355,13 +423,13 @@ export const connectionMachine = setup({
       },
     },
     backoff: {
-      entry: "countFailure",
+      entry: ["countFailure", "planRetry", "reportRetrying"],
       always: { guard: "retriesExhausted", target: "failed" },
       after: { reconnectDelay: "online" },
     },
-    failed: { type: "final" },
+    failed: { type: "final", entry: "reportGaveUp" },
   },
-  output: ({ context }) => ({ reason: "max_retry", retries: context.retries, lastProblem: context.lastProblem }),
+  output: ({ context }) => ({ reason: context.failure, retries: context.retries, lastProblem: context.lastProblem }),
 });
 
 function statusMessage(context: ConnectionContext, status: WorkerStatus | null): WorkerMessage {

@@ -68,6 +68,7 @@ export interface WorkerContext {
   finishedJobs: JobUpdate[];
   /** Processes that failed to warm since the pool last looked; the pool backs off on the next step. */
   unseenSpawnFailures: number;
+  /** The last measured load sample in 0..1 (CPU or loadFn); compared with loadThreshold. */
   externalLoad: number;
   exitCode: number;
 }
@@ -125,7 +126,11 @@ export const EXIT_FORCED = 2;
 const count = (slots: Record<string, SlotView>, phase: SlotView["phase"]) =>
   Object.values(slots).filter((s) => s.phase === phase).length;
 const jobCount = (c: WorkerContext) => Object.keys(c.jobs).length;
-export const loadOf = (c: WorkerContext) => Math.max(jobCount(c) / c.maxProcesses, c.externalLoad);
+/**
+ * The measured load (CPU or the user's loadFn), never the job share: `maxProcesses` caps jobs on its
+ * own, so a worker with maxProcesses N takes N jobs while the measured load stays below loadThreshold.
+ */
+export const loadOf = (c: WorkerContext) => c.externalLoad;
 const isFull = (c: WorkerContext) => jobCount(c) >= c.maxProcesses || loadOf(c) >= c.loadThreshold;
 const reservedCount = (c: WorkerContext) => Object.values(c.jobs).filter((j) => j.phase === "reserved").length;
 
@@ -536,7 +541,7 @@ export const workerMachine = setup({
         {
           id: "loadSampler",
           src: "loadSampler",
-          // Without a sampler, load is the share of busy processes alone.
+          // Without a sampler the measured load is 0: only maxProcesses caps jobs.
           onError: { actions: assign({ externalLoad: () => 0 }) },
         },
       ],

@@ -3,12 +3,26 @@ import { join } from "node:path";
 import type { AnyStateMachine } from "xstate";
 import { connectionMachine } from "../machines/connection.ts";
 import { jobMachine } from "../machines/job.ts";
+import { dispatchMachine } from "../machines/registry/dispatch.ts";
+import { sessionMachine } from "../machines/registry/session.ts";
 import { slotMachine } from "../machines/slot.ts";
 import { workerMachine } from "../machines/worker.ts";
-import { COVERAGE_DIR, machineInventory } from "../test/support/coverage.ts";
+import { COVERAGE_DIR, COVERED_MACHINES, machineInventory } from "../test/support/coverage.ts";
 
-/** Fails (exit 1) when a state or transition of the four machines was reached by no test in this run. */
-const machines: AnyStateMachine[] = [slotMachine, jobMachine, workerMachine, connectionMachine];
+/** Fails (exit 1) when a state or transition of the covered machines was reached by no test in this run. */
+const machines: AnyStateMachine[] = [
+  slotMachine,
+  jobMachine,
+  workerMachine,
+  connectionMachine,
+  sessionMachine,
+  dispatchMachine,
+];
+const ids = machines.map((m) => m.id);
+if (ids.join() !== COVERED_MACHINES.join()) {
+  console.error(`machine coverage: the machines checked (${ids}) are not COVERED_MACHINES (${COVERED_MACHINES})`);
+  process.exit(1);
+}
 
 let files: string[] = [];
 try {

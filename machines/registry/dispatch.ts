@@ -166,6 +166,8 @@ export const dispatchMachine = setup({
       candidate: ({ event }) => (event.type === "candidate" ? { workerId: event.workerId, epoch: event.epoch } : null),
       // The preferred worker is asked once; after that it competes like any other.
       prefer: () => null,
+      // A worker was found: if the deadline passes now, it is not for the reason of an earlier search.
+      cause: () => null,
     }),
     recordCause: assign({ cause: ({ event }) => (event.type === "no_candidate" ? event.cause : null) }),
     reserve: emit(({ context }) => ({
@@ -283,7 +285,6 @@ export const dispatchMachine = setup({
     answer: {},
     job_update: {},
     worker_gone: {},
-    cancel: {},
     taken_over: ".handedOver",
   },
   states: {

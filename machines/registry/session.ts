@@ -77,7 +77,9 @@ export const sessionMachine = setup({
   },
   guards: {
     departed: ({ context, event }) =>
-      event.type === "socket_closed" && event.departed === true && context.reportedStatus === "draining",
+      event.type === "socket_closed" &&
+      event.departed === true &&
+      (context.reportedStatus === "draining" || context.reportedStatus === "offline"),
     isDraining: ({ context }) => context.reportedStatus === "draining" || context.reportedStatus === "offline",
     isFull: ({ context }) =>
       context.reportedStatus === "full" ||

@@ -7,7 +7,11 @@ import { createLogger } from "../observability/logger.ts";
 import { LOG_LEVELS, type LogLevel } from "../options.ts";
 import { mintToken, ROLES, type Role } from "../registry/auth.ts";
 import { createRegistry } from "../registry/server.ts";
-import { startDev } from "./dev.ts";
+import type { JobRecord } from "../registry/store.ts";
+import { SignalGestures } from "../util/signal-gestures.ts";
+import { installLauncherHook } from "../worker/launcher.ts";
+import { devCredentialsFile, startDev } from "./dev.ts";
+import { finalLine, jobDetails, jobsTable, type WorkerRow, workersTable } from "./format.ts";
 import { RegistryClient, RegistryClientError } from "./registry-client.ts";
 
 const env = process.env;
@@ -30,6 +34,27 @@ function credentials(opts: { apiKey?: string; apiSecret?: string }) {
 }
 
 class CliError extends Error {}
+
+/** HS256 keys shorter than the hash (32 bytes) are weak; the registry refuses them too. */
+const MIN_SECRET_BYTES = 32;
+
+function registryCredentials(opts: { apiKey?: string; apiSecret?: string }) {
+  const creds = credentials(opts);
+  const bytes = Buffer.byteLength(creds.apiSecret);
+  if (bytes < MIN_SECRET_BYTES) {
+    throw new CliError(
+      `the API secret (--api-secret or TROUPE_API_SECRET) is ${bytes} bytes; a registry needs at least ${MIN_SECRET_BYTES}. Make one with: openssl rand -hex 32`,
+    );
+  }
+  return creds;
+}
+
+function logLevel(value: unknown): LogLevel {
+  const level = String(value).toUpperCase();
+  if (!LOG_LEVELS.includes(level as LogLevel))
+    throw new CliError(`--log-level must be one of ${LOG_LEVELS.join(", ")}`);
+  return level as LogLevel;
+}
 
 async function client(opts: { url?: string; token?: string; apiKey?: string; apiSecret?: string }) {
   const url = opts.url ?? env.TROUPE_URL;
@@ -77,7 +102,7 @@ export function buildProgram(): Command {
       const logger = createLogger(level as LogLevel);
       const redisUrl: string | undefined = opts.redis ?? env.TROUPE_REDIS_URL;
       const registry = await createRegistry({
-        ...credentials(opts),
+        ...registryCredentials(opts),
         host: opts.host,
         port: opts.port,
         logger,
@@ -90,13 +115,27 @@ export function buildProgram(): Command {
         },
         ...(opts.maxConnections ? { httpLimits: { maxConnections: opts.maxConnections } } : {}),
       });
-      const stop = async () => {
-        logger.info("registry stopping");
-        await registry.close();
-        process.exit(0);
+      // The first signal closes the registry; copies of the same Ctrl-C (npm, a shell) count once, and
+      // a second, deliberate one exits at once.
+      const gestures = new SignalGestures();
+      const onSignal = (signal: NodeJS.Signals) => {
+        const gesture = gestures.next();
+        if (gesture === 1) {
+          logger.info({ signal }, "registry stopping; a second signal exits at once");
+          registry.close().then(
+            () => process.exit(0),
+            (error: Error) => {
+              logger.error({ err: error.message }, "registry did not close cleanly");
+              process.exit(1);
+            },
+          );
+        } else if (gesture > 1) {
+          logger.warn({ signal }, "registry exiting now");
+          process.exit(1);
+        }
       };
-      process.once("SIGTERM", stop);
-      process.once("SIGINT", stop);
+      process.on("SIGTERM", onSignal);
+      process.on("SIGINT", onSignal);
     });
 
   program
@@ -124,20 +163,21 @@ export function buildProgram(): Command {
         port: opts.port,
         logger,
         watch: opts.watch,
-        ...(apiKey && apiSecret ? { credentials: { apiKey, apiSecret } } : {}),
+        // The same keys on every run (kept in ~/.troupe), so open pages' tokens survive a restart.
+        ...(apiKey && apiSecret ? { credentials: { apiKey, apiSecret } } : { credentialsFile: devCredentialsFile() }),
       });
       process.stdout.write(
         `\ntroupe dev: ${path}\n  playground  ${session.playgroundUrl}\n  dashboard   ${session.dashboardUrl}\n  registry    ${session.registry.url}\n\n`,
       );
-      let stopping = false;
-      const stop = async () => {
-        if (stopping) return;
-        stopping = true;
-        await session.stop();
-        process.exit(0);
-      };
-      process.on("SIGTERM", stop);
-      process.on("SIGINT", stop);
+      // Ctrl-C: the worker drains (a copy of the same Ctrl-C from npm or a shell counts once); a
+      // second Ctrl-C stops its jobs at once. The workers get each gesture from here, exactly once.
+      const onSignal = (signal: NodeJS.Signals) => session.signal(signal);
+      process.on("SIGTERM", onSignal);
+      process.on("SIGINT", onSignal);
+      session.closed.then(
+        (code) => process.exit(code),
+        () => process.exit(1),
+      );
     });
 
   program
@@ -157,11 +197,24 @@ export function buildProgram(): Command {
 
   program
     .command("start")
-    .description("run a production worker for an agent module (the module calls new WorkerJob(...).start())")
+    .description(
+      "run a production worker for an agent module: it registers with the registry and takes jobs, whatever the module's `register` option says (the module calls new WorkerJob(...).start())",
+    )
     .argument("<module>", "path to the agent module")
-    .action(async (modulePath: string) => {
+    .option("--url <url>", "registry URL (default: the module's registryUrl, or TROUPE_URL)")
+    .option("--log-level <level>", "DEBUG, INFO, WARN or ERROR (default: the module's logLevel)")
+    .action(async (modulePath: string, opts) => {
       const path = resolve(modulePath);
       if (!existsSync(path)) throw new CliError(`no agent module at ${path}`);
+      const level = opts.logLevel === undefined ? undefined : logLevel(opts.logLevel);
+      // The module's `new WorkerJob(...).start()` applies these on top of its own options.
+      installLauncherHook({
+        overrides: {
+          register: true,
+          ...(opts.url ? { registryUrl: opts.url } : {}),
+          ...(level ? { logLevel: level } : {}),
+        },
+      });
       await import(pathToFileURL(path).href);
     });
 
@@ -180,6 +233,8 @@ export function buildProgram(): Command {
     .option("--idempotency-key <key>", "the same key returns the same job")
     .option("--max-duration <seconds>", "stop the job after this long", intOption("--max-duration"))
     .option("--redispatch", "dispatch again if the worker running it is lost")
+    .option("--wait", "wait for the job's outcome and print it; exit 0 only when it completed")
+    .option("--json", "print the job record as JSON")
     .action(async (agent: string, opts) => {
       let metadata: unknown;
       try {
@@ -187,16 +242,37 @@ export function buildProgram(): Command {
       } catch {
         throw new CliError("--metadata must be JSON");
       }
-      print(
-        await (await client(opts)).dispatch({
-          agent_name: agent,
-          ...(opts.room ? { room_id: opts.room } : {}),
-          metadata: metadata as Record<string, unknown>,
-          ...(opts.idempotencyKey ? { idempotency_key: opts.idempotencyKey } : {}),
-          ...(opts.maxDuration !== undefined ? { max_duration: opts.maxDuration } : {}),
-          ...(opts.redispatch ? { redispatch: true } : {}),
-        }),
+      if (metadata === null || typeof metadata !== "object" || Array.isArray(metadata)) {
+        throw new CliError("--metadata must be a JSON object");
+      }
+      const c = await client(opts);
+      const answer = (await c.dispatch({
+        agent_name: agent,
+        ...(opts.room ? { room_id: opts.room } : {}),
+        metadata: metadata as Record<string, unknown>,
+        ...(opts.idempotencyKey ? { idempotency_key: opts.idempotencyKey } : {}),
+        ...(opts.maxDuration !== undefined ? { max_duration: opts.maxDuration } : {}),
+        ...(opts.redispatch ? { redispatch: true } : {}),
+      })) as { job: JobRecord; created: boolean };
+      const { job } = answer;
+      if (!opts.wait) {
+        if (opts.json) return print(answer);
+        const room = job.roomId ? `, room ${job.roomId}` : "";
+        const again = answer.created ? "" : " (already dispatched with this idempotency key)";
+        process.stdout.write(`job ${job.id} ${job.status}: agent ${job.agentName}${room}${again}\n`);
+        return;
+      }
+      // Progress goes to stderr, so stdout holds only the outcome.
+      process.stderr.write(
+        `job ${job.id} dispatched: agent ${job.agentName}${job.roomId ? `, room ${job.roomId}` : ""}\n`,
       );
+      const final = await c.waitForFinal(job.id, (now) => {
+        if (now.status === "running")
+          process.stderr.write(`job ${now.id} running${now.workerId ? ` on ${now.workerId}` : ""}\n`);
+      });
+      if (opts.json) print({ job: final });
+      else process.stdout.write(finalLine(final));
+      if (final.status !== "completed") process.exitCode = 1;
     });
 
   withClient(program.command("jobs"))
@@ -205,16 +281,46 @@ export function buildProgram(): Command {
     .option("--status <status>", "only jobs with this status")
     .option("--agent <agent>", "only jobs of this agent")
     .option("--cancel", "cancel the job given by id")
+    .option("--json", "print JSON instead of a table")
     .action(async (id: string | undefined, opts) => {
+      if (opts.cancel && !id) throw new CliError("--cancel needs the job's id: troupe jobs <id> --cancel");
       const c = await client(opts);
-      if (id && opts.cancel) return print(await c.cancel(id));
-      if (id) return print(await c.job(id));
-      print(await c.jobs({ status: opts.status, agent: opts.agent }));
+      if (id) {
+        const answer = (await (opts.cancel ? c.cancel(id) : c.job(id))) as { job: JobRecord };
+        if (opts.json) return print(answer);
+        if (opts.cancel) process.stdout.write(`cancelling job ${id}\n`);
+        process.stdout.write(jobDetails(answer.job));
+        return;
+      }
+      const answer = (await c.jobs({ status: opts.status, agent: opts.agent })) as { jobs: JobRecord[] };
+      if (opts.json) return print(answer);
+      process.stdout.write(jobsTable(answer.jobs));
     });
 
   withClient(program.command("workers"))
     .description("list the workers connected to a registry")
-    .action(async (opts) => print(await (await client(opts)).workers()));
+    .option("--json", "print JSON instead of a table")
+    .action(async (opts) => {
+      const answer = (await (await client(opts)).workers()) as { workers: WorkerRow[] };
+      if (opts.json) return print(answer);
+      process.stdout.write(workersTable(answer.workers));
+    });
+
+  program
+    .command("connect")
+    .description(
+      "join a room from this terminal: prints what is said, sends each line you type (Ctrl-D or /leave leaves)",
+    )
+    .requiredOption("--room <id>", "the room")
+    .option("--url <url>", "the room hub: a registry, or a local-mode worker (default TROUPE_URL)")
+    .option("--token <token>", "participant token for the room (default TROUPE_ROOM_TOKEN, or minted from the API key)")
+    .option("--name <name>", "your display name in the room (default your user name)")
+    .option("--api-key <key>", "API key (default TROUPE_API_KEY)")
+    .option("--api-secret <secret>", "API secret (default TROUPE_API_SECRET)")
+    .action(async (opts) => {
+      const { connectCommand } = await import("./connect.ts");
+      process.exitCode = await connectCommand(opts);
+    });
 
   return program;
 }

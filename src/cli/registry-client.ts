@@ -1,4 +1,11 @@
+import type { JobRecord } from "../registry/store.ts";
+
 export class RegistryClientError extends Error {}
+
+/** Statuses a job record ends in (a `lost` one may still be corrected by its worker's late report). */
+export const FINAL_JOB_STATUSES: readonly string[] = ["completed", "failed", "cancelled", "lost", "rejected"];
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** A small client of the registry's HTTP API, for the CLI and for tests. */
 export class RegistryClient {
@@ -22,7 +29,14 @@ export class RegistryClient {
       throw new RegistryClientError(`cannot reach the registry at ${this.baseUrl}: ${(error as Error).message}`);
     }
     const text = await response.text();
-    const data = text ? JSON.parse(text) : null;
+    let data: { error?: string } | null = null;
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch {
+      throw new RegistryClientError(
+        `${this.baseUrl} answered ${response.status} with something that is not JSON: is it a troupe registry?`,
+      );
+    }
     if (response.status === 401 || response.status === 403) {
       throw new RegistryClientError(`the registry refused the token: ${data?.error ?? response.statusText}`);
     }
@@ -47,5 +61,24 @@ export class RegistryClient {
   }
   workers() {
     return this.#request("GET", "/v1/workers");
+  }
+
+  /**
+   * Polls the job until its record is final and returns it: every 100 ms at first, backing off to
+   * once a second for long jobs. `onChange` sees each status it passes through.
+   */
+  async waitForFinal(id: string, onChange?: (job: JobRecord) => void): Promise<JobRecord> {
+    let intervalMs = 100;
+    let last: string | undefined;
+    for (;;) {
+      const { job } = (await this.job(id)) as { job: JobRecord };
+      if (job.status !== last) {
+        last = job.status;
+        onChange?.(job);
+      }
+      if (FINAL_JOB_STATUSES.includes(job.status)) return job;
+      await sleep(intervalMs);
+      intervalMs = Math.min(1_000, Math.round(intervalMs * 1.5));
+    }
   }
 }

@@ -87,6 +87,13 @@ export function createWebRoutes(options: WebRoutesOptions) {
       "cache-control": "no-store",
       connection: "keep-alive",
     });
+    // A HEAD of a stream that never ends would otherwise never be answered: Node sends a HEAD's
+    // headers only at end().
+    if (req.method === "HEAD") {
+      res.end();
+      return;
+    }
+    res.flushHeaders();
     res.write(`event: hello\ndata: ${JSON.stringify({ source: options.source, playground: playgroundMode() })}\n\n`);
     streams.add(res);
     let last = "";

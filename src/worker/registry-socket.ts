@@ -21,12 +21,44 @@ export interface RegistrySocketSettings {
   decorateStatus?: (message: StatusUpdateMessage) => StatusUpdateMessage;
 }
 
-/** Close codes the socket reports for attempts that never opened (4000–4999: application codes). */
-export const CONNECT_TIMEOUT_CODE = 4008;
-export const NO_TOKEN_CODE = 4001;
-export const CONNECT_FAILED_CODE = 4000;
-/** A refused upgrade is reported as 4000 + the HTTP status (4401, 4403, …). */
-export const refusedCode = (status: number) => 4000 + Math.min(Math.max(status, 0), 999);
+/** The close code reported when sending on an open socket fails (an application code). */
+export const SEND_FAILED_CODE = 4000;
+
+/** HTTP answers to the upgrade that mean the credentials are refused: retrying cannot help. */
+const UNAUTHORIZED_STATUSES = new Set([401, 403]);
+
+/** Plain words for the errors a connection attempt meets most, before the system's own message. */
+const ERROR_WORDS: Record<string, string> = {
+  ECONNREFUSED: "connection refused",
+  ECONNRESET: "connection reset",
+  ENOTFOUND: "host not found",
+  EAI_AGAIN: "host not found (DNS lookup failed)",
+  ETIMEDOUT: "connection timed out",
+  EHOSTUNREACH: "host unreachable",
+  ENETUNREACH: "network unreachable",
+  EPIPE: "connection reset",
+};
+
+/** Why an attempt failed, in words first: "connection refused (connect ECONNREFUSED 127.0.0.1:7880)". */
+export function describeConnectError(error: Error): string {
+  const code = (error as NodeJS.ErrnoException).code;
+  const words = code ? ERROR_WORDS[code] : undefined;
+  return words ? `${words} (${error.message})` : error.message;
+}
+
+/** The registry URL as logs may show it: no credentials, no query. */
+export function redactedUrl(registryUrl: string): string {
+  try {
+    const url = new URL(registryUrl);
+    url.username = "";
+    url.password = "";
+    url.search = "";
+    url.hash = "";
+    return url.toString();
+  } catch {
+    return "(invalid URL)";
+  }
+}
 
 /** How much of a refusal's body becomes the reason (the registry's bodies are one short line). */
 const MAX_REFUSAL_BODY = 512;
@@ -45,11 +77,15 @@ export function agentEndpoint(registryUrl: string): string {
  * frame is parsed with the protocol schema; a bad one becomes `socket.invalid` (logged, nothing else
  * changes).
  *
- * Each actor instance is one socket generation. It reports `socket.closed` exactly once, whatever
- * ends the attempt: a close, a refused upgrade (401/403), the connect deadline, no token, or an
- * error of its own. After that, and after it is stopped, nothing it owns can send the machine
- * anything, so a late event of an old socket never reaches the next attempt. It never throws into
- * the machine: an actor in `error` would skip its cleanup and leave its socket open.
+ * Each actor instance is one socket generation. It reports exactly one ending event, whatever ends
+ * the attempt: `socket.closed` when an open socket closes (or a send on it fails),
+ * `socket.unauthorized` when the registry refuses the credentials (401/403 on the upgrade), and
+ * `socket.failed` with the cause in words for an attempt that never opened (connection refused,
+ * unreachable, another refused upgrade, the connect deadline, no token). After that, and after it is
+ * stopped, nothing it owns can send the machine anything, so a late event of an old socket never
+ * reaches the next attempt. It never throws into the machine: an actor in `error` would skip its
+ * cleanup and leave its socket open. The connection machine's `link.*` events carry every cause to
+ * the worker's log, so this actor logs at debug level only.
  */
 export function createRegistrySocket(settings: RegistrySocketSettings) {
   const endpoint = agentEndpoint(settings.registryUrl);
@@ -74,19 +110,27 @@ export function createRegistrySocket(settings: RegistrySocketSettings) {
       if (socket.readyState === WebSocket.OPEN) socket.close(1000, "worker closing link");
       else socket.terminate();
     };
-    /** Ends this generation: one socket.closed, then the socket is released. */
-    const end = (code: number, reason: string) => {
+    /** Ends this generation: one ending event, then the socket is released. */
+    const finish = (
+      event: Extract<SocketEvent, { type: "socket.closed" | "socket.failed" | "socket.unauthorized" }>,
+    ) => {
       if (finished) return;
-      sendBack({ type: "socket.closed", code, reason });
+      sendBack(event);
       finished = true;
       dispose();
     };
+    const end = (code: number, reason: string) => finish({ type: "socket.closed", code, reason });
+    const fail = (error: string) => {
+      logger.debug({ endpoint, err: error }, "registry connection attempt failed");
+      finish({ type: "socket.failed", error });
+    };
+    /** The last error the socket reported before it opened: the cause of the close that follows. */
+    let connectError: Error | undefined;
 
     const connectTimeoutMs = settings.connectTimeoutMs ?? input.timing.registrationTimeoutMs;
     connectTimer = setTimeout(() => {
       if (opened) return;
-      logger.warn({ endpoint, timeoutMs: connectTimeoutMs }, "registry connection attempt timed out");
-      end(CONNECT_TIMEOUT_CODE, `connecting timed out after ${connectTimeoutMs} ms`);
+      fail(`connecting timed out after ${connectTimeoutMs} ms`);
     }, connectTimeoutMs);
 
     const onRefused = (res: IncomingMessage) => {
@@ -97,8 +141,16 @@ export function createRegistrySocket(settings: RegistrySocketSettings) {
         if (settled) return;
         settled = true;
         const why = body.trim() || res.statusMessage || "no reason given";
-        logger.error({ status, endpoint, reason: why }, "registry refused the connection");
-        end(refusedCode(status), `registry refused the connection: ${status} ${why}`);
+        logger.debug({ status, endpoint, reason: why }, "registry refused the connection");
+        if (UNAUTHORIZED_STATUSES.has(status)) {
+          finish({
+            type: "socket.unauthorized",
+            status,
+            error: `registry refused the worker's credentials: ${status} ${why}`,
+          });
+        } else {
+          fail(`registry refused the connection: ${status} ${why}`);
+        }
       };
       res.setEncoding("utf8");
       res.on("data", (chunk: string) => {
@@ -148,9 +200,14 @@ export function createRegistrySocket(settings: RegistrySocketSettings) {
         report({ type: `registry.${message.type}`, message } as SocketEvent);
       });
       socket.on("close", (code, reason) => {
-        if (ws === socket) end(code, reason.toString());
+        if (ws !== socket) return;
+        if (opened) end(code, reason.toString());
+        else fail(connectError ? describeConnectError(connectError) : `connection closed before it opened (${code})`);
       });
-      socket.on("error", (error) => logger.debug({ err: error.message }, "registry socket error"));
+      socket.on("error", (error) => {
+        if (!opened) connectError = error;
+        logger.debug({ err: error.message }, "registry socket error");
+      });
     };
 
     Promise.resolve()
@@ -160,14 +217,12 @@ export function createRegistrySocket(settings: RegistrySocketSettings) {
           try {
             open(token);
           } catch (error) {
-            logger.error({ err: (error as Error).message, endpoint }, "could not open a socket to the registry");
-            end(CONNECT_FAILED_CODE, `could not connect: ${(error as Error).message}`);
+            fail(`could not connect: ${(error as Error).message}`);
           }
         },
         (error: Error) => {
           if (finished) return;
-          logger.error({ err: error.message }, "could not get a token for the registry");
-          end(NO_TOKEN_CODE, "no token");
+          fail(`could not get a token for the registry: ${error.message}`);
         },
       );
 
@@ -193,7 +248,7 @@ export function createRegistrySocket(settings: RegistrySocketSettings) {
       } catch (error) {
         // Never throw into the machine: drop this connection and let the machine reconnect.
         logger.error({ err: (error as Error).message, command: command.type }, "could not send to the registry");
-        end(CONNECT_FAILED_CODE, `send failed: ${(error as Error).message}`);
+        end(SEND_FAILED_CODE, `send failed: ${(error as Error).message}`);
       }
     });
 

@@ -2,7 +2,7 @@ import { randomBytes, randomUUID } from "node:crypto";
 import type { Server } from "node:http";
 import { type AnyActorLogic, fromCallback, toPromise } from "xstate";
 import type { JobSpec } from "../../machines/shared.ts";
-import { EXIT_CLEAN } from "../../machines/worker.ts";
+import { EXIT_CLEAN, EXIT_FORCED } from "../../machines/worker.ts";
 import { HttpError } from "../http/respond.ts";
 import { JobContext } from "../job/job-context.ts";
 import { createLogger, type Logger } from "../observability/logger.ts";
@@ -11,12 +11,14 @@ import type { SlotSummary } from "../protocol/registry.ts";
 import type { Credentials } from "../registry/auth.ts";
 import { RoomHub } from "../room/hub.ts";
 import { mintRoomToken, type RoomTokenRequest, roomAuthorizer } from "../room/room-auth.ts";
+import { SignalGestures } from "../util/signal-gestures.ts";
 import { createWebRoutes } from "../web/routes.ts";
 import { boundPort, closeServer, startHealthServer } from "./http-server.ts";
 import { createLoadSampler } from "./load-sampler.ts";
+import { type LocalRoomLinks, localRoomLinks } from "./local-room.ts";
 import { createProcessLogic } from "./process-actor.ts";
 import { ProcessTracker } from "./process-tracker.ts";
-import { createRegistryLink } from "./registry-link.ts";
+import { createRegistryLink, logLinkEvents } from "./registry-link.ts";
 import { describeWorker, flattenState, isReady, workerDashboard } from "./status.ts";
 import { createWorkerActor } from "./worker-actor.ts";
 import type { WorkerJobDefinition } from "./worker-job-definition.ts";
@@ -27,7 +29,10 @@ const MAX_REPORTED_SLOTS = 256;
 
 export interface RunSettings {
   logger?: Logger;
-  /** Install SIGTERM/SIGINT handlers: first signal drains, second stops at once (default true). */
+  /**
+   * Install SIGTERM/SIGINT handlers (default true): the first signal drains; a second one stops at once,
+   * unless it came within a second of the first (a copy of the same Ctrl-C, relayed by a launcher).
+   */
   handleSignals?: boolean;
   /** Provides the registry link when `register` is true. */
   registryLink?: (logger: Logger) => { logic: AnyActorLogic; input: unknown };
@@ -148,10 +153,15 @@ export async function runWorker(definition: WorkerJobDefinition, settings: RunSe
       memory_mb: slot.memoryMb === null ? null : Math.round(slot.memoryMb * 10) / 10,
       job_id: slot.jobId,
     }));
+  // Local mode: the ways into the job's room (RoomOptions.playground), once the room is set up.
+  let localLinks: LocalRoomLinks | undefined;
   const web = createWebRoutes({
     source: `worker ${options.agentId}`,
     snapshot: () => workerDashboard(describeWorker(actor, options, tracker, startedAt)),
-    playground: false,
+    // The playground for the local room only ("join" mode: there is no dispatch API here).
+    get playground() {
+      return localLinks ? ("join" as const) : false;
+    },
   });
   const server = await startHealthServer(
     options.host,
@@ -182,9 +192,11 @@ export async function runWorker(definition: WorkerJobDefinition, settings: RunSe
   const localSpec = options.register
     ? undefined
     : await localJobSpec(definition, loopbackUrl(options.host, port), roomCredentials);
+  if (localSpec?.roomId && localSpec.roomOptions?.playground !== false) {
+    localLinks = await localRoomLinks(loopbackUrl(options.host, port), localSpec.roomId, roomCredentials);
+  }
 
   let localOutcome: { status: string } | undefined;
-  let linkFailureLogged = false;
   actor.on("job.finished", ({ output }) => {
     metrics.jobsEnded.inc({ status: output.status, reason: output.reason ?? "" });
     const fields = {
@@ -222,42 +234,52 @@ export async function runWorker(definition: WorkerJobDefinition, settings: RunSe
   });
   actor.on("memory.warning", (event) => logger.warn(event, "job process memory above memoryWarnMb"));
   actor.on("job.rejected", (event) => logger.warn(event, "job rejected"));
-  if (options.register) {
-    // The link's own failure (maxRetry) is the worker's exit reason: say why before exiting.
-    actor.subscribe((snapshot) => {
-      const linkRef = snapshot.children.registryLink;
-      const output = linkRef?.getSnapshot().output as { lastProblem?: string; retries?: number } | undefined;
-      if (output && !linkFailureLogged) {
-        linkFailureLogged = true;
-        logger.error(
-          { retries: output.retries, lastProblem: output.lastProblem },
-          "gave up connecting to the registry",
-        );
-      }
-    });
-  }
   actor.subscribe({ error: (error) => logger.fatal({ err: String(error) }, "worker state machine failed") });
 
-  let signals = 0;
+  // One Ctrl-C reaches the worker more than once (the terminal signals the whole process group, and
+  // tsx, npm or `troupe dev` may relay a copy): signals count as gestures, so the copies that arrive
+  // within SIGNAL_GESTURE_WINDOW_MS of the first change nothing and only a later, deliberate one stops at once.
+  const gestures = new SignalGestures();
+  let stopAsked = false;
   const onSignal = (signal: NodeJS.Signals) => {
-    signals++;
-    if (signals === 1) {
+    const gesture = gestures.next();
+    if (gesture === 0) {
+      logger.debug({ signal }, "signal ignored: a copy of the one just handled (same Ctrl-C)");
+    } else if (gesture === 1) {
       logger.info(
         { signal, drainTimeout: options.drainTimeout },
         "draining: no new jobs; a second signal stops at once",
       );
       actor.send({ type: "worker.drain" });
-    } else {
+    } else if (!stopAsked) {
+      stopAsked = true;
       logger.warn({ signal }, "stopping now");
       actor.send({ type: "worker.stop" });
     }
   };
+  // The drain's bound: when drainTimeout passes, the jobs still running are stopped (they end failed
+  // `worker_shutdown`, never lost) and the worker exits 2. Say so, once.
+  let wasDraining = false;
+  actor.subscribe((snapshot) => {
+    const draining = snapshot.matches({ active: { lifecycle: "draining" } });
+    if (wasDraining && !draining && !stopAsked && snapshot.context.exitCode === EXIT_FORCED) {
+      logger.warn(
+        { drainTimeout: options.drainTimeout, jobs: Object.keys(snapshot.context.jobs) },
+        "drain timed out: stopping the jobs still running (they end failed worker_shutdown)",
+      );
+    }
+    wasDraining = draining;
+  });
   if (settings.handleSignals ?? true) {
     process.on("SIGTERM", onSignal);
     process.on("SIGINT", onSignal);
   }
 
   actor.start();
+  // The registry link (a child of the root while it is active) says connected, lost, retrying and
+  // gave up; gave up is also the worker's exit reason (non-zero).
+  const linkRef = options.register ? actor.getSnapshot().children.registryLink : undefined;
+  if (linkRef) logLinkEvents(linkRef, logger, options.registryUrl);
   logger.info(
     { agentId: options.agentId, port, register: options.register, maxProcesses: options.maxProcesses },
     "worker started",
@@ -268,6 +290,12 @@ export async function runWorker(definition: WorkerJobDefinition, settings: RunSe
       { jobId: localSpec.jobId, room: localSpec.roomId, dashboard: `${loopbackUrl(options.host, port)}/dashboard` },
       "local job started in its room",
     );
+    if (localLinks) {
+      logger.info(
+        { room: localSpec.roomId, playground: localLinks.playground, connect: localLinks.connect },
+        "join the room: open the playground link, or run the connect command in a terminal",
+      );
+    }
   }
 
   const done = toPromise(actor).then(
@@ -298,7 +326,10 @@ export async function runWorker(definition: WorkerJobDefinition, settings: RunSe
     port,
     done,
     drain: () => actor.send({ type: "worker.drain" }),
-    stop: () => actor.send({ type: "worker.stop" }),
+    stop: () => {
+      stopAsked = true;
+      actor.send({ type: "worker.stop" });
+    },
     rooms,
     roomToken: (request) => mintRoomToken(roomCredentials, request),
     localJob: localSpec,

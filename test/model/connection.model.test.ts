@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest";
 import { type AnyActorRef, assign, fromCallback, type SnapshotFrom, setup } from "xstate";
 import { createTestModel } from "xstate/graph";
 import {
+  type ConnectionEmitted,
   type ConnectionInput,
   type ConnectionTiming,
   connectionMachine,
@@ -25,6 +26,8 @@ interface ModelContext {
   retries: number;
   /** The worker id the registry gave ("" before the first accepted registration). */
   workerId: string;
+  /** The last failure dropped a registered link: the link says "lost" before it retries or gives up. */
+  lost: boolean;
 }
 
 /**
@@ -40,20 +43,38 @@ const failure = [
   },
   { target: "backoff", actions: "countFailure" },
 ] as const;
+/** A failure of a registered link: the same, and the link was lost. */
+const lostLink = [
+  {
+    guard: ({ context }: { context: ModelContext }) => context.retries + 1 >= MAX_RETRY,
+    target: "failed",
+    actions: "countLoss",
+  },
+  { target: "backoff", actions: "countLoss" },
+] as const;
+/** The registry refused the credentials (401/403 on the upgrade): no retry, whatever the count. */
+const UNAUTHORIZED = "unauthorized";
 
 const connectionModel = setup({
   types: { context: {} as ModelContext },
   actions: {
-    countFailure: assign({ retries: ({ context }) => context.retries + 1 }),
-    acceptRegistration: assign({ retries: 0, workerId: "w-1" }),
+    countFailure: assign({ retries: ({ context }) => context.retries + 1, lost: false }),
+    countLoss: assign({ retries: ({ context }) => context.retries + 1, lost: true }),
+    acceptRegistration: assign({ retries: 0, workerId: "w-1", lost: false }),
   },
 }).createMachine({
   id: "connectionModel",
-  context: { retries: 0, workerId: "" },
+  context: { retries: 0, workerId: "", lost: false },
   initial: "connecting",
   states: {
     connecting: {
-      on: { OPEN: "registering", DROP: failure, SOCKET_ERROR: failure },
+      on: {
+        OPEN: "registering",
+        DROP: failure,
+        CONNECT_FAILED: failure,
+        SOCKET_ERROR: failure,
+        UNAUTHORIZED: UNAUTHORIZED,
+      },
     },
     registering: {
       on: {
@@ -65,15 +86,16 @@ const connectionModel = setup({
       },
     },
     quiet: {
-      on: { PING_DUE: "awaitingPong", DROP: failure, SOCKET_ERROR: failure },
+      on: { PING_DUE: "awaitingPong", DROP: lostLink, SOCKET_ERROR: lostLink },
     },
     awaitingPong: {
-      on: { PONG: "quiet", PONG_TIMEOUT: failure, DROP: failure, SOCKET_ERROR: failure },
+      on: { PONG: "quiet", PONG_TIMEOUT: lostLink, DROP: lostLink, SOCKET_ERROR: lostLink },
     },
     backoff: {
       on: { BACKOFF_ELAPSED: "connecting" },
     },
     failed: { type: "final" },
+    [UNAUTHORIZED]: { type: "final" },
   },
 });
 
@@ -84,6 +106,7 @@ function createSut() {
   let sendBack: ((event: SocketEvent) => void) | undefined;
   let sockets = 0;
   let commands: SocketCommand[] = [];
+  const emitted: ConnectionEmitted[] = [];
   const socket = fromCallback<SocketCommand, ConnectionInput, SocketEvent>(({ sendBack: back, receive }) => {
     sockets++;
     sendBack = back;
@@ -103,9 +126,11 @@ function createSut() {
     random: () => RANDOM,
   } satisfies ConnectionInput);
   const snap = () => t.snapshot() as ConnectionSnapshot;
+  t.sut().on("*", (event: ConnectionEmitted) => emitted.push(event));
   return {
     ...t,
     snap,
+    emitted,
     /** Commands the current socket received. */
     commands: () => commands,
     sockets: () => sockets,
@@ -165,6 +190,10 @@ describe("connection machine (model-based)", () => {
           quiet: (model) => {
             healthy(model);
             expect(value()).toEqual({ online: { registered: "quiet" } });
+            expect(sut.emitted.filter((e) => e.type === "link.connected").at(-1)).toEqual({
+              type: "link.connected",
+              workerId: "w-1",
+            });
           },
           awaitingPong: (model) => {
             healthy(model);
@@ -175,17 +204,43 @@ describe("connection machine (model-based)", () => {
             healthy(model);
             expect(value()).toBe("backoff");
             expect(sut.snap().children.socket).toBeUndefined();
+            const problem = sut.snap().context.lastProblem;
+            const retries = model.context.retries;
+            const delayMs = RANDOM * Math.min(timing.backoffMaxMs, timing.backoffBaseMs * 2 ** (retries - 1));
+            expect(sut.emitted.slice(model.context.lost ? -2 : -1)).toEqual([
+              ...(model.context.lost ? [{ type: "link.lost", problem }] : []),
+              { type: "link.retrying", attempt: retries + 1, maxRetry: MAX_RETRY, delayMs, problem },
+            ]);
           },
           failed: (model) => {
             expect(value()).toBe("failed");
             expect(sut.snap().status).toBe("done");
-            expect(sut.snap().output).toEqual({
-              reason: "max_retry",
-              retries: model.context.retries,
-              lastProblem: expect.any(String),
-            });
+            const output = { reason: "max_retry", retries: model.context.retries, lastProblem: expect.any(String) };
+            expect(sut.snap().output).toEqual(output);
             expect(sut.ofType("xstate.done.actor.sut")).toHaveLength(1);
             expect(sut.host.getSnapshot().status).toBe("active");
+            const problem = sut.snap().context.lastProblem;
+            expect(sut.emitted.slice(model.context.lost ? -2 : -1)).toEqual([
+              ...(model.context.lost ? [{ type: "link.lost", problem }] : []),
+              { type: "link.gave_up", reason: "max_retry", retries: model.context.retries, problem },
+            ]);
+          },
+          [UNAUTHORIZED]: (model) => {
+            expect(value()).toBe("failed");
+            expect(sut.snap().status).toBe("done");
+            const output = { reason: "unauthorized", retries: model.context.retries, lastProblem: "401 bad token" };
+            expect(sut.snap().output).toEqual(output);
+            expect(sut.ofType("xstate.done.actor.sut")).toHaveLength(1);
+            expect(sut.emitted.at(-1)).toEqual({
+              type: "link.gave_up",
+              reason: "unauthorized",
+              retries: model.context.retries,
+              problem: "401 bad token",
+            });
+            // No other attempt, however long it waits.
+            const sockets = sut.sockets();
+            sut.clock.increment(60_000);
+            expect(sut.sockets()).toBe(sockets);
           },
         },
         events: {
@@ -200,6 +255,8 @@ describe("connection machine (model-based)", () => {
             sut.clock.increment(1);
           },
           DROP: () => sut.emit({ type: "socket.closed", code: 1006, reason: "" }),
+          CONNECT_FAILED: () => sut.emit({ type: "socket.failed", error: "connection refused" }),
+          UNAUTHORIZED: () => sut.emit({ type: "socket.unauthorized", status: 401, error: "401 bad token" }),
           SOCKET_ERROR: () => sut.crash(),
           PING_DUE: () => {
             sut.clock.increment(timing.pingIntervalMs - 1);

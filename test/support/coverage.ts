@@ -2,9 +2,14 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { AnyStateMachine, InspectionEvent } from "xstate";
 
-/** The four machines whose every state and transition must be reached by some test. */
-export const COVERED_MACHINES = ["slot", "job", "worker", "connection"] as const;
-export const COVERAGE_DIR = join(import.meta.dirname, "..", "..", ".machine-coverage");
+/** The machines whose every state and transition must be reached by some test (their ids). */
+export const COVERED_MACHINES = ["slot", "job", "worker", "connection", "session", "dispatch"] as const;
+/**
+ * Where the tests of one run write what they reached (emptied by global-setup.ts at the start of a run).
+ * MACHINE_COVERAGE_DIR moves it, so that runs sharing a checkout do not wipe each other's recordings.
+ */
+export const COVERAGE_DIR =
+  process.env.MACHINE_COVERAGE_DIR || join(import.meta.dirname, "..", "..", ".machine-coverage");
 
 interface StateNodeLike {
   id: string;

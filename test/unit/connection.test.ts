@@ -1,6 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it, type MockInstance, vi } from "vitest";
 import { type AnyActorRef, fromCallback, type SnapshotFrom } from "xstate";
 import {
+  type ConnectionEmitted,
   type ConnectionEvent,
   type ConnectionInput,
   type ConnectionTiming,
@@ -109,6 +110,8 @@ interface Harness extends ReturnType<typeof hostChild> {
   context: () => ConnectionSnapshot["context"];
   /** Makes the live socket actor throw while it runs. */
   crashSocket: () => void;
+  /** Everything the connection emitted (link.connected, link.lost, link.retrying, link.gave_up), in order. */
+  emitted: ConnectionEmitted[];
 }
 
 interface Options {
@@ -136,10 +139,13 @@ function connection(options: Options = {}): Harness {
     random: options.random ?? (() => 0.5),
   };
   const t = hostChild(connectionMachine.provide({ actors: { socket: socket.logic } }), input);
+  const emitted: ConnectionEmitted[] = [];
+  t.sut().on("*", (event: ConnectionEmitted) => emitted.push(event));
   const harness: Harness = {
     ...t,
     input,
     socket,
+    emitted,
     snap: () => t.snapshot() as ConnectionSnapshot,
     value: () => (t.snapshot() as ConnectionSnapshot).value,
     context: () => (t.snapshot() as ConnectionSnapshot).context,
@@ -998,6 +1004,106 @@ describe("connection: registry messages", () => {
   });
 });
 
+describe("connection: failed attempts, refused credentials and what the link says", () => {
+  it.each(["connecting", "registering"] as const)(
+    "socket.failed while %s backs off with the socket's error as the problem",
+    (state) => {
+      const t = reach[state]();
+      t.socket.emit({ type: "socket.failed", error: "connection refused: connect ECONNREFUSED 127.0.0.1:9" });
+      expect(t.value()).toBe("backoff");
+      expect(t.context()).toMatchObject({
+        retries: 1,
+        lastProblem: "connection refused: connect ECONNREFUSED 127.0.0.1:9",
+      });
+      expect(t.snap().children.socket).toBeUndefined();
+      waitOut(t, jitter(0.5, 1));
+      expect(t.socket.count).toBe(2);
+    },
+  );
+
+  it.each(reachable)("socket.unauthorized while %s gives up at once: failed, reason unauthorized", (state) => {
+    const t = reach[state]({ maxRetry: 16 });
+    const retries = t.context().retries;
+    t.socket.emit({ type: "socket.unauthorized", status: 401, error: "registry refused the credentials: 401" });
+    expect(t.value()).toBe("failed");
+    const output = { reason: "unauthorized", retries, lastProblem: "registry refused the credentials: 401" };
+    expect(t.snapshot().output).toEqual(output);
+    expect(t.ofType("xstate.done.actor.sut")).toEqual([expect.objectContaining({ output })]);
+    expect(t.emitted.at(-1)).toEqual({
+      type: "link.gave_up",
+      reason: "unauthorized",
+      retries,
+      problem: "registry refused the credentials: 401",
+    });
+    // No second attempt, ever.
+    t.clock.increment(1_000_000);
+    expect(t.socket.count).toBe(1);
+  });
+
+  it("emits connected, then lost with its cause, then retrying with attempt, delay and cause", () => {
+    const t = connection({ maxRetry: 3 });
+    t.socket.emit({ type: "socket.failed", error: "connection refused" });
+    expect(t.emitted).toEqual([
+      { type: "link.retrying", attempt: 2, maxRetry: 3, delayMs: jitter(0.5, 1), problem: "connection refused" },
+    ]);
+    waitOut(t, jitter(0.5, 1));
+    open(t);
+    accept(t, "w-7");
+    expect(t.emitted.at(-1)).toEqual({ type: "link.connected", workerId: "w-7" });
+    drop(t, 1001, "going away");
+    expect(t.emitted.slice(-2)).toEqual([
+      { type: "link.lost", problem: "connection closed (1001: going away)" },
+      {
+        type: "link.retrying",
+        attempt: 2,
+        maxRetry: 3,
+        delayMs: jitter(0.5, 1),
+        problem: "connection closed (1001: going away)",
+      },
+    ]);
+    waitOut(t, jitter(0.5, 1));
+    open(t);
+    accept(t, "w-7");
+    t.clock.increment(timing.pingIntervalMs);
+    t.clock.increment(timing.pongTimeoutMs);
+    expect(t.emitted.slice(-2)).toEqual([
+      { type: "link.lost", problem: "pong timed out" },
+      expect.objectContaining({ type: "link.retrying", attempt: 2, problem: "pong timed out" }),
+    ]);
+    waitOut(t, jitter(0.5, 1));
+    open(t);
+    accept(t, "w-7");
+    t.crashSocket();
+    expect(t.emitted.slice(-2)).toEqual([
+      { type: "link.lost", problem: "socket failed: socket crashed" },
+      expect.objectContaining({ type: "link.retrying", attempt: 2, problem: "socket failed: socket crashed" }),
+    ]);
+  });
+
+  it("a failed attempt before registering is not a lost link; the last failure gives up instead of retrying", () => {
+    const t = connection({ maxRetry: 2 });
+    open(t);
+    refuse(t, "busy");
+    expect(t.emitted.map((e) => e.type)).toEqual(["link.retrying"]);
+    waitOut(t, jitter(0.5, 1));
+    t.socket.emit({ type: "socket.failed", error: "connecting timed out after 1000 ms" });
+    expect(t.emitted).toEqual([
+      expect.objectContaining({ type: "link.retrying", attempt: 2, problem: "registration refused: busy" }),
+      {
+        type: "link.gave_up",
+        reason: "max_retry",
+        retries: 2,
+        problem: "connecting timed out after 1000 ms",
+      },
+    ]);
+    expect(t.snapshot().output).toEqual({
+      reason: "max_retry",
+      retries: 2,
+      lastProblem: "connecting timed out after 1000 ms",
+    });
+  });
+});
+
 describe("connection: robustness", () => {
   /** Every ConnectionEvent type, with plausible payloads (the Record makes a missing type a type error). */
   const everyEvent: Record<ConnectionEvent["type"], ConnectionEvent[]> = {
@@ -1007,6 +1113,8 @@ describe("connection: robustness", () => {
       { type: "socket.closed", code: 1006, reason: "abnormal" },
     ],
     "socket.invalid": [{ type: "socket.invalid", error: "bad frame" }],
+    "socket.failed": [{ type: "socket.failed", error: "connection refused: connect ECONNREFUSED 127.0.0.1:1" }],
+    "socket.unauthorized": [{ type: "socket.unauthorized", status: 401, error: "401 invalid token" }],
     "registry.register": [
       { type: "registry.register", message: { type: "register", success: true, worker_id: "w-2" } },
       { type: "registry.register", message: { type: "register", success: true } },

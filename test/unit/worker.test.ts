@@ -363,20 +363,28 @@ describe("worker: available ⇄ full", () => {
     expect(w.lifecycle()).toEqual({ running: "available" });
     w.send({ type: "worker.run", spec: spec("b") });
     expect(w.lifecycle()).toEqual({ running: "full" });
-    expect(w.sent("link.status").at(-1)?.status).toMatchObject({ status: "full", load: 1, jobCount: 2 });
+    expect(w.sent("link.status").at(-1)?.status).toMatchObject({ status: "full", load: 0, jobCount: 2 });
     expect(w.slotIds()).toHaveLength(2);
     w.complete("a");
     expect(w.lifecycle()).toEqual({ running: "available" });
     expect(w.sent("link.status").at(-1)?.status).toMatchObject({ status: "available", jobCount: 1 });
   });
 
-  it("goes full when the job share reaches loadThreshold", () => {
+  it("takes maxProcesses jobs: the job share never counts as load, loadThreshold applies to the measured load", () => {
     const w = createWorker({ input: { maxProcesses: 4, numIdleProcesses: 1, loadThreshold: 0.75 } });
-    w.send({ type: "worker.run", spec: spec("a") });
-    w.send({ type: "worker.run", spec: spec("b") });
+    for (const id of ["a", "b", "c"]) w.send({ type: "worker.run", spec: spec(id) });
     expect(w.lifecycle()).toEqual({ running: "available" });
-    w.send({ type: "worker.run", spec: spec("c") });
+    expect(w.sent("link.status").at(-1)?.status).toMatchObject({ status: "available", load: 0, jobCount: 3 });
+    w.send({ type: "worker.run", spec: spec("d") });
     expect(w.lifecycle()).toEqual({ running: "full" });
+    expect(w.sent("link.status").at(-1)?.status).toMatchObject({ status: "full", load: 0, jobCount: 4 });
+    expect(w.jobChildren()).toHaveLength(4);
+    // The measured load still counts on its own, whatever the job count.
+    w.complete("a");
+    expect(w.lifecycle()).toEqual({ running: "available" });
+    w.sampler.load(0.75);
+    expect(w.lifecycle()).toEqual({ running: "full" });
+    expect(w.sent("link.status").at(-1)?.status).toMatchObject({ status: "full", load: 0.75, jobCount: 3 });
   });
 
   it("goes full by external load from the sampler and back", () => {

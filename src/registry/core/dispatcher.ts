@@ -167,7 +167,9 @@ export class Dispatcher {
       case "release": {
         const link = this.directory.get(event.workerId);
         link?.session.send({ type: "offer_released" });
-        if (link) this.onCapacity(link.workerId);
+        // After the step that released it: on a yes, the same step binds the job to the worker, and
+        // a dispatch woken in between would see its capacity free for a moment.
+        if (link) queueMicrotask(() => this.onCapacity(link.workerId));
         break;
       }
       case "offer": {
