@@ -6,7 +6,7 @@ import { z } from "zod";
 import { createLogger } from "../observability/logger.ts";
 import { LOG_LEVELS, type LogLevel } from "../options.ts";
 import { mintToken, ROLES, type Role } from "../registry/auth.ts";
-import { createRegistry } from "../registry/server.ts";
+import { createRegistry, type Registry } from "../registry/server.ts";
 import type { JobRecord } from "../registry/store.ts";
 import { SignalGestures } from "../util/signal-gestures.ts";
 import { installLauncherHook } from "../worker/launcher.ts";
@@ -101,7 +101,33 @@ export function buildProgram(): Command {
         throw new CliError(`--log-level must be one of ${LOG_LEVELS.join(", ")}`);
       const logger = createLogger(level as LogLevel);
       const redisUrl: string | undefined = opts.redis ?? env.TROUPE_REDIS_URL;
-      const registry = await createRegistry({
+      // The first signal closes the registry (once it is up, if it comes during the start); copies of
+      // the same Ctrl-C (npm, a shell) count once, and a second, deliberate one exits at once.
+      let registry: Registry | undefined;
+      let stopAsked = false;
+      const close = (running: Registry) =>
+        running.close().then(
+          () => process.exit(0),
+          (error: Error) => {
+            logger.error({ err: error.message }, "registry did not close cleanly");
+            process.exit(1);
+          },
+        );
+      const gestures = new SignalGestures();
+      const onSignal = (signal: NodeJS.Signals) => {
+        const gesture = gestures.next();
+        if (gesture === 1) {
+          logger.info({ signal }, "registry stopping; a second signal exits at once");
+          stopAsked = true;
+          if (registry) close(registry);
+        } else if (gesture > 1) {
+          logger.warn({ signal }, "registry exiting now");
+          process.exit(1);
+        }
+      };
+      process.on("SIGTERM", onSignal);
+      process.on("SIGINT", onSignal);
+      registry = await createRegistry({
         ...registryCredentials(opts),
         host: opts.host,
         port: opts.port,
@@ -115,27 +141,7 @@ export function buildProgram(): Command {
         },
         ...(opts.maxConnections ? { httpLimits: { maxConnections: opts.maxConnections } } : {}),
       });
-      // The first signal closes the registry; copies of the same Ctrl-C (npm, a shell) count once, and
-      // a second, deliberate one exits at once.
-      const gestures = new SignalGestures();
-      const onSignal = (signal: NodeJS.Signals) => {
-        const gesture = gestures.next();
-        if (gesture === 1) {
-          logger.info({ signal }, "registry stopping; a second signal exits at once");
-          registry.close().then(
-            () => process.exit(0),
-            (error: Error) => {
-              logger.error({ err: error.message }, "registry did not close cleanly");
-              process.exit(1);
-            },
-          );
-        } else if (gesture > 1) {
-          logger.warn({ signal }, "registry exiting now");
-          process.exit(1);
-        }
-      };
-      process.on("SIGTERM", onSignal);
-      process.on("SIGINT", onSignal);
+      if (stopAsked) close(registry);
     });
 
   program

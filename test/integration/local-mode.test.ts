@@ -1,5 +1,6 @@
 import { createServer, type Server } from "node:net";
 import { describe, it } from "vitest";
+import { SIGNAL_GESTURE_WINDOW_MS } from "../../src/util/signal-gestures.ts";
 import { spawnWorker } from "./helpers/out-of-process.ts";
 import { isAlive } from "./helpers/processes.ts";
 import { until } from "./helpers/recorder.ts";
@@ -105,6 +106,8 @@ describe.concurrent("a local-mode worker process", { timeout: 60_000 }, () => {
     await worker.line("job started", 30_000);
     process.kill(worker.pid, "SIGTERM");
     await worker.line("draining: no new jobs; a second signal stops at once", 5_000);
+    // A signal within a second of the first is a copy of the same Ctrl-C (test/terminal/): wait past it.
+    await new Promise((resolve) => setTimeout(resolve, SIGNAL_GESTURE_WINDOW_MS + 100));
     const secondAt = Date.now();
     process.kill(worker.pid, "SIGTERM");
     await worker.line("stopping now", 5_000);
