@@ -77,7 +77,7 @@ export async function joinRoomFromTerminal(settings: ConnectSettings): Promise<C
   const leave = () => {
     if (left) return;
     left = true;
-    void room.leave();
+    room.leave().catch((error: Error) => print(`* could not leave cleanly: ${error.message}`));
   };
 
   const others = room.others();

@@ -214,21 +214,22 @@ function launchProcess(
     });
 
     /** Kills what the job left outside its process group (Linux) and says so. Never rejects. */
-    const killDescendants = async (code: number | null, signal: NodeJS.Signals | null): Promise<void> => {
+    const killDescendants = (code: number | null, signal: NodeJS.Signals | null): void => {
       if (pid === undefined) return;
-      try {
-        const killed = await killLeftovers(pid, marker, remembered);
-        if (killed.length === 0) return;
-        const how = signal ? `signal ${signal}` : `code ${code}`;
-        const after = shutdownReason ? `, after shutdown: ${shutdownReason}` : "";
-        logger.warn(
-          { jobId, killed: killed.length, pids: killed, exitCode: code, exitSignal: signal, shutdownReason },
-          `killed ${killed.length} descendant process(es) of ${jobId ? `job ${jobId}` : `job process ${slotId}`} ` +
-            `that left its process group (job process exited with ${how}${after})`,
-        );
-      } catch (error) {
-        logger.warn({ jobId, err: String(error) }, "could not look for the job's leftover processes");
-      }
+      killLeftovers(pid, marker, remembered).then(
+        (killed) => {
+          if (killed.length === 0) return;
+          const how = signal ? `signal ${signal}` : `code ${code}`;
+          const after = shutdownReason ? `, after shutdown: ${shutdownReason}` : "";
+          logger.warn(
+            { jobId, killed: killed.length, pids: killed, exitCode: code, exitSignal: signal, shutdownReason },
+            `killed ${killed.length} descendant process(es) of ${jobId ? `job ${jobId}` : `job process ${slotId}`} ` +
+              `that left its process group (job process exited with ${how}${after})`,
+          );
+        },
+        (error: unknown) =>
+          logger.warn({ jobId, err: String(error) }, "could not look for the job's leftover processes"),
+      );
     };
 
     // Reported on `close`, once the child's last log lines and IPC messages are in, so an outcome
@@ -249,7 +250,7 @@ function launchProcess(
       if (pid !== undefined) killGroupRemnants(pid);
       // ...and so does what it moved to another session or group. The exit is not held back for
       // this: on a busy worker reading /proc can take longer than the job's closeTimeout has left.
-      void killDescendants(code, signal);
+      killDescendants(code, signal);
       reportTimer = setTimeout(() => reportExit(code, signal), EXIT_REPORT_CAP_MS);
     });
     child.on("close", (code, signal) => reportExit(code, signal));
