@@ -35,6 +35,8 @@ if (!process.connected) exitOrphaned();
 watchParent(process.ppid, marker, (error) => {
   process.send?.({ type: "log", level: 40, msg: `orphan watchdog failed: ${error.message}` });
 });
+// These guards cover everything the boot guard (src/job/boot-guard.cjs) did, and more.
+(globalThis as { [key: symbol]: { stop(): void } | undefined })[Symbol.for("troupe.bootGuard")]?.stop();
 
 const { runJobProcess } = await import("./job-process.ts");
 await runJobProcess();

@@ -40,13 +40,19 @@ export interface ProcessSettings {
 const here = fileURLToPath(import.meta.url);
 const runningFromTypeScript = here.endsWith(".ts");
 const childMain = fileURLToPath(new URL(`../job/child-main.${runningFromTypeScript ? "ts" : "js"}`, import.meta.url));
+const bootGuard = fileURLToPath(new URL("../job/boot-guard.cjs", import.meta.url));
 
 /**
  * A TypeScript child needs the tsx loader unless this process already runs under it. Never an
  * `--env-file`: the child would read back the secrets its environment is stripped of.
  */
 function childExecArgv(): string[] {
-  const inherited = withoutEnvFileFlags(process.execArgv).filter((arg) => !arg.startsWith("--inspect"));
+  // The boot guard first: loading tsx and child-main takes long enough for a worker to die meanwhile.
+  const inherited = [
+    "--require",
+    bootGuard,
+    ...withoutEnvFileFlags(process.execArgv).filter((arg) => !arg.startsWith("--inspect")),
+  ];
   const hasTsx = inherited.some((arg) => arg.includes("tsx"));
   if (!runningFromTypeScript || hasTsx) return inherited;
   const loader = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href;

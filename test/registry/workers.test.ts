@@ -32,7 +32,7 @@ afterAll(() => temp.remove());
 
 describe.sequential("registry with worker processes", () => {
   it("spreads 200 dispatches over three equal workers; every job completes, exactly once", {
-    timeout: 180_000,
+    timeout: 400_000,
   }, async () => {
     const TOTAL = Number(process.env.SPREAD_JOBS ?? 200);
     const r = await startRegistry({
