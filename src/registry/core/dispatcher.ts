@@ -167,9 +167,14 @@ export class Dispatcher {
       case "release": {
         const link = this.directory.get(event.workerId);
         link?.session.send({ type: "offer_released" });
-        // After the step that released it: on a yes, the same step binds the job to the worker, and
-        // a dispatch woken in between would see its capacity free for a moment.
-        if (link) queueMicrotask(() => this.onCapacity(link.workerId));
+        // Decided after the step that released it: on a yes the same step binds the job to the
+        // worker, so the reservation became a job and nothing was freed (a dispatch woken in between
+        // would see a free process for a moment).
+        if (link) {
+          queueMicrotask(() => {
+            if (live.actor.getSnapshot().context.workerId !== link.workerId) this.onCapacity(link.workerId);
+          });
+        }
         break;
       }
       case "offer": {
@@ -193,7 +198,7 @@ export class Dispatcher {
       }
       case "bind":
         this.directory.get(event.workerId)?.jobs.add(record.id);
-        this.onCapacity(event.workerId);
+        this.onViewChanged(event.workerId);
         break;
       case "unbind":
         if (this.directory.get(event.workerId)?.jobs.delete(record.id)) this.onCapacity(event.workerId);
@@ -263,6 +268,8 @@ export class Dispatcher {
 
   /** Set by the core: capacity on this worker may have grown. */
   onCapacity: (workerId: string) => void = () => {};
+  /** Set by the core: the worker took on work (other nodes should hear of it). */
+  onViewChanged: (workerId: string) => void = () => {};
 
   /**
    * A cancel this node carried out but could not record, because the job had moved to another node

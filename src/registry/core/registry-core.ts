@@ -62,6 +62,10 @@ export class RegistryCore implements ClusterHost {
       const link = this.directory.get(workerId);
       if (link) this.#capacityGrew(link);
     };
+    this.dispatcher.onViewChanged = (workerId) => {
+      const link = this.directory.get(workerId);
+      if (link) this.#viewChanged(link);
+    };
     this.#reconciler = new Reconciler(deps, this.dispatcher, this.#node, persist);
   }
 
