@@ -126,7 +126,7 @@ export class RegistryCore implements ClusterHost {
       case "status_update": {
         if (message.slots) link.slots = message.slots;
         const before = link.context.jobCount;
-        link.session.send({ type: "status", status: message.status, load: message.load, jobCount: message.job_count });
+        this.directory.status(link, { status: message.status, load: message.load, jobCount: message.job_count });
         // Fewer jobs than it had: a process is free (the session moved the worker's epoch on).
         if (message.job_count < before) this.#capacityGrew(link);
         break;

@@ -1,4 +1,4 @@
-import type { SessionEmitted } from "../../../machines/registry/session.ts";
+import type { SessionEmitted, WorkerReportedStatus } from "../../../machines/registry/session.ts";
 import type { RegisterRequest } from "../../protocol/registry.ts";
 import { viewOf } from "./placement.ts";
 import type { RegistryDeps } from "./ports.ts";
@@ -143,9 +143,15 @@ export class WorkerDirectory {
     this.deps.metrics.workers.set(0);
   }
 
+  /** Every epoch a session reaches is observed (availability_changed, or `status` below), so no scan. */
   #nextFloor(): number {
-    for (const link of this.#byWorker.values()) this.observeEpoch(link.context.epoch);
     return ++this.#epochFloor;
+  }
+
+  /** A status report from a registered worker; its session may move its epoch on (fewer jobs). */
+  status(link: WorkerLink, report: { status: WorkerReportedStatus; load: number; jobCount: number }): void {
+    link.session.send({ type: "status", ...report });
+    this.observeEpoch(link.context.epoch);
   }
 
   #wire(link: WorkerLink): void {
