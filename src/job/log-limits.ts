@@ -1,3 +1,4 @@
+import { TokenBucket } from "../util/token-bucket.ts";
 /**
  * How much a job may log. The worker enforces these per job process on everything the job sends it
  * (ctx.logger lines over IPC, stdout and stderr lines), so a hostile job cannot flood the worker's
@@ -38,30 +39,6 @@ export const DEFAULT_LOG_LIMITS: LogLimits = {
   byteBurst: LOG_BYTE_BURST,
 };
 
-class TokenBucket {
-  #tokens: number;
-  #refilledAt: number;
-
-  constructor(
-    private readonly perSecond: number,
-    private readonly burst: number,
-    now: number,
-  ) {
-    this.#tokens = burst;
-    this.#refilledAt = now;
-  }
-
-  has(amount: number, now: number): boolean {
-    this.#tokens = Math.min(this.burst, this.#tokens + ((now - this.#refilledAt) / 1000) * this.perSecond);
-    this.#refilledAt = now;
-    return this.#tokens >= amount;
-  }
-
-  take(amount: number): void {
-    this.#tokens -= amount;
-  }
-}
-
 /** One job's budget: a line passes when both the line and the byte bucket can pay for it. */
 export class LogRateLimiter {
   readonly #lines: TokenBucket;
@@ -70,18 +47,16 @@ export class LogRateLimiter {
 
   constructor(
     limits: LogLimits = DEFAULT_LOG_LIMITS,
-    private readonly now: () => number = () => performance.now(),
+    now: () => number = () => performance.now(),
   ) {
-    const start = now();
-    this.#lines = new TokenBucket(limits.linesPerSecond, limits.lineBurst, start);
+    this.#lines = new TokenBucket(limits.linesPerSecond, limits.lineBurst, now);
     // A line longer than the byte burst could never pass; lines are truncated before they get here.
-    this.#bytes = new TokenBucket(limits.bytesPerSecond, Math.max(limits.byteBurst, LOG_LINE_MAX_BYTES), start);
+    this.#bytes = new TokenBucket(limits.bytesPerSecond, Math.max(limits.byteBurst, LOG_LINE_MAX_BYTES), now);
   }
 
   /** True when a line of `bytes` may be logged (and pays for it); false counts it as dropped. */
   admit(bytes: number): boolean {
-    const now = this.now();
-    if (this.#lines.has(1, now) && this.#bytes.has(bytes, now)) {
+    if (this.#lines.has(1) && this.#bytes.has(bytes)) {
       this.#lines.take(1);
       this.#bytes.take(bytes);
       return true;

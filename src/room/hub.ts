@@ -7,10 +7,10 @@ import { HttpError } from "../http/respond.ts";
 import { decodeSegment, requestUrl } from "../http/target.ts";
 import type { Logger } from "../observability/logger.ts";
 import { clientFrame, type HubFrame, MAX_ROOM_FRAME_BYTES, ROOM_CLOSE, roomId } from "../protocol/room.ts";
+import { TokenBucket } from "../util/token-bucket.ts";
 import { type RoomHubLimits, resolveRoomHubLimits } from "./limits.ts";
 import { Outbox } from "./outbox.ts";
 import { Room } from "./room.ts";
-import { TokenBucket } from "./token-bucket.ts";
 
 export { DEFAULT_ROOM_HUB_LIMITS, type RoomHubLimits } from "./limits.ts";
 

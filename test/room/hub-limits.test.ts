@@ -8,7 +8,7 @@ import type { HubFrame } from "../../src/protocol/room.ts";
 import { RoomConnection } from "../../src/room/client.ts";
 import { RoomAccessError, type RoomGrant, RoomHub, type RoomHubOptions } from "../../src/room/hub.ts";
 import { DEFAULT_ROOM_HUB_LIMITS } from "../../src/room/limits.ts";
-import { TokenBucket } from "../../src/room/token-bucket.ts";
+import { TokenBucket } from "../../src/util/token-bucket.ts";
 import { rawRequest, upgradeRequest } from "../hardening/raw-http.ts";
 
 const silent = createLogger("ERROR", new Writable({ write: (_c, _e, done) => done() }));
