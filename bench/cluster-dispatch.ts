@@ -13,7 +13,7 @@
  * Run: npx tsx bench/cluster-dispatch.ts   (REDIS_URL overrides redis://127.0.0.1:6379)
  */
 import { randomUUID } from "node:crypto";
-import { mintToken } from "../src/registry/auth.ts";
+import { mintToken } from "../src/auth/tokens.ts";
 import { dropPrefix, REDIS_URL } from "../test/support/redis.ts";
 import { BENCH_CREDENTIALS, type RegistryProcess, startRegistryProcess } from "./registry-process.ts";
 import { SimWorker } from "./sim-worker.ts";

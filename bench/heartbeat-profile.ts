@@ -9,7 +9,7 @@ import { createRequire } from "node:module";
 import { createInterface } from "node:readline";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import pidusage from "pidusage";
-import { mintToken } from "../src/registry/auth.ts";
+import { mintToken } from "../src/auth/tokens.ts";
 import { SimWorker } from "./sim-worker.ts";
 
 const count = Number(process.env.BENCH_WORKERS ?? 10_000);

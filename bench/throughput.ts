@@ -1,5 +1,5 @@
 /** Dispatch throughput against one or more registry nodes, with simulated workers and short jobs. */
-import { mintToken } from "../src/registry/auth.ts";
+import { mintToken } from "../src/auth/tokens.ts";
 import { BENCH_CREDENTIALS } from "./registry-process.ts";
 import { SimWorker } from "./sim-worker.ts";
 

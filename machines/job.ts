@@ -48,7 +48,7 @@ export interface JobOutput {
   signal?: string | null;
 }
 
-export interface JobContext {
+export interface JobMachineContext {
   spec: JobSpec;
   preassigned: boolean;
   timing: JobTiming;
@@ -71,7 +71,7 @@ type StopRequestReason = Extract<JobNotification, { type: "job.stop" }>["reason"
 export const jobMachine = setup({
   types: {
     input: {} as JobInput,
-    context: {} as JobContext,
+    context: {} as JobMachineContext,
     events: {} as JobEvent,
     output: {} as JobOutput,
   },

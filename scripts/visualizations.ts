@@ -5,7 +5,7 @@ import { dispatchMachine } from "../machines/registry/dispatch.ts";
 import { sessionMachine } from "../machines/registry/session.ts";
 import { slotMachine } from "../machines/slot.ts";
 import { workerMachine } from "../machines/worker.ts";
-import { renderSvg, toDot, toMermaid } from "../src/observability/diagram.ts";
+import { renderSvg, toDot, toMermaid } from "./diagram.ts";
 
 export const MACHINES: Record<string, AnyStateMachine> = {
   worker: workerMachine,

@@ -9,6 +9,7 @@ export type { WorkerInput, WorkerOutput } from "../machines/worker.ts";
 export { workerMachine } from "../machines/worker.ts";
 export type { ShutdownCallback, ShutdownReport } from "./job/job-context.ts";
 export { JobContext, JobContextError } from "./job/job-context.ts";
+export type { Entrypoint, JobContextFactory } from "./job/job-definition.ts";
 export { createTransitionInspector } from "./observability/inspect.ts";
 export { createLogger } from "./observability/logger.ts";
 export type { JobRequest, LoadFn, OptionsInput, PrewarmFn, RequestFn, RoomOptionsInput } from "./options.ts";
@@ -17,4 +18,3 @@ export { connectionInputFrom, workerInputFrom } from "./worker/machine-input.ts"
 export { createWorkerActor } from "./worker/worker-actor.ts";
 export type { StartSettings, WorkerJobInit } from "./worker/worker-job.ts";
 export { WorkerJob } from "./worker/worker-job.ts";
-export type { Entrypoint, JobContextFactory } from "./worker/worker-job-definition.ts";

@@ -7,9 +7,9 @@ import { basename, dirname, join, relative, resolve, sep } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { type FSWatcher, watch } from "chokidar";
 import { EXIT_FORCED } from "../../machines/worker.ts";
+import type { Credentials } from "../auth/tokens.ts";
+import { mintToken } from "../auth/tokens.ts";
 import type { Logger } from "../observability/logger.ts";
-import type { Credentials } from "../registry/auth.ts";
-import { mintToken } from "../registry/auth.ts";
 import { createRegistry, type Registry } from "../registry/server.ts";
 import { SIGNAL_GESTURE_WINDOW_MS, SignalGestures } from "../util/signal-gestures.ts";
 

@@ -1,4 +1,4 @@
-import type { WorkerJobDefinition } from "../worker/worker-job-definition.ts";
+import type { WorkerJobDefinition } from "./job-definition.ts";
 
 /**
  * How a job process learns what to run: it sets this hook, imports the agent's module, and the

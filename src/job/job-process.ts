@@ -3,10 +3,10 @@ import { type DestinationStream, pino } from "pino";
 import type { JobSpec } from "../../machines/shared.ts";
 import { REDACTED_PATHS } from "../observability/logger.ts";
 import { type ChildConfig, childConfig, type ToParent, toChild, toErrorInfo } from "../protocol/ipc.ts";
-import type { WorkerJobDefinition } from "../worker/worker-job-definition.ts";
 import { killEscapedDescendants } from "./descendant-sweep.ts";
 import { installJobProcessHook } from "./hook.ts";
 import { JobContext } from "./job-context.ts";
+import type { WorkerJobDefinition } from "./job-definition.ts";
 import { CHILD_DROPPED_LINES_FIELD, LOG_DROP_NOTICE_INTERVAL_MS, LogRateLimiter } from "./log-limits.ts";
 
 /**

@@ -1,4 +1,4 @@
-import { stateText } from "../observability/diagram.ts";
+import { stateText } from "../observability/state-text.ts";
 import type { DashboardSnapshot } from "../web/routes.ts";
 import type { RegistryCore } from "./core/registry-core.ts";
 

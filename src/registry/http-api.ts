@@ -1,8 +1,8 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { z } from "zod";
+import type { Credentials } from "../auth/tokens.ts";
 import { HttpError, invalid, readJson, send } from "../http/respond.ts";
 import { decodeSegment } from "../http/target.ts";
-import type { Credentials } from "./auth.ts";
 import type { RegistryCore } from "./core/registry-core.ts";
 import { bearerAuthorizer } from "./http-auth.ts";
 import type { RegistryMetrics } from "./metrics.ts";

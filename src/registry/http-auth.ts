@@ -1,6 +1,6 @@
 import type { IncomingMessage } from "node:http";
+import { AuthError, bearerToken, type Credentials, type Role, verifyToken } from "../auth/tokens.ts";
 import { HttpError } from "../http/respond.ts";
-import { AuthError, bearerToken, type Credentials, type Role, verifyToken } from "./auth.ts";
 
 /** Checks a request's bearer token for one of `roles`: 401 when missing or bad, 403 for a wrong role. */
 export function bearerAuthorizer(credentials: Credentials) {

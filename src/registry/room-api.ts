@@ -1,11 +1,11 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { z } from "zod";
+import type { Credentials } from "../auth/tokens.ts";
 import { HttpError, invalid, readJson, send } from "../http/respond.ts";
 import { decodeSegment } from "../http/target.ts";
 import { roomId } from "../protocol/room.ts";
 import { RoomAccessError, type RoomHub } from "../room/hub.ts";
 import { mintRoomToken } from "../room/room-auth.ts";
-import type { Credentials } from "./auth.ts";
 import { bearerAuthorizer } from "./http-auth.ts";
 
 const createRoomBody = z.strictObject({ room_id: roomId.optional() }).nullable();

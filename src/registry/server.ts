@@ -1,5 +1,6 @@
 import type { IncomingMessage, Server, ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
+import { type Credentials, verifyToken } from "../auth/tokens.ts";
 import { createGatewayServer, DEFAULT_HTTP_LIMITS, type HttpLimits } from "../http/gateway.ts";
 import { HttpError } from "../http/respond.ts";
 import { createLogger, type Logger } from "../observability/logger.ts";
@@ -8,7 +9,6 @@ import { RoomHub } from "../room/hub.ts";
 import type { RoomHubLimits } from "../room/limits.ts";
 import { mintRoomToken, roomAuthorizer } from "../room/room-auth.ts";
 import { createWebRoutes } from "../web/routes.ts";
-import { type Credentials, verifyToken } from "./auth.ts";
 import { RegistryCluster } from "./cluster/cluster.ts";
 import { type DispatchRequest, systemClock, uuidIds } from "./core/ports.ts";
 import { RegistryCore, type WorkerSummary } from "./core/registry-core.ts";

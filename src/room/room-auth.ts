@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { decodeJwt, SignJWT } from "jose";
 import { z } from "zod";
-import { AuthError, type Credentials, checkTtl, verifyToken } from "../registry/auth.ts";
+import { AuthError, type Credentials, checkTtl, verifyToken } from "../auth/tokens.ts";
 import { type AuthorizeRoom, RoomAccessError } from "./hub.ts";
 
 export interface RoomTokenRequest {

@@ -1,4 +1,4 @@
-import type { Credentials } from "../registry/auth.ts";
+import type { Credentials } from "../auth/tokens.ts";
 import { mintRoomToken } from "../room/room-auth.ts";
 
 /** How long the printed links let someone in (they are checked when joining, not afterwards). */

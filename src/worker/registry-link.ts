@@ -1,8 +1,8 @@
 import type { AnyActorRef } from "xstate";
 import { type ConnectionEmitted, connectionMachine } from "../../machines/connection.ts";
+import { mintToken } from "../auth/tokens.ts";
 import type { Logger } from "../observability/logger.ts";
 import type { Options } from "../options.ts";
-import { mintToken } from "../registry/auth.ts";
 import { connectionInputFrom } from "./machine-input.ts";
 import { createRegistrySocket, type RegistrySocketSettings, redactedUrl } from "./registry-socket.ts";
 

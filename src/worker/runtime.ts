@@ -3,12 +3,13 @@ import type { Server } from "node:http";
 import { type AnyActorLogic, fromCallback, toPromise } from "xstate";
 import type { JobSpec } from "../../machines/shared.ts";
 import { EXIT_CLEAN, EXIT_FORCED } from "../../machines/worker.ts";
+import type { Credentials } from "../auth/tokens.ts";
 import { HttpError } from "../http/respond.ts";
 import { JobContext } from "../job/job-context.ts";
+import type { WorkerJobDefinition } from "../job/job-definition.ts";
 import { createLogger, type Logger } from "../observability/logger.ts";
 import { createWorkerMetrics } from "../observability/metrics.ts";
 import type { SlotSummary } from "../protocol/registry.ts";
-import type { Credentials } from "../registry/auth.ts";
 import { RoomHub } from "../room/hub.ts";
 import { mintRoomToken, type RoomTokenRequest, roomAuthorizer } from "../room/room-auth.ts";
 import { SignalGestures } from "../util/signal-gestures.ts";
@@ -21,7 +22,6 @@ import { ProcessTracker } from "./process-tracker.ts";
 import { createRegistryLink, logLinkEvents } from "./registry-link.ts";
 import { describeWorker, flattenState, isReady, workerDashboard } from "./status.ts";
 import { createWorkerActor } from "./worker-actor.ts";
-import type { WorkerJobDefinition } from "./worker-job-definition.ts";
 
 export const EXIT_JOB_FAILED = 1;
 /** The protocol's cap on slots in one status update. */

@@ -1,7 +1,7 @@
 import type { AnyActorRef, AnyMachineSnapshot, StateValue } from "xstate";
 import type { WorkerContext } from "../../machines/worker.ts";
 import { loadOf } from "../../machines/worker.ts";
-import { stateText } from "../observability/diagram.ts";
+import { stateText } from "../observability/state-text.ts";
 import type { Options } from "../options.ts";
 import type { ProcessTracker } from "./process-tracker.ts";
 

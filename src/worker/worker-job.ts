@@ -1,9 +1,9 @@
 import { fileURLToPath } from "node:url";
 import { jobProcessHook } from "../job/hook.ts";
+import type { Entrypoint, JobContextFactory, WorkerJobDefinition } from "../job/job-definition.ts";
 import type { Options } from "../options.ts";
 import { withLauncherOverrides } from "./launcher.ts";
 import { runWorker } from "./runtime.ts";
-import type { Entrypoint, JobContextFactory, WorkerJobDefinition } from "./worker-job-definition.ts";
 
 export interface WorkerJobInit {
   entrypoint: Entrypoint;

@@ -1,7 +1,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
-import { mintToken } from "../../src/registry/auth.ts";
+import { mintToken } from "../../src/auth/tokens.ts";
 import type { JobRecord } from "../../src/registry/store.ts";
 import type { RegistryTiming } from "../../src/registry/timing.ts";
 import { api, CREDS, type ProcessGuard, parseLogLine, waitFor } from "../registry/helpers.ts";

@@ -1,7 +1,7 @@
 import { Writable } from "node:stream";
 import { afterAll, describe, expect, it } from "vitest";
+import { mintToken } from "../../src/auth/tokens.ts";
 import { createLogger } from "../../src/observability/logger.ts";
-import { mintToken } from "../../src/registry/auth.ts";
 import { createRegistry, type Registry, registryInternals } from "../../src/registry/server.ts";
 import type { JobRecord } from "../../src/registry/store.ts";
 import { api, CREDS, waitFor } from "../registry/helpers.ts";

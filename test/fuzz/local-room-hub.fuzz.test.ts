@@ -1,11 +1,11 @@
 import fc from "fast-check";
 import { SignJWT } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { mintToken } from "../../src/auth/tokens.ts";
 import { JobContext } from "../../src/job/job-context.ts";
 import { createLogger } from "../../src/observability/logger.ts";
 import { Options } from "../../src/options.ts";
 import type { RoomMessage } from "../../src/protocol/room.ts";
-import { mintToken } from "../../src/registry/auth.ts";
 import { RoomConnection } from "../../src/room/client.ts";
 import { mintRoomToken } from "../../src/room/room-auth.ts";
 import { runWorker, type WorkerHandle } from "../../src/worker/runtime.ts";

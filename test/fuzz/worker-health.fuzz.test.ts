@@ -1,8 +1,8 @@
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { mintToken } from "../../src/auth/tokens.ts";
 import { createLogger } from "../../src/observability/logger.ts";
 import { Options } from "../../src/options.ts";
-import { mintToken } from "../../src/registry/auth.ts";
 import { runWorker, type WorkerHandle } from "../../src/worker/runtime.ts";
 import { FakeRegistry, fixture } from "../integration/helpers/in-process.ts";
 import { CrashRecorder, FUZZ, fuzzPhase, httpRequest, replayCommand, SteadyProbe, scaled, within } from "./harness.ts";

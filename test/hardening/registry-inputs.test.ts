@@ -1,7 +1,7 @@
 import { SignJWT } from "jose";
 import { afterEach, describe, expect, it } from "vitest";
+import { mintToken } from "../../src/auth/tokens.ts";
 import { MAX_INVENTORY_ENTRIES, PROTOCOL_VERSION } from "../../src/protocol/registry.ts";
-import { mintToken } from "../../src/registry/auth.ts";
 import { registryInternals } from "../../src/registry/server.ts";
 import {
   api,

@@ -1,7 +1,7 @@
 import { SignJWT } from "jose";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { WebSocket } from "ws";
-import { mintToken } from "../../src/registry/auth.ts";
+import { mintToken } from "../../src/auth/tokens.ts";
 import { registryInternals } from "../../src/registry/server.ts";
 import {
   api,

@@ -4,7 +4,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { createActor } from "xstate";
 import { type ConnectionInput, connectionMachine } from "../../machines/connection.ts";
 import type { WorkerStatus } from "../../machines/shared.ts";
-import { mintToken } from "../../src/registry/auth.ts";
+import { mintToken } from "../../src/auth/tokens.ts";
 import { registryInternals } from "../../src/registry/server.ts";
 import { createRegistrySocket } from "../../src/worker/registry-socket.ts";
 import {

@@ -1,9 +1,9 @@
 import { afterEach, describe, expect, it } from "vitest";
+import { mintToken } from "../../src/auth/tokens.ts";
 import { JobContext } from "../../src/job/job-context.ts";
 import { createLogger } from "../../src/observability/logger.ts";
 import { Options, type OptionsInput, type RoomOptionsInput } from "../../src/options.ts";
 import type { RoomMessage } from "../../src/protocol/room.ts";
-import { mintToken } from "../../src/registry/auth.ts";
 import { createRegistry, type Registry, registryInternals } from "../../src/registry/server.ts";
 import { RoomConnection, RoomError } from "../../src/room/client.ts";
 import { mintRoomToken } from "../../src/room/room-auth.ts";

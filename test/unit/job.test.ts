@@ -1,9 +1,9 @@
 import { describe, expect, it, vi } from "vitest";
 import { type AnyEventObject, fromPromise, type SnapshotFrom } from "xstate";
 import {
-  type JobContext,
   type JobEvent,
   type JobInput,
+  type JobMachineContext,
   type JobOutput,
   type JobTiming,
   jobMachine,
@@ -69,7 +69,7 @@ function startJob(options: StartOptions = {}) {
     snapshot,
     value: () => snapshot().value,
     status: () => snapshot().status,
-    context: (): JobContext => snapshot().context,
+    context: (): JobMachineContext => snapshot().context,
     output: () => snapshot().output as JobOutput | undefined,
     emit: (event: JobEvent) => h.send(event),
     /** The notifications the job sent to its parent (job.answer, job.needs_slot, job.stop). */

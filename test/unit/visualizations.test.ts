@@ -3,8 +3,8 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { type AnyStateMachine, type AnyStateNode, and, fromPromise, not, or, setup, stateIn } from "xstate";
 import { workerMachine } from "../../machines/worker.ts";
+import { eventLabel, guardName, renderSvg, toDot, toMermaid } from "../../scripts/diagram.ts";
 import { generateVisualizations, MACHINES } from "../../scripts/visualizations.ts";
-import { eventLabel, guardName, renderSvg, toDot, toMermaid } from "../../src/observability/diagram.ts";
 
 const dir = join(import.meta.dirname, "..", "..", "visualizations");
 

@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
+import type { Credentials } from "../../auth/tokens.ts";
 import type { Logger } from "../../observability/logger.ts";
 import type { RegistryMessage } from "../../protocol/registry.ts";
-import type { Credentials } from "../auth.ts";
 import type { NodeMessage, WorkerView } from "../cluster/messages.ts";
 import type { RegistryMetrics } from "../metrics.ts";
 import type { JobRecord, JobStore } from "../store.ts";

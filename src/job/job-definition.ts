@@ -1,5 +1,5 @@
-import type { JobContext } from "../job/job-context.ts";
 import type { Options } from "../options.ts";
+import type { JobContext } from "./job-context.ts";
 
 export type Entrypoint = (ctx: JobContext) => unknown | Promise<unknown>;
 export type JobContextFactory = JobContext | (() => JobContext | Promise<JobContext>);
