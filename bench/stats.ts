@@ -10,8 +10,17 @@ export function summarize(samplesMs: number[]) {
   return {
     n: sorted.length,
     p50_ms: round(percentile(sorted, 50)),
+    p90_ms: round(percentile(sorted, 90)),
     p99_ms: round(percentile(sorted, 99)),
     min_ms: round(sorted[0] ?? Number.NaN),
     max_ms: round(sorted.at(-1) ?? Number.NaN),
   };
+}
+
+/** The median of some numbers (NaN for none). */
+export function median(values: number[]): number {
+  return percentile(
+    [...values].sort((a, b) => a - b),
+    50,
+  );
 }

@@ -1,7 +1,16 @@
 #!/usr/bin/env node
-// The `troupe` command. Runs the TypeScript sources through tsx (compiled builds import dist/).
-import { register } from "tsx/esm/api";
+// The `troupe` command. In a checkout (src/ beside bin/) it runs the TypeScript sources through tsx,
+// so it never runs a stale build; an installed package ships no src/ and runs the compiled dist/
+// (made by `npm run build`, and before every `npm pack` and `npm publish`), with no tsx needed.
+import { existsSync } from "node:fs";
 
-register();
-const { main } = await import("../src/cli/main.ts");
+const sources = new URL("../src/cli/main.ts", import.meta.url);
+let main;
+if (existsSync(sources)) {
+  const { register } = await import("tsx/esm/api");
+  register();
+  ({ main } = await import(sources.href));
+} else {
+  ({ main } = await import("../dist/src/cli/main.js"));
+}
 await main();

@@ -1,14 +1,5 @@
 import { assign, type DoneActorEvent, emit, enqueueActions, fromCallback, sendParent, sendTo, setup } from "xstate";
-import type {
-  AvailabilityRequest,
-  JobAssignment,
-  JobInventoryEntry,
-  JobTermination,
-  RegistryMessage,
-  WorkerMessage,
-} from "../src/protocol/registry.ts";
-import { PROTOCOL_VERSION } from "../src/protocol/registry.ts";
-import type { JobSpec, JobUpdate, WorkerStatus } from "./shared.ts";
+import type { JobInventoryEntry, JobSpec, JobUpdate, WorkerStatus } from "./shared.ts";
 
 export interface ConnectionTiming {
   registrationTimeoutMs: number;
@@ -28,11 +19,25 @@ export interface ConnectionInput {
   random: () => number;
 }
 
-/** Commands to the socket actor. Timestamps are the socket's business: machines read no clock. */
+/**
+ * What the worker tells the registry, in the machine's terms; the socket actor puts it on the wire
+ * (src/worker/registry-wire.ts). Timestamps are the socket's business: machines read no clock.
+ */
 export type SocketCommand =
-  | { type: "send"; message: WorkerMessage }
-  | { type: "send_ping" }
-  | { type: "send_pong"; timestamp: number };
+  | {
+      type: "send.register";
+      workerId: string;
+      agentName: string;
+      capabilities: string[];
+      loadThreshold: number;
+      maxProcesses: number;
+      inventory: JobInventoryEntry[];
+    }
+  | { type: "send.status"; workerId: string; agentName: string; status: WorkerStatus }
+  | { type: "send.job_update"; update: JobUpdate }
+  | { type: "send.offer_answer"; jobId: string; accept: boolean; error?: string }
+  | { type: "send.ping" }
+  | { type: "send.pong"; timestamp: number };
 
 export type SocketEvent =
   | { type: "socket.open" }
@@ -42,14 +47,18 @@ export type SocketEvent =
   | { type: "socket.failed"; error: string }
   /** The registry refused this worker's credentials (HTTP 401/403 on the upgrade): retrying cannot help. */
   | { type: "socket.unauthorized"; status: number; error: string }
+  /** A frame from the registry that is not a valid message; `error` says what is wrong with it. */
   | { type: "socket.invalid"; error: string }
-  | { type: "registry.register"; message: Extract<RegistryMessage, { type: "register" }> }
-  | { type: "registry.availability_request"; message: AvailabilityRequest }
-  | { type: "registry.job_assignment"; message: JobAssignment }
-  | { type: "registry.job_termination"; message: JobTermination }
-  | { type: "registry.ping"; message: { type: "ping"; timestamp: number } }
-  | { type: "registry.pong"; message: { type: "pong"; timestamp: number } }
-  | { type: "registry.error"; message: { type: "error"; message: string; code?: string } };
+  /** The registry accepted the registration; it may name the worker. */
+  | { type: "registry.registered"; workerId?: string }
+  | { type: "registry.refused"; message?: string }
+  /** The registry asks whether this worker would take the job. */
+  | { type: "registry.offer"; spec: JobSpec }
+  | { type: "registry.assigned"; spec: JobSpec }
+  | { type: "registry.terminate"; jobId: string; reason?: string }
+  | { type: "registry.ping"; timestamp: number }
+  | { type: "registry.pong"; timestamp: number }
+  | { type: "registry.error"; message: string; code?: string };
 
 /** From the worker root. */
 export type LinkEvent =
@@ -102,44 +111,18 @@ export type ConnectionEmitted =
 export const MAX_BUFFERED_UPDATES = 10_000;
 export const MAX_RECENT_FINAL = 100;
 
-export function specFromAssignment(message: JobAssignment): JobSpec {
-  const spec: JobSpec = { jobId: message.job_id, agentName: message.agent_name };
-  if (message.room_id !== undefined) spec.roomId = message.room_id;
-  if (message.token !== undefined) spec.roomToken = message.token;
-  if (message.url !== undefined) spec.url = message.url;
-  if (message.metadata !== undefined) spec.metadata = message.metadata;
-  if (message.room_options !== undefined) spec.roomOptions = message.room_options;
-  if (message.max_duration) spec.maxDurationMs = message.max_duration * 1000;
-  return spec;
-}
-
-function specFromOffer(message: AvailabilityRequest): JobSpec {
-  const spec: JobSpec = { jobId: message.job_id, agentName: message.agent_name };
-  if (message.room_id !== undefined) spec.roomId = message.room_id;
-  if (message.metadata !== undefined) spec.metadata = message.metadata;
-  return spec;
-}
-
-function toWire(update: JobUpdate): WorkerMessage {
-  return {
-    type: "job_update",
-    job_id: update.jobId,
-    status: update.status,
-    ...(update.reason ? { reason: update.reason } : {}),
-    ...(update.error ? { error: update.error } : {}),
-  };
-}
-
 /** Keeps every running job and the last MAX_RECENT_FINAL finished ones. */
 function updateInventory(inventory: JobInventoryEntry[], update: JobUpdate): JobInventoryEntry[] {
-  const others = inventory.filter((entry) => entry.job_id !== update.jobId);
-  const entry: JobInventoryEntry = { job_id: update.jobId, status: update.status };
+  const others = inventory.filter((entry) => entry.jobId !== update.jobId);
+  const entry: JobInventoryEntry = { jobId: update.jobId, status: update.status };
   if (update.reason) entry.reason = update.reason;
+  if (update.exitCode !== undefined) entry.exitCode = update.exitCode;
+  if (update.signal !== undefined) entry.signal = update.signal;
   const next = [...others, entry];
   const finals = next.filter((e) => e.status !== "running");
   if (finals.length <= MAX_RECENT_FINAL) return next;
-  const drop = new Set(finals.slice(0, finals.length - MAX_RECENT_FINAL).map((e) => e.job_id));
-  return next.filter((e) => !drop.has(e.job_id));
+  const drop = new Set(finals.slice(0, finals.length - MAX_RECENT_FINAL).map((e) => e.jobId));
+  return next.filter((e) => !drop.has(e.jobId));
 }
 
 /**
@@ -169,43 +152,34 @@ export const connectionMachine = setup({
     reconnectDelay: ({ context }) => context.retryDelayMs,
   },
   guards: {
-    registrationAccepted: ({ event }) => event.type === "registry.register" && event.message.success,
     retriesExhausted: ({ context }) => context.retries >= context.maxRetry,
   },
   actions: {
     sendRegister: sendTo("socket", ({ context }) => ({
-      type: "send" as const,
-      message: {
-        type: "register" as const,
-        protocol_version: PROTOCOL_VERSION,
-        worker_id: context.workerId,
-        agent_name: context.agentName,
-        capabilities: ["room"],
-        load_threshold: context.loadThreshold,
-        max_processes: context.maxProcesses,
-        jobs: context.inventory,
-      },
+      type: "send.register" as const,
+      workerId: context.workerId,
+      agentName: context.agentName,
+      capabilities: ["room"],
+      loadThreshold: context.loadThreshold,
+      maxProcesses: context.maxProcesses,
+      inventory: context.inventory,
     })),
     acceptRegistration: assign({
       workerId: ({ context, event }) =>
-        event.type === "registry.register" && event.message.worker_id ? event.message.worker_id : context.workerId,
+        event.type === "registry.registered" && event.workerId ? event.workerId : context.workerId,
       retries: () => 0,
       lastProblem: () => null,
     }),
     /** Replays, in order, every job update held back while the link was down. */
     flushBuffer: enqueueActions(({ context, enqueue }) => {
-      for (const update of context.buffer) enqueue.sendTo("socket", { type: "send", message: toWire(update) });
+      for (const update of context.buffer) enqueue.sendTo("socket", { type: "send.job_update", update });
       enqueue.assign({ buffer: [] });
     }),
-    sendLastStatus: sendTo("socket", ({ context }) => ({
-      type: "send" as const,
-      message: statusMessage(context, context.lastStatus),
-    })),
+    sendLastStatus: sendTo("socket", ({ context }) => statusCommand(context, context.lastStatus)),
     rememberStatus: assign({ lastStatus: ({ event }) => (event.type === "link.status" ? event.status : null) }),
-    sendStatus: sendTo("socket", ({ context, event }) => ({
-      type: "send" as const,
-      message: statusMessage(context, event.type === "link.status" ? event.status : context.lastStatus),
-    })),
+    sendStatus: sendTo("socket", ({ context, event }) =>
+      statusCommand(context, event.type === "link.status" ? event.status : context.lastStatus),
+    ),
     trackJob: assign({
       inventory: ({ context, event }) =>
         event.type === "link.job_update" ? updateInventory(context.inventory, event.update) : context.inventory,
@@ -217,37 +191,34 @@ export const connectionMachine = setup({
           : context.buffer,
     }),
     sendUpdate: sendTo("socket", ({ event }) => ({
-      type: "send" as const,
-      message: toWire((event as Extract<LinkEvent, { type: "link.job_update" }>).update),
+      type: "send.job_update" as const,
+      update: (event as Extract<LinkEvent, { type: "link.job_update" }>).update,
     })),
     sendAnswer: sendTo("socket", ({ event }) => {
       const e = event as Extract<LinkEvent, { type: "link.offer_answer" }>;
       return {
-        type: "send" as const,
-        message: {
-          type: "availability_response" as const,
-          job_id: e.jobId,
-          available: e.accept,
-          ...(e.error ? { error: e.error } : {}),
-        },
+        type: "send.offer_answer" as const,
+        jobId: e.jobId,
+        accept: e.accept,
+        ...(e.error ? { error: e.error } : {}),
       };
     }),
-    sendPing: sendTo("socket", { type: "send_ping" as const }),
+    sendPing: sendTo("socket", { type: "send.ping" as const }),
     answerPing: sendTo("socket", ({ event }) => ({
-      type: "send_pong" as const,
-      timestamp: event.type === "registry.ping" ? event.message.timestamp : 0,
+      type: "send.pong" as const,
+      timestamp: event.type === "registry.ping" ? event.timestamp : 0,
     })),
     forwardOffer: sendParent(({ event }) => ({
       type: "worker.offer",
-      spec: specFromOffer((event as Extract<SocketEvent, { type: "registry.availability_request" }>).message),
+      spec: (event as Extract<SocketEvent, { type: "registry.offer" }>).spec,
     })),
     forwardAssignment: sendParent(({ event }) => ({
       type: "worker.assignment",
-      spec: specFromAssignment((event as Extract<SocketEvent, { type: "registry.job_assignment" }>).message),
+      spec: (event as Extract<SocketEvent, { type: "registry.assigned" }>).spec,
     })),
     forwardTermination: sendParent(({ event }) => {
-      const message = (event as Extract<SocketEvent, { type: "registry.job_termination" }>).message;
-      return { type: "worker.terminate", jobId: message.job_id, reason: message.reason ?? "terminated by registry" };
+      const e = event as Extract<SocketEvent, { type: "registry.terminate" }>;
+      return { type: "worker.terminate", jobId: e.jobId, reason: e.reason ?? "terminated by registry" };
     }),
     countFailure: assign({ retries: ({ context }) => context.retries + 1 }),
     noteProblem: assign({
@@ -255,12 +226,12 @@ export const connectionMachine = setup({
         switch (event.type) {
           case "socket.closed":
             return `connection closed (${event.code}${event.reason ? `: ${event.reason}` : ""})`;
-          case "registry.register":
-            return `registration refused: ${event.message.message ?? "no reason given"}`;
+          case "registry.refused":
+            return `registration refused: ${event.message ?? "no reason given"}`;
           case "socket.failed":
             return event.error;
           case "registry.error":
-            return `registry error: ${event.message.message}`;
+            return `registry error: ${event.message}`;
           case "socket.invalid":
             return `invalid frame from registry: ${event.error}`;
           default:
@@ -333,10 +304,11 @@ export const connectionMachine = setup({
     "socket.failed": {},
     "socket.unauthorized": {},
     "socket.invalid": { actions: "noteProblem" },
-    "registry.register": {},
-    "registry.availability_request": {},
-    "registry.job_assignment": {},
-    "registry.job_termination": {},
+    "registry.registered": {},
+    "registry.refused": {},
+    "registry.offer": {},
+    "registry.assigned": {},
+    "registry.terminate": {},
     "registry.ping": {},
     "registry.pong": {},
     "registry.error": { actions: "noteProblem" },
@@ -376,14 +348,8 @@ export const connectionMachine = setup({
             },
           },
           on: {
-            "registry.register": [
-              {
-                guard: "registrationAccepted",
-                target: "registered",
-                actions: ["acceptRegistration", "reportConnected"],
-              },
-              { target: "#connection.backoff", actions: "noteProblem" },
-            ],
+            "registry.registered": { target: "registered", actions: ["acceptRegistration", "reportConnected"] },
+            "registry.refused": { target: "#connection.backoff", actions: "noteProblem" },
           },
         },
         registered: {
@@ -398,9 +364,9 @@ export const connectionMachine = setup({
             "link.status": { actions: ["rememberStatus", "sendStatus"] },
             "link.job_update": { actions: ["trackJob", "sendUpdate"] },
             "link.offer_answer": { actions: "sendAnswer" },
-            "registry.availability_request": { actions: "forwardOffer" },
-            "registry.job_assignment": { actions: "forwardAssignment" },
-            "registry.job_termination": { actions: "forwardTermination" },
+            "registry.offer": { actions: "forwardOffer" },
+            "registry.assigned": { actions: "forwardAssignment" },
+            "registry.terminate": { actions: "forwardTermination" },
             "registry.ping": { actions: "answerPing" },
           },
           initial: "quiet",
@@ -432,17 +398,10 @@ export const connectionMachine = setup({
   output: ({ context }) => ({ reason: context.failure, retries: context.retries, lastProblem: context.lastProblem }),
 });
 
-function statusMessage(context: ConnectionContext, status: WorkerStatus | null): WorkerMessage {
-  const s = status ?? { status: "starting", load: 0, jobCount: 0, idleProcesses: 0 };
-  return {
-    type: "status_update",
-    worker_id: context.workerId,
-    agent_name: context.agentName,
-    status: s.status,
-    load: s.load,
-    job_count: s.jobCount,
-    idle_processes: s.idleProcesses,
-  };
+const STARTING: WorkerStatus = { status: "starting", load: 0, jobCount: 0, idleProcesses: 0 };
+
+function statusCommand(context: ConnectionContext, status: WorkerStatus | null): SocketCommand {
+  return { type: "send.status", workerId: context.workerId, agentName: context.agentName, status: status ?? STARTING };
 }
 
 export type ConnectionMachine = typeof connectionMachine;

@@ -56,13 +56,21 @@ export interface ProcessExit {
 /** Final status a job can report to the registry. */
 export type FinalJobStatus = "completed" | "failed" | "cancelled";
 
-/** A job update as the worker reports it: running, or one final status with its reason. */
+/**
+ * A job update as the worker reports it: running, or one final status with its reason. A failed job
+ * whose process exited carries the exit code and the signal that ended it (null when not applicable).
+ */
 export interface JobUpdate {
   jobId: string;
   status: "running" | FinalJobStatus;
   reason?: string;
   error?: ErrorInfo;
+  exitCode?: number | null;
+  signal?: string | null;
 }
+
+/** One job in the inventory a worker hands the registry on register: running, or recently final. */
+export type JobInventoryEntry = Pick<JobUpdate, "jobId" | "status" | "reason" | "exitCode" | "signal">;
 
 /** The worker's availability as the registry sees it. */
 export interface WorkerStatus {

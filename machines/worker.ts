@@ -463,6 +463,8 @@ export const workerMachine = setup({
         const update: JobUpdate = { jobId, status: output.status };
         if (output.reason) update.reason = output.reason;
         if (output.error) update.error = output.error;
+        if (output.exitCode !== undefined) update.exitCode = output.exitCode;
+        if (output.signal !== undefined) update.signal = output.signal;
         sendToLink(enqueue, { type: "link.job_update", update });
         enqueue.assign({ finishedJobs: [...context.finishedJobs, update].slice(-REMEMBERED_FINISHED_JOBS) });
       }

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { INSPECT_OPTION_PROBLEM, type InspectOption, isInspectOption } from "./observability/inspect.ts";
 import { closestName } from "./util/closest-name.ts";
 
 /**
@@ -106,7 +107,8 @@ export const optionsSchema = z
     prewarm: fn<PrewarmFn>("prewarm").optional(),
     requestFn: fn<RequestFn>("requestFn").optional(),
     loadFn: fn<LoadFn>("loadFn").optional(),
-    inspect: z.boolean({ error: "inspect must be true or false" }).default(false),
+    /** true: every transition logged at debug level; an XState inspection observer: every inspection event. */
+    inspect: z.custom<InspectOption>(isInspectOption, INSPECT_OPTION_PROBLEM).default(false),
   })
   .superRefine((o, ctx) => {
     for (const problem of crossFieldProblems(o))
@@ -269,12 +271,17 @@ export class Options {
     return Boolean(this.authToken || (this.apiKey && this.apiSecret));
   }
 
-  /** Every option except functions, with secrets redacted. */
+  /** Every option except functions and observers, with secrets redacted. */
   toJSON(): Record<string, unknown> {
     const out: Record<string, unknown> = {};
     for (const [key, value] of Object.entries(this)) {
       if (typeof value === "function") {
         out[key] = "[function]";
+        continue;
+      }
+      // An inspection observer (e.g. @statelyai/inspect's) holds sockets and windows: not JSON.
+      if (key === "inspect" && typeof value === "object") {
+        out[key] = "[observer]";
         continue;
       }
       out[key] = SECRET_KEYS.has(key) && value !== undefined ? "[redacted]" : value;

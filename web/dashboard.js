@@ -1,5 +1,6 @@
 // The dashboard: one server-sent event stream of snapshots, rendered into tables and a diagram of
-// the chosen machine with every active state marked. No framework: the page stays small.
+// the chosen machine with every active state marked; on the registry's page, beside it, the recent
+// events of the chosen machine's actor, polled while it is shown. No framework: the page stays small.
 const params = new URLSearchParams(location.search);
 const token = params.get("token") ?? sessionStorage.getItem("troupe.token") ?? "";
 if (token) sessionStorage.setItem("troupe.token", token);
@@ -50,7 +51,7 @@ function render(snapshot) {
           Number(w.load ?? 0).toFixed(2),
           `${w.jobCount ?? 0}/${w.maxProcesses ?? "?"}`,
         ],
-        { "data-worker": w.id },
+        { "data-worker": w.id, ...(w.machine ? { "data-choice": `${w.machine}:${w.id}` } : {}) },
       ),
     ),
   );
@@ -67,7 +68,7 @@ function render(snapshot) {
           s.jobId,
         ],
         // Slot ids ("slot.0") repeat across workers: a slot is its worker and its id.
-        { "data-worker": s.workerId, "data-slot": s.id },
+        { "data-worker": s.workerId, "data-slot": s.id, "data-choice": `slot:${s.workerId}:${s.id}` },
       ),
     ),
   );
@@ -84,12 +85,16 @@ function render(snapshot) {
           j.reason,
           j.workerId,
         ],
-        { "data-job": j.id, "data-status": j.status },
+        {
+          "data-job": j.id,
+          "data-status": j.status,
+          ...(j.machine && (j.state || j.endedState) ? { "data-choice": `${j.machine}:${j.id}` } : {}),
+        },
       ),
     ),
   );
   renderMachineChoices();
-  void renderDiagram();
+  showChosen();
 }
 
 /** A short name for a worker in the machine list: its agent and the start of its id. */
@@ -105,7 +110,13 @@ function instances() {
   const out = [];
   for (const w of latest.workers)
     if (w.machine)
-      out.push({ key: `${w.machine}:${w.id}`, kind: w.machine, state: w.state, label: `${w.machine} ${w.id}` });
+      out.push({
+        key: `${w.machine}:${w.id}`,
+        kind: w.machine,
+        state: w.state,
+        label: `${w.machine} ${w.id}`,
+        actor: w.actor,
+      });
   for (const s of latest.slots)
     out.push({
       key: `slot:${s.workerId}:${s.id}`,
@@ -113,9 +124,26 @@ function instances() {
       state: s.state,
       label: `slot ${s.id} of ${workerLabel(s.workerId)}`,
     });
-  for (const j of latest.jobs)
-    if (j.state && j.machine)
-      out.push({ key: `${j.machine}:${j.id}`, kind: j.machine, state: j.state, label: `${j.machine} ${j.id}` });
+  for (const j of latest.jobs) {
+    if (!j.machine) continue;
+    // A dispatch that has ended stays a choice while the registry keeps its events: its last state.
+    if (j.state)
+      out.push({
+        key: `${j.machine}:${j.id}`,
+        kind: j.machine,
+        state: j.state,
+        label: `${j.machine} ${j.id}`,
+        actor: j.actor,
+      });
+    else if (j.endedState)
+      out.push({
+        key: `${j.machine}:${j.id}`,
+        kind: j.machine,
+        state: j.endedState,
+        label: `${j.machine} ${j.id} (ended)`,
+        actor: j.actor,
+      });
+  }
   return out;
 }
 function renderMachineChoices() {
@@ -188,7 +216,103 @@ function revealCurrent(holder) {
   if (at.top < box.top || at.bottom > box.bottom) holder.scrollTop += at.top - box.top - (box.height - at.height) / 2;
 }
 
-$("machine").addEventListener("change", () => void renderDiagram());
+/** The chosen machine's diagram and events, and its row in the tables marked. */
+function showChosen() {
+  const key = $("machine").value;
+  for (const tr of document.querySelectorAll("tbody tr[data-choice]"))
+    tr.classList.toggle("chosen", tr.getAttribute("data-choice") === key);
+  renderDiagram().catch((error) => console.error("diagram", error));
+  refreshEvents().catch((error) => console.error("events", error));
+}
+
+// ------------------------------------------------------------ the chosen actor's recent events
+
+const EVENTS_POLL_MS = 1000;
+let eventsActor = null;
+let eventsBusy = false;
+
+/** The actor whose events the registry keeps for the chosen machine (sessions and dispatches only). */
+function chosenActor() {
+  return instances().find((c) => c.key === $("machine").value)?.actor ?? null;
+}
+
+const clockTime = (ms) => new Date(ms).toLocaleTimeString();
+
+function renderEvents(actor, body, note) {
+  const panel = $("actor-events");
+  panel.hidden = !actor;
+  panel.dataset.actor = actor ?? "";
+  $("actor-events-note").textContent = note;
+  const list = $("actor-events-list");
+  const events = body?.events ?? [];
+  // Newest first; event types and states only (the registry keeps no payloads).
+  list.replaceChildren(
+    ...events
+      .slice()
+      .reverse()
+      .map((e) => {
+        const li = document.createElement("li");
+        li.dataset.event = e.event;
+        const head = document.createElement("div");
+        const time = document.createElement("span");
+        time.className = "muted";
+        time.textContent = `${clockTime(e.at)} `;
+        const type = document.createElement("span");
+        type.className = "event";
+        type.textContent = e.event;
+        head.append(time, type);
+        if (e.count > 1) head.append(` ×${e.count}`);
+        const move = document.createElement("div");
+        move.className = "transition";
+        move.textContent = e.from === null ? `→ ${e.to}` : e.from === e.to ? `stays ${e.to}` : `${e.from} → ${e.to}`;
+        li.append(head, move);
+        return li;
+      }),
+  );
+}
+
+/** Fetches the chosen actor's recent events (skipped while a request is out) and shows them. */
+async function refreshEvents() {
+  const actor = chosenActor();
+  if (actor !== eventsActor) {
+    eventsActor = actor;
+    renderEvents(actor, null, actor ? "loading…" : "");
+  }
+  if (!actor || eventsBusy) return;
+  eventsBusy = true;
+  try {
+    const query = new URLSearchParams({ actor });
+    if (token) query.set("token", token);
+    const res = await fetch(`/dashboard/actor-events?${query}`, { cache: "no-store" });
+    if (actor !== eventsActor) return;
+    if (res.ok) {
+      const body = await res.json();
+      renderEvents(actor, body, body.known === false ? "(none kept for it here)" : body.ended ? "(ended)" : "");
+    } else {
+      const said = (await res.json().catch(() => ({}))).error ?? `HTTP ${res.status}`;
+      renderEvents(actor, null, said);
+    }
+  } catch {
+    if (actor === eventsActor) $("actor-events-note").textContent = "(not reachable; retrying)";
+  } finally {
+    eventsBusy = false;
+  }
+}
+setInterval(() => {
+  if (!document.hidden) refreshEvents().catch((error) => console.error("events", error));
+}, EVENTS_POLL_MS);
+
+$("machine").addEventListener("change", showChosen);
+// A row of a table stands for its machine: a click shows that machine's diagram and events.
+for (const table of ["workers", "slots", "jobs"]) {
+  document.querySelector(`#${table} tbody`).addEventListener("click", (event) => {
+    const key = event.target.closest("tr[data-choice]")?.getAttribute("data-choice");
+    if (!key || !instances().some((c) => c.key === key)) return;
+    $("machine").value = key;
+    showChosen();
+    $("machine-section").scrollIntoView({ block: "nearest" });
+  });
+}
 // The diagram fits its box; a click shows it at full size (scrolling to the current state) and back.
 $("diagram").addEventListener("click", () => {
   const holder = $("diagram");

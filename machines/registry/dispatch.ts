@@ -47,6 +47,9 @@ export type DispatchEvent =
       status: "running" | "completed" | "failed" | "cancelled";
       reason?: string;
       error?: ErrorInfo;
+      /** How the job's process ended, when the worker says (a failed job). */
+      exitCode?: number | null;
+      signal?: string | null;
     }
   | { type: "worker_gone"; workerId: string }
   | { type: "cancel"; reason?: string }
@@ -87,6 +90,8 @@ export interface DispatchOutput {
   workerId: string | null;
   reason?: string;
   error?: ErrorInfo;
+  exitCode?: number | null;
+  signal?: string | null;
   attempts: number;
 }
 
@@ -105,7 +110,7 @@ export interface DispatchContext {
   attempts: number;
   /** Why the last search for a worker found none; the rejection's reason if the deadline passes. */
   cause: string | null;
-  final: { status: DispatchFinal; reason?: string; error?: ErrorInfo } | null;
+  final: (Pick<DispatchOutput, "reason" | "error" | "exitCode" | "signal"> & { status: DispatchFinal }) | null;
 }
 
 const isFinalReport = (event: DispatchEvent) => event.type === "job_update" && event.status !== "running";
@@ -234,6 +239,8 @@ export const dispatchMachine = setup({
           status: event.status,
           ...(event.reason ? { reason: event.reason } : {}),
           ...(event.error ? { error: event.error } : {}),
+          ...(event.exitCode !== undefined ? { exitCode: event.exitCode } : {}),
+          ...(event.signal !== undefined ? { signal: event.signal } : {}),
         };
       },
     }),
@@ -449,6 +456,8 @@ function outputOf(context: DispatchContext): DispatchOutput {
     workerId: context.workerId,
     ...(final.reason ? { reason: final.reason } : {}),
     ...(final.error ? { error: final.error } : {}),
+    ...(final.exitCode !== undefined ? { exitCode: final.exitCode } : {}),
+    ...(final.signal !== undefined ? { signal: final.signal } : {}),
     attempts: context.attempts,
   };
 }

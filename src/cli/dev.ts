@@ -1,10 +1,9 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { createRequire } from "node:module";
 import { homedir } from "node:os";
 import { basename, dirname, join, relative, resolve, sep } from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
+import { fileURLToPath } from "node:url";
 import { type FSWatcher, watch } from "chokidar";
 import { EXIT_FORCED } from "../../machines/worker.ts";
 import type { Credentials } from "../auth/tokens.ts";
@@ -12,6 +11,7 @@ import { mintToken } from "../auth/tokens.ts";
 import type { Logger } from "../observability/logger.ts";
 import { createRegistry, type Registry } from "../registry/server.ts";
 import { SIGNAL_GESTURE_WINDOW_MS, SignalGestures } from "../util/signal-gestures.ts";
+import { findTsxLoader, RUNNING_FROM_SOURCES, TYPESCRIPT_FILE, tsxMissing } from "../util/tsx-loader.ts";
 
 export interface DevSettings {
   modulePath: string;
@@ -84,12 +84,19 @@ function reloadsOn(root: string, path: string): boolean {
   return !ignoredPath(root, path) && (SOURCE_FILE.test(name) || isEnvFile(name));
 }
 
-const devWorkerMain = fileURLToPath(
-  new URL(`./dev-worker.${import.meta.url.endsWith(".ts") ? "ts" : "js"}`, import.meta.url),
-);
+const devWorkerMain = fileURLToPath(new URL(`./dev-worker.${RUNNING_FROM_SOURCES ? "ts" : "js"}`, import.meta.url));
 
-/** tsx, resolved from troupe itself, so an agent's project need not install it. */
-const tsxLoader = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href;
+/**
+ * The `--import` that lets the worker load the agent: tsx when the agent is TypeScript (or troupe
+ * itself runs from its sources), nothing for a JavaScript agent of a compiled troupe. The worker's
+ * job processes inherit it.
+ */
+function devWorkerLoader(modulePath: string): string[] {
+  if (!RUNNING_FROM_SOURCES && !TYPESCRIPT_FILE.test(modulePath)) return [];
+  const loader = findTsxLoader(modulePath);
+  if (!loader) throw tsxMissing(modulePath, "troupe dev");
+  return ["--import", loader];
+}
 
 /** Where `troupe dev` keeps its key pair: `$TROUPE_HOME/dev-credentials.json`, default `~/.troupe/`. */
 export function devCredentialsFile(env: NodeJS.ProcessEnv = process.env): string {
@@ -158,6 +165,8 @@ const seconds = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
 export async function startDev(settings: DevSettings): Promise<DevSession> {
   const modulePath = resolve(settings.modulePath);
   if (!existsSync(modulePath)) throw new Error(`no agent module at ${modulePath}`);
+  // Before the registry starts: a TypeScript agent without tsx is an error to report, not a worker that dies.
+  const loader = devWorkerLoader(modulePath);
   const { logger } = settings;
   const print = settings.print ?? ((line: string) => process.stdout.write(`${line}\n`));
   let credentials = settings.credentials;
@@ -197,7 +206,7 @@ export async function startDev(settings: DevSettings): Promise<DevSession> {
 
   const spawnWorker = (): DevWorker => {
     const output = settings.workerOutput ?? "inherit";
-    const child = spawn(process.execPath, ["--import", tsxLoader, devWorkerMain, modulePath], {
+    const child = spawn(process.execPath, [...loader, devWorkerMain, modulePath], {
       stdio: ["ignore", output, output, "ipc"],
       // A session of its own: terminal signals reach only `troupe dev`, which forwards each once.
       detached: true,

@@ -59,9 +59,20 @@ export function workersTable(workers: WorkerRow[]): string {
   return table(headers, rows);
 }
 
-/** The status with its reason: "failed: crashed", "rejected: no worker serves Echo". */
-export function outcome(job: Pick<JobRecord, "status" | "reason">): string {
-  return job.reason ? `${job.status}: ${job.reason}` : job.status;
+/**
+ * The status with its reason, and for a crash how the process ended (for the other reasons the
+ * worker ended it, and the reason says why): "failed: crashed (signal SIGSEGV)",
+ * "failed: crashed (exit code 3)", "rejected: no worker serves Echo".
+ */
+export function outcome(job: Pick<JobRecord, "status" | "reason" | "exitCode" | "signal">): string {
+  const status = job.reason ? `${job.status}: ${job.reason}` : job.status;
+  if (job.reason !== "crashed") return status;
+  const end = job.signal
+    ? `signal ${job.signal}`
+    : typeof job.exitCode === "number"
+      ? `exit code ${job.exitCode}`
+      : null;
+  return end ? `${status} (${end})` : status;
 }
 
 export function jobsTable(jobs: JobRecord[], now = Date.now()): string {
@@ -86,6 +97,8 @@ export function jobDetails(job: JobRecord, now = Date.now()): string {
     ["status", job.status],
     ["reason", job.reason],
     ["error", job.error ? `${job.error.name}: ${job.error.message}` : undefined],
+    ["exit code", job.exitCode === undefined || job.exitCode === null ? undefined : String(job.exitCode)],
+    ["signal", job.signal ?? undefined],
     ["room", job.roomId],
     ["worker", job.workerId],
     ["attempts", String(job.attempts)],

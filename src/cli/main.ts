@@ -9,6 +9,7 @@ import { LOG_LEVELS, type LogLevel } from "../options.ts";
 import { createRegistry, type Registry } from "../registry/server.ts";
 import type { JobRecord } from "../registry/store.ts";
 import { SignalGestures } from "../util/signal-gestures.ts";
+import { findTsxLoader, RUNNING_FROM_SOURCES, TYPESCRIPT_FILE, tsxMissing } from "../util/tsx-loader.ts";
 import { installLauncherHook } from "../worker/launcher.ts";
 import { devCredentialsFile, startDev } from "./dev.ts";
 import { finalLine, jobDetails, jobsTable, type WorkerRow, workersTable } from "./format.ts";
@@ -66,6 +67,18 @@ async function client(opts: { url?: string; token?: string; apiKey?: string; api
 
 function print(value: unknown) {
   process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+}
+
+/**
+ * Lets this process import a TypeScript agent: tsx's loader, an optional peer dependency, loaded only
+ * here. (Its job processes get their own, see src/job/exec-argv.ts.) Run from troupe's sources
+ * (bin/troupe.mjs) tsx is loaded already.
+ */
+async function loadTypeScriptSupport(modulePath: string): Promise<void> {
+  if (!TYPESCRIPT_FILE.test(modulePath) || RUNNING_FROM_SOURCES) return;
+  const loader = findTsxLoader(modulePath);
+  if (!loader) throw new CliError(tsxMissing(modulePath, "troupe start").message);
+  await import(loader);
 }
 
 export function buildProgram(): Command {
@@ -213,6 +226,7 @@ export function buildProgram(): Command {
       const path = resolve(modulePath);
       if (!existsSync(path)) throw new CliError(`no agent module at ${path}`);
       const level = opts.logLevel === undefined ? undefined : logLevel(opts.logLevel);
+      await loadTypeScriptSupport(path);
       // The module's `new WorkerJob(...).start()` applies these on top of its own options.
       installLauncherHook({
         overrides: {

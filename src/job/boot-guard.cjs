@@ -7,6 +7,10 @@
  * closed, and on being re-parented, it SIGKILLs its process group (it leads it). A job has started
  * nothing yet at this point, so the group is all there is.
  */
+// Node 22.1+ caches V8's compiled code of the modules loaded from here on, on disk, so the next job
+// process skips compiling them. Node 20 has no such API (and this file stays plain CommonJS for it).
+const { enableCompileCache } = require("node:module");
+if (typeof enableCompileCache === "function") enableCompileCache();
 const parent = process.ppid;
 const killGroup = () => {
   try {

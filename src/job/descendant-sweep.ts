@@ -19,8 +19,9 @@ export const SWEEP_MAX_ROUNDS = 5;
  * no round finds anything new, if its start time (/proc/<pid>/stat field 22) still matches: a pid
  * reused meanwhile is never hit. Returns how many were killed; 0 without /proc (non-Linux).
  *
- * Plain JavaScript in a string because the orphan watchdog thread evaluates it without the
- * TypeScript loader (see parent-watch.ts); the main thread compiles the same text.
+ * Plain JavaScript in a string because the worker's orphan guardian, a plain Node process, runs it
+ * too (see orphan-guardian.ts, where `selfPid` is the job process's); a job process compiles the
+ * same text.
  */
 export const SWEEP_FUNCTION_SOURCE = `(function sweepJobDescendants(require, marker, selfPid) {
   const fs = require("node:fs");

@@ -2,8 +2,7 @@ import type { Logger } from "pino";
 import type { JobSpec } from "../../machines/shared.ts";
 import { RoomOptions, type RoomOptionsInput } from "../options.ts";
 import type { ParticipantInfo } from "../protocol/room.ts";
-import { RoomConnection } from "../room/client.ts";
-import { superviseSession } from "./room-session.ts";
+import type { RoomConnection } from "../room/client.ts";
 
 export type ShutdownCallback = (reason: string) => unknown | Promise<unknown>;
 
@@ -25,7 +24,8 @@ export class JobContextError extends Error {
 
 interface AttachedJob {
   job: JobSpec;
-  logger: Logger;
+  /** Makes the job's logger, on its first use: a job that never logs never pays for it. */
+  logger: () => Logger;
   /** Asks the job process to end the job (runs the shutdown callbacks, reports, exits). */
   requestShutdown: (reason: string) => void;
 }
@@ -47,6 +47,7 @@ export class JobContext {
   readonly [BRAND] = true;
   readonly roomOptions: RoomOptions;
   #attached: AttachedJob | undefined;
+  #logger: Logger | undefined;
   #callbacks: RegisteredCallback[] = [];
   #shutdownReason: string | undefined;
   #room: RoomConnection | undefined;
@@ -90,7 +91,9 @@ export class JobContext {
   }
 
   get logger(): Logger {
-    return this.#job().logger;
+    const attached = this.#job();
+    this.#logger ??= attached.logger();
+    return this.#logger;
   }
 
   /** Set once the job is ending; the reason it ends with. */
@@ -133,7 +136,8 @@ export class JobContext {
   }
 
   async #join(timeoutSeconds: number): Promise<RoomConnection> {
-    const { job, requestShutdown, logger } = this.#job();
+    const { job, requestShutdown } = this.#job();
+    const { logger } = this;
     if (!job.roomId || !job.roomToken || !job.url) {
       throw new JobContextError(
         `job ${job.jobId} has no room: its assignment carried no ${[
@@ -146,6 +150,11 @@ export class JobContext {
       );
     }
     const options = this.effectiveRoomOptions();
+    // Loaded on the first connect: a job process that never joins a room never loads the client.
+    const [{ RoomConnection }, { superviseSession }] = await Promise.all([
+      import("../room/client.ts"),
+      import("./room-session.ts"),
+    ]);
     const room = await RoomConnection.connect(job.url, job.roomId, job.roomToken, {
       name: options.name,
       timeoutMs: Math.round(timeoutSeconds * 1000),
@@ -167,7 +176,8 @@ export class JobContext {
     try {
       return new RoomOptions({ ...this.roomOptions.toJSON(), ...requested } as RoomOptionsInput);
     } catch (error) {
-      this.#attached?.logger.warn({ err: (error as Error).message }, "ignored the dispatch's invalid room options");
+      if (this.#attached)
+        this.logger.warn({ err: (error as Error).message }, "ignored the dispatch's invalid room options");
       return this.roomOptions;
     }
   }

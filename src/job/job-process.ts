@@ -128,8 +128,8 @@ export async function runJobProcess(): Promise<void> {
     await send({ type: "init_failed", error: toErrorInfo(error) });
     return exitWith(1);
   }
-  const agent = definition;
-  const runner = new JobRunner(agent, logger, logStream);
+  const runner = new JobRunner(definition, logger, logStream);
+  await runner.prepare();
 
   process.on("message", (raw) => {
     const parsed = toChild.safeParse(raw);
@@ -143,7 +143,7 @@ export async function runJobProcess(): Promise<void> {
         post({ type: "pong", ts: message.ts });
         break;
       case "start_job":
-        runner.guard(runner.start(message.job));
+        runner.start(message.job);
         break;
       case "shutdown":
         runner.guard(runner.end({ ok: true, reason: message.reason }));
@@ -157,7 +157,24 @@ export async function runJobProcess(): Promise<void> {
 
 type Result = { ok: true; reason?: string } | { ok: false; error: ReturnType<typeof toErrorInfo> };
 
+/**
+ * Messages like the ones a job's start brings, parsed once while the process is idle: zod compiles
+ * a schema's parser on its first use, which would otherwise happen on the job's start path.
+ */
+const WARM_UP_MESSAGES: unknown[] = [
+  { type: "ping", ts: 0 },
+  {
+    type: "start_job",
+    job: { jobId: "warm-up", agentName: "warm-up", roomId: "r", url: "ws://x", metadata: {}, roomOptions: {} },
+  },
+];
+
 class JobRunner {
+  /** Made while idle, attached to the job at its start. */
+  #preparedCtx: JobContext | undefined;
+  /** Why the JobContext could not be made (jobctx threw or returned something else): the job fails with it. */
+  #ctxError: unknown;
+  /** The job's context, once attached. */
   #ctx: JobContext | undefined;
   #ending = false;
   #started = false;
@@ -168,24 +185,58 @@ class JobRunner {
     private readonly logStream: IpcLogStream,
   ) {}
 
-  async start(job: JobSpec): Promise<void> {
-    if (this.#started || this.#ending) return;
-    this.#started = true;
+  /**
+   * Everything a job's start needs that does not depend on the job, done before the process
+   * reports ready: the JobContext (jobctx's own, or made by its factory, which takes no job
+   * argument) and the parsers' and logger's first runs. A factory that fails fails the job, as it
+   * would when called at its start.
+   */
+  async prepare(): Promise<void> {
+    for (const message of WARM_UP_MESSAGES) toChild.safeParse(message);
+    this.logger.child({ jobId: "warm-up" });
     try {
       const { jobctx } = this.agent;
       const ctx = typeof jobctx === "function" ? await jobctx() : (jobctx ?? new JobContext());
       if (!JobContext.isJobContext(ctx)) throw new TypeError("jobctx must be a JobContext or return one");
+      this.#preparedCtx = ctx;
+    } catch (error) {
+      this.#ctxError = error;
+    }
+  }
+
+  /**
+   * Starts the job in the same turn that received `start_job`: the `running` report is written to
+   * the channel (it stays ahead of any later message) and the entrypoint is called without waiting
+   * for the write to complete, a timer or a microtask.
+   */
+  start(job: JobSpec): void {
+    if (this.#started || this.#ending) return;
+    this.#started = true;
+    const ctx = this.#preparedCtx;
+    let returned: unknown;
+    try {
+      if (!ctx) throw this.#ctxError;
       ctx.attach({
         job,
-        logger: this.logger.child({ jobId: job.jobId }),
+        logger: () => this.logger.child({ jobId: job.jobId }),
         requestShutdown: (reason) => this.guard(this.end({ ok: true, reason })),
       });
       this.#ctx = ctx;
-      await send({ type: "job_status", status: "running" });
-      await this.agent.entrypoint(ctx);
+      post({ type: "job_status", status: "running" });
+      returned = this.agent.entrypoint(ctx);
+    } catch (error) {
+      this.guard(this.end({ ok: false, error: toErrorInfo(error) }));
+      return;
+    }
+    this.guard(this.#afterEntrypoint(ctx, returned));
+  }
+
+  async #afterEntrypoint(ctx: JobContext, returned: unknown): Promise<void> {
+    try {
+      await returned;
       // An agent in its room lives on after its entrypoint set it up: the session ends the job.
       if (ctx.inRoom) {
-        this.logger.debug({ jobId: job.jobId }, "entrypoint returned; the job stays in its room");
+        this.logger.debug({ jobId: ctx.jobId }, "entrypoint returned; the job stays in its room");
         return;
       }
       await this.end({ ok: true });

@@ -3,8 +3,9 @@ import { z } from "zod";
 /**
  * The worker ⇄ registry wire protocol: JSON text frames over WebSocket at `<registry>/agent`.
  * Message types and snake_case fields follow VideoSDK's registry protocol, plus `protocol_version`,
- * the job inventory in `register`, and failure reasons in `job_update`. Both sides parse with these
- * schemas. Objects are not strict: unknown fields are ignored so either side can grow.
+ * the job inventory in `register`, and failure reasons, exit codes and signals in `job_update`. Both
+ * sides parse with these schemas. Objects are not strict: unknown fields are ignored so either side
+ * can grow.
  */
 export const PROTOCOL_VERSION = 1;
 export const MAX_FRAME_BYTES = 256 * 1024;
@@ -20,11 +21,23 @@ const clipped = (max: number) => z.string().transform((text) => (text.length > m
 const reason = clipped(1_024);
 const errorInfo = z.object({ name: clipped(256), message: clipped(4_096), stack: clipped(16_384).optional() });
 const finalStatus = z.enum(["completed", "failed", "cancelled"]);
+/** How a failed job's process ended: its exit code (null when a signal ended it) and the signal's name. */
+export const exitCode = z
+  .number()
+  .int()
+  .min(-(2 ** 31))
+  .max(2 ** 32 - 1);
+export const signalName = z
+  .string()
+  .max(32)
+  .regex(/^SIG[A-Z0-9]+$/);
+const processEnd = { exit_code: exitCode.nullable().optional(), signal: signalName.nullable().optional() };
 
 export const jobInventoryEntry = z.object({
   job_id: jobId,
   status: z.enum(["running", "completed", "failed", "cancelled"]),
   reason: reason.optional(),
+  ...processEnd,
 });
 
 // ---- worker → registry ----
@@ -83,6 +96,7 @@ export const jobUpdate = z.object({
   status: z.enum(["running", "completed", "failed", "cancelled"]),
   reason: reason.optional(),
   error: errorInfo.optional(),
+  ...processEnd,
 });
 
 export const ping = z.object({ type: z.literal("ping"), timestamp: z.number() });

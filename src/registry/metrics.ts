@@ -1,9 +1,41 @@
-import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { collectProcessMetrics, MACHINE_REASONS, reasonLabel } from "../observability/metrics.ts";
+
+/**
+ * How a dispatch came to run on this node. Every dispatch a node runs is counted once under one of
+ * these, so on each node `jobs_finished_total` never exceeds `dispatches_total`; summed over a
+ * cluster, `origin="created"` counts each job once.
+ */
+export const DISPATCH_ORIGINS = [
+  /** Created by this node's dispatch API. */
+  "created",
+  /** Placed here by the node that created it (a cluster forward). */
+  "forwarded",
+  /** A running job taken on from a worker's report or from a node that died. */
+  "adopted",
+  /** A job a node that died had not placed yet, dispatched again here. */
+  "resumed",
+] as const;
+export type DispatchOrigin = (typeof DISPATCH_ORIGINS)[number];
+
+/** Reasons the dispatch machine gives itself; with the workers' failure reasons, all a label shows as is. */
+const DISPATCH_REASONS = [
+  ...MACHINE_REASONS,
+  "worker lost",
+  "did not start in time",
+  "cancelled before assignment",
+  "cancelled; the worker did not confirm",
+  "cancelled; the worker was lost",
+  "timed out",
+];
+
+/** A final dispatch's reason as a bounded label value (a worker or a placement can say anything). */
+export const dispatchReasonLabel = (reason: string | undefined) => reasonLabel(reason, DISPATCH_REASONS);
 
 export function createRegistryMetrics() {
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: "troupe_registry_process_" });
-  return {
+  collectProcessMetrics(registry, "troupe_registry_");
+  const metrics = {
     registry,
     workers: new Gauge({
       name: "troupe_registry_workers",
@@ -12,12 +44,13 @@ export function createRegistryMetrics() {
     }),
     dispatches: new Counter({
       name: "troupe_registry_dispatches_total",
-      help: "Dispatches created",
+      help: "Dispatches this node started running, by origin (created, forwarded, adopted, resumed)",
+      labelNames: ["origin"] as const,
       registers: [registry],
     }),
     finished: new Counter({
       name: "troupe_registry_jobs_finished_total",
-      help: "Dispatches that reached a final state, by status and reason",
+      help: "Dispatches of this node that reached a final state, by status and reason (other: free text)",
       labelNames: ["status", "reason"] as const,
       registers: [registry],
     }),
@@ -40,6 +73,9 @@ export function createRegistryMetrics() {
       registers: [registry],
     }),
   };
+  // Every origin from the start, so a rate over any of them has a series to start from.
+  for (const origin of DISPATCH_ORIGINS) metrics.dispatches.inc({ origin }, 0);
+  return metrics;
 }
 
 export type RegistryMetrics = ReturnType<typeof createRegistryMetrics>;

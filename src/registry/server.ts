@@ -3,6 +3,7 @@ import type { AddressInfo } from "node:net";
 import { type Credentials, verifyToken } from "../auth/tokens.ts";
 import { createGatewayServer, DEFAULT_HTTP_LIMITS, type HttpLimits } from "../http/gateway.ts";
 import { HttpError } from "../http/respond.ts";
+import { INSPECT_OPTION_PROBLEM, type InspectOption, inspectorFor, isInspectOption } from "../observability/inspect.ts";
 import { createLogger, type Logger } from "../observability/logger.ts";
 import { MAX_FRAME_BYTES } from "../protocol/registry.ts";
 import { RoomHub } from "../room/hub.ts";
@@ -12,7 +13,7 @@ import { createWebRoutes } from "../web/routes.ts";
 import { RegistryCluster } from "./cluster/cluster.ts";
 import { type DispatchRequest, systemClock, uuidIds } from "./core/ports.ts";
 import { RegistryCore, type WorkerSummary } from "./core/registry-core.ts";
-import { registryDashboard } from "./dashboard.ts";
+import { createActorEventsRoute, registryDashboard } from "./dashboard.ts";
 import { createHttpApi } from "./http-api.ts";
 import { createRegistryMetrics } from "./metrics.ts";
 import { createRoomApi } from "./room-api.ts";
@@ -49,6 +50,12 @@ export interface RegistryOptions extends Credentials {
    * node. Absent = one node, records in memory (or in `store`).
    */
   redis?: string | RedisSettings;
+  /**
+   * XState inspection of every worker session and job dispatch actor this registry runs: `true` logs
+   * each transition at debug level, an observer (a function, or `{ next(event) }`, such as
+   * `@statelyai/inspect`'s `inspector.inspect`) gets every inspection event. See docs/inspect.md.
+   */
+  inspect?: InspectOption;
 }
 
 export interface RedisSettings {
@@ -101,6 +108,7 @@ export function registryInternals(registry: Registry): RegistryInternals {
 export async function createRegistry(options: RegistryOptions): Promise<Registry> {
   if (!options.apiKey || !options.apiSecret) throw new Error("createRegistry needs apiKey and apiSecret");
   if (Buffer.byteLength(options.apiSecret) < 32) throw new Error("the API secret must be at least 32 bytes");
+  if (options.inspect !== undefined && !isInspectOption(options.inspect)) throw new Error(INSPECT_OPTION_PROBLEM);
   const host = options.host ?? "127.0.0.1";
   const logger = options.logger ?? createLogger("INFO");
   const metrics = createRegistryMetrics();
@@ -129,6 +137,7 @@ export async function createRegistry(options: RegistryOptions): Promise<Registry
   let url = "";
   const hubUrl = () => options.publicUrl ?? url;
   const gateway = new WorkerGateway(credentials, logger, metrics, options.maxFrameBytes ?? MAX_FRAME_BYTES);
+  const inspect = inspectorFor(options.inspect ?? false, logger);
   const core = new RegistryCore({
     credentials,
     transport: gateway,
@@ -140,6 +149,7 @@ export async function createRegistry(options: RegistryOptions): Promise<Registry
     timing,
     logger,
     metrics,
+    ...(inspect ? { inspect } : {}),
     rooms: {
       newRoomId: (jobId) => `room-${jobId.replace(/^job-/, "").slice(0, 12)}`,
       forAgent: async (room, jobId, agentName) => ({
@@ -152,16 +162,21 @@ export async function createRegistry(options: RegistryOptions): Promise<Registry
   cluster?.attach(core);
   const api = createHttpApi(core, credentials, metrics);
   const roomApi = createRoomApi(rooms, credentials, hubUrl);
+  const authorizeDashboard = async (token: string | undefined) => {
+    if (!token) throw new Error("missing token: open the page with ?token=<dispatcher token>");
+    await verifyToken(credentials, token, ["dispatcher"]);
+  };
   const web = createWebRoutes({
     source: "registry",
     snapshot: () => registryDashboard(core),
-    authorize: async (token) => {
-      if (!token) throw new Error("missing token: open the page with ?token=<dispatcher token>");
-      await verifyToken(credentials, token, ["dispatcher"]);
-    },
+    authorize: authorizeDashboard,
   });
+  const actorEvents = createActorEventsRoute(core.actorEvents, authorizeDashboard);
   const route = async (req: IncomingMessage, res: ServerResponse, url: URL) =>
-    (await web.handle(req, res, url)) || (await roomApi(req, res, url)) || api(req, res, url);
+    (await web.handle(req, res, url)) ||
+    (await actorEvents(req, res, url)) ||
+    (await roomApi(req, res, url)) ||
+    api(req, res, url);
   const server = createGatewayServer(
     {
       request: route,

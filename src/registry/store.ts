@@ -29,6 +29,10 @@ export interface JobRecord {
   status: JobStatus;
   reason?: string;
   error?: ErrorInfo;
+  /** How a failed job's process ended, as its worker reported: exit code (null when a signal ended it)… */
+  exitCode?: number | null;
+  /** …and the signal's name, such as "SIGSEGV" (null when it exited by itself). */
+  signal?: string | null;
   workerId?: string;
   attempts: number;
   /** The registry node whose dispatch owns the job (several nodes share one Redis store). */

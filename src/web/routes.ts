@@ -1,9 +1,10 @@
 import { readFile } from "node:fs/promises";
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { fileURLToPath } from "node:url";
+import { packageFile } from "../util/package-root.ts";
 
-const WEB_DIR = fileURLToPath(new URL("../../web/", import.meta.url));
-const VIZ_DIR = fileURLToPath(new URL("../../visualizations/", import.meta.url));
+// Shipped beside the code, not inside it: the same folders whether this runs from src/ or dist/src/.
+const WEB_DIR = packageFile("web/");
+const VIZ_DIR = packageFile("visualizations/");
 
 const PAGES: Record<string, string> = { "/dashboard": "dashboard.html", "/playground": "playground.html" };
 const ASSET = /^\/web\/([a-z-]+\.(?:js|css|svg))$/;

@@ -1,15 +1,16 @@
 import { type ChildProcess, fork } from "node:child_process";
-import { createRequire } from "node:module";
-import { fileURLToPath, pathToFileURL } from "node:url";
+import { fileURLToPath } from "node:url";
 import { fromCallback } from "xstate";
 import type { ProcessCommand, ProcessEvent, ProcessInput } from "../../machines/slot.ts";
+import { jobProcessExecArgv } from "../job/exec-argv.ts";
 import { LOG_LINE_MAX_BYTES } from "../job/log-limits.ts";
+import { OrphanGuardian } from "../job/orphan-guardian.ts";
 import type { Logger } from "../observability/logger.ts";
 import type { LogLevel } from "../options.ts";
 import { type ChildConfig, toErrorInfo, toParent } from "../protocol/ipc.ts";
 import { onBoundedLines } from "./bounded-lines.ts";
 import { killLeftovers, RememberedDescendants } from "./descendants.ts";
-import { jobProcessEnv, withoutEnvFileFlags } from "./job-env.ts";
+import { jobProcessEnv } from "./job-env.ts";
 import { JobLogGate } from "./job-log-gate.ts";
 import { processTreeMemoryMb } from "./process-memory.ts";
 
@@ -22,9 +23,6 @@ export interface ProcessObserver {
   exited?(slotId: string, pid: number | undefined, code: number | null, signal: string | null): void;
 }
 
-/** How long a new process waits before it is forked (see createProcessLogic). */
-const FORK_DEFER_MS = 20;
-
 export interface ProcessSettings {
   agentModule: string;
   logLevel: LogLevel;
@@ -33,8 +31,6 @@ export interface ProcessSettings {
   observer?: ProcessObserver;
   /** The environment job processes start from (default process.env); secrets are stripped either way. */
   env?: NodeJS.ProcessEnv;
-  /** Milliseconds before fork(); 0 forks at once. Default 20. */
-  forkDeferMs?: number;
 }
 
 const here = fileURLToPath(import.meta.url);
@@ -42,21 +38,14 @@ const runningFromTypeScript = here.endsWith(".ts");
 const childMain = fileURLToPath(new URL(`../job/child-main.${runningFromTypeScript ? "ts" : "js"}`, import.meta.url));
 const bootGuard = fileURLToPath(new URL("../job/boot-guard.cjs", import.meta.url));
 
-/**
- * A TypeScript child needs the tsx loader unless this process already runs under it. Never an
- * `--env-file`: the child would read back the secrets its environment is stripped of.
- */
-function childExecArgv(): string[] {
-  // The boot guard first: loading tsx and child-main takes long enough for a worker to die meanwhile.
-  const inherited = [
-    "--require",
-    bootGuard,
-    ...withoutEnvFileFlags(process.execArgv).filter((arg) => !arg.startsWith("--inspect")),
-  ];
-  const hasTsx = inherited.some((arg) => arg.includes("tsx"));
-  if (!runningFromTypeScript || hasTsx) return inherited;
-  const loader = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href;
-  return [...inherited, "--import", loader];
+/** How long a job just sent its start_job has before a new process is forked. */
+const JOB_HEAD_START_MS = 20;
+
+/** One per worker process: kills its job processes when it dies (see orphan-guardian.ts). */
+let guardian: OrphanGuardian | undefined;
+function orphanGuardian(logger: Logger): OrphanGuardian {
+  guardian ??= new OrphanGuardian((message) => logger.warn(message));
+  return guardian;
 }
 
 /** Signals the child's whole process group (it is the group leader), so its descendants go too. */
@@ -94,24 +83,33 @@ function killGroupRemnants(pid: number): void {
  * forwards the child's logs tagged with slot, job and pid. Stopping the actor SIGKILLs a live child.
  */
 export function createProcessLogic(settings: ProcessSettings) {
-  const deferMs = settings.forkDeferMs ?? FORK_DEFER_MS;
+  /** When this worker last wrote a `start_job` (performance.now()). */
+  const lastJobStart = { at: Number.NEGATIVE_INFINITY };
   return fromCallback<ProcessCommand, ProcessInput, ProcessEvent>(({ input, sendBack, receive }) => {
-    // fork() blocks this event loop for milliseconds. A replacement process is spawned in the same
-    // step that hands an idle one a job, so forking at once would delay that job's start; a short
-    // deferral lets the job start first. Commands that arrive meanwhile are kept in order.
+    // fork() blocks this event loop for milliseconds, and the new process's boot takes a core for
+    // a while. A replacement process is spawned in the same step that hands an idle one a job:
+    // forked at once, it would hold back that job's start_job. So the fork waits for this turn of
+    // the event loop to end (the start_job is written by then) and, when a job started less than
+    // JOB_HEAD_START_MS ago, until that job had that head start; otherwise (a cold start: a process
+    // for a job that waits) it is not delayed. Commands that arrive meanwhile are kept in order.
     let handle: ((command: ProcessCommand) => void) | undefined;
     const early: ProcessCommand[] = [];
     receive((command) => (handle ? handle(command) : early.push(command)));
     let cleanup: (() => void) | undefined;
+    let timer: NodeJS.Timeout | undefined;
     const launch = () => {
-      cleanup = launchProcess(settings, input, sendBack, (handler) => {
+      cleanup = launchProcess(settings, input, lastJobStart, sendBack, (handler) => {
         handle = handler;
         for (const command of early.splice(0)) handler(command);
       });
     };
-    const timer = deferMs > 0 ? setTimeout(launch, deferMs) : undefined;
-    if (deferMs <= 0) launch();
+    const deferred = setImmediate(() => {
+      const wait = lastJobStart.at + JOB_HEAD_START_MS - performance.now();
+      if (wait > 0) timer = setTimeout(launch, wait);
+      else launch();
+    });
     return () => {
+      clearImmediate(deferred);
       clearTimeout(timer);
       cleanup?.();
     };
@@ -121,6 +119,7 @@ export function createProcessLogic(settings: ProcessSettings) {
 function launchProcess(
   settings: ProcessSettings,
   input: ProcessInput,
+  lastJobStart: { at: number },
   sendBack: (event: ProcessEvent) => void,
   receive: (handler: (command: ProcessCommand) => void) => void,
 ): (() => void) | undefined {
@@ -147,7 +146,7 @@ function launchProcess(
       child = fork(childMain, [JSON.stringify(config)], {
         detached: true,
         stdio: ["ignore", "pipe", "pipe", "ipc"],
-        execArgv: childExecArgv(),
+        execArgv: jobProcessExecArgv({ childMain, bootGuard, agentModule: settings.agentModule }, process.execArgv),
         serialization: "json",
         env,
       });
@@ -157,6 +156,7 @@ function launchProcess(
     }
     const pid = child.pid;
     if (pid !== undefined) {
+      orphanGuardian(settings.logger).guard(pid, marker);
       logger = logger.child({ jobPid: pid });
       settings.observer?.spawned?.(slotId, pid);
       sendBack({ type: "proc.spawned", pid });
@@ -252,6 +252,7 @@ function launchProcess(
     };
     child.on("exit", (code, signal) => {
       exited = true;
+      if (pid !== undefined) orphanGuardian(settings.logger).release(pid);
       // Whatever the job started in its process group goes with it (a media tool, a shell)...
       if (pid !== undefined) killGroupRemnants(pid);
       // ...and so does what it moved to another session or group. The exit is not held back for
@@ -271,6 +272,7 @@ function launchProcess(
         case "start_job":
           jobId = command.job.jobId;
           jobSentAt = performance.now();
+          lastJobStart.at = jobSentAt;
           sendToChild({ type: "start_job", job: command.job });
           break;
         case "shutdown":

@@ -1,6 +1,8 @@
 import type { WorkerMetrics } from "../observability/metrics.ts";
 import type { ProcessObserver } from "./process-actor.ts";
 
+const MIB = 1024 * 1024;
+
 export interface ProcessRecord {
   pid: number;
   spawnedAt: number;
@@ -26,8 +28,11 @@ export class ProcessTracker implements ProcessObserver {
   jobRunning(slotId: string, jobId: string, startSeconds: number): void {
     const record = this.bySlot.get(slotId);
     if (record) {
+      // One series per process: the idle one gives way to the job's, or both would count its memory.
+      this.metrics.jobMemory.remove({ slot: slotId, job_id: record.jobId ?? "" });
       record.jobId = jobId;
       record.jobStartedAt = Date.now();
+      if (record.memoryMb !== null) this.metrics.jobMemory.set({ slot: slotId, job_id: jobId }, record.memoryMb * MIB);
     }
     this.metrics.jobsStarted.inc();
     this.metrics.jobStartLatency.observe(startSeconds);
@@ -37,7 +42,7 @@ export class ProcessTracker implements ProcessObserver {
     const record = this.bySlot.get(slotId);
     if (!record) return;
     record.memoryMb = mb;
-    this.metrics.jobMemory.set({ slot: slotId, job_id: record.jobId ?? "" }, mb * 1024 * 1024);
+    this.metrics.jobMemory.set({ slot: slotId, job_id: record.jobId ?? "" }, mb * MIB);
   }
 
   exited(slotId: string, _pid: number | undefined, code: number | null, signal: string | null): void {

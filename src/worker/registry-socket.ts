@@ -3,7 +3,8 @@ import { WebSocket } from "ws";
 import { fromCallback } from "xstate";
 import type { ConnectionInput, SocketCommand, SocketEvent } from "../../machines/connection.ts";
 import type { Logger } from "../observability/logger.ts";
-import { MAX_FRAME_BYTES, registryMessage, type StatusUpdateMessage } from "../protocol/registry.ts";
+import { MAX_FRAME_BYTES, type StatusUpdateMessage } from "../protocol/registry.ts";
+import { parseRegistryFrame, toWorkerMessage } from "./registry-wire.ts";
 
 export interface RegistrySocketSettings {
   /** The registry's base URL (http(s):// or ws(s)://); the socket goes to <url>/agent. */
@@ -73,7 +74,8 @@ export function agentEndpoint(registryUrl: string): string {
 }
 
 /**
- * The connection machine's `socket` actor: one WebSocket to the registry, one attempt. Every inbound
+ * The connection machine's `socket` actor: one WebSocket to the registry, one attempt. It translates
+ * between the machine's commands and events and the wire protocol (registry-wire.ts). Every inbound
  * frame is parsed with the protocol schema; a bad one becomes `socket.invalid` (logged, nothing else
  * changes).
  *
@@ -185,19 +187,9 @@ export function createRegistrySocket(settings: RegistrySocketSettings) {
       socket.on("message", (data, isBinary) => {
         if (ws !== socket) return;
         if (isBinary) return report({ type: "socket.invalid", error: "binary frame" });
-        let raw: unknown;
-        try {
-          raw = JSON.parse(data.toString());
-        } catch {
-          return report({ type: "socket.invalid", error: "frame is not valid JSON" });
-        }
-        const parsed = registryMessage.safeParse(raw);
-        if (!parsed.success) {
-          logger.warn({ issues: parsed.error.issues.map((i) => i.message) }, "invalid frame from registry");
-          return report({ type: "socket.invalid", error: parsed.error.issues[0]?.message ?? "invalid" });
-        }
-        const message = parsed.data;
-        report({ type: `registry.${message.type}`, message } as SocketEvent);
+        const { event, issues } = parseRegistryFrame(data.toString());
+        if (issues) logger.warn({ issues }, "invalid frame from registry");
+        report(event);
       });
       socket.on("close", (code, reason) => {
         if (ws !== socket) return;
@@ -230,21 +222,10 @@ export function createRegistrySocket(settings: RegistrySocketSettings) {
       const socket = ws;
       if (finished || !socket || socket.readyState !== WebSocket.OPEN) return;
       try {
-        switch (command.type) {
-          case "send": {
-            const { message } = command;
-            const decorated =
-              message.type === "status_update" && settings.decorateStatus ? settings.decorateStatus(message) : message;
-            socket.send(JSON.stringify(decorated));
-            break;
-          }
-          case "send_ping":
-            socket.send(JSON.stringify({ type: "ping", timestamp: Date.now() }));
-            break;
-          case "send_pong":
-            socket.send(JSON.stringify({ type: "pong", timestamp: command.timestamp }));
-            break;
-        }
+        const message = toWorkerMessage(command, Date.now());
+        const decorated =
+          message.type === "status_update" && settings.decorateStatus ? settings.decorateStatus(message) : message;
+        socket.send(JSON.stringify(decorated));
       } catch (error) {
         // Never throw into the machine: drop this connection and let the machine reconnect.
         logger.error({ err: (error as Error).message, command: command.type }, "could not send to the registry");

@@ -8,7 +8,7 @@ import { HttpError } from "../http/respond.ts";
 import { JobContext } from "../job/job-context.ts";
 import type { WorkerJobDefinition } from "../job/job-definition.ts";
 import { createLogger, type Logger } from "../observability/logger.ts";
-import { createWorkerMetrics } from "../observability/metrics.ts";
+import { countSlotPhases, createWorkerMetrics, reasonLabel } from "../observability/metrics.ts";
 import type { SlotSummary } from "../protocol/registry.ts";
 import { RoomHub } from "../room/hub.ts";
 import { mintRoomToken, type RoomTokenRequest, roomAuthorizer } from "../room/room-auth.ts";
@@ -180,9 +180,7 @@ export async function runWorker(definition: WorkerJobDefinition, settings: RunSe
       ready: () => isReady(actor.getSnapshot(), options),
       worker: () => describeWorker(actor, options, tracker, startedAt),
       metrics: async () => {
-        metrics.slots.reset();
-        for (const slot of describeWorker(actor, options, tracker, startedAt).slots)
-          metrics.slots.inc({ state: slot.state });
+        countSlotPhases(metrics, Object.values(actor.getSnapshot().context.slots));
         return { contentType: metrics.registry.contentType, body: await metrics.registry.metrics() };
       },
     },
@@ -198,7 +196,7 @@ export async function runWorker(definition: WorkerJobDefinition, settings: RunSe
 
   let localOutcome: { status: string } | undefined;
   actor.on("job.finished", ({ output }) => {
-    metrics.jobsEnded.inc({ status: output.status, reason: output.reason ?? "" });
+    metrics.jobsEnded.inc({ status: output.status, reason: reasonLabel(output.reason) });
     const fields = {
       jobId: output.jobId,
       status: output.status,

@@ -4,7 +4,7 @@ import type { JobSpec } from "../../machines/shared.ts";
 import type { ProcessCommand, ProcessEvent, ProcessInput } from "../../machines/slot.ts";
 import { slotMachine } from "../../machines/slot.ts";
 import { workerMachine } from "../../machines/worker.ts";
-import { createTransitionInspector } from "../observability/inspect.ts";
+import { inspectorFor } from "../observability/inspect.ts";
 import type { Logger } from "../observability/logger.ts";
 import type { Options } from "../options.ts";
 import { workerInputFrom } from "./machine-input.ts";
@@ -43,7 +43,9 @@ function decideWith(options: Options) {
 
 /**
  * Builds the worker root actor from Options: the machine with its real actors provided, every delay
- * from the options, and, when `options.inspect` is on, every transition logged at debug level.
+ * from the options, and `options.inspect` attached: `true` logs every transition at debug level, an
+ * observer gets every inspection event. XState inspects at the level of the actor system, so the
+ * root's inspector also sees every slot, job and registry link the worker spawns or invokes.
  */
 export function createWorkerActor(options: Options, impl: WorkerImplementations, settings: WorkerActorSettings) {
   const machine = workerMachine.provide({
@@ -54,11 +56,12 @@ export function createWorkerActor(options: Options, impl: WorkerImplementations,
       ...(impl.loadSampler ? { loadSampler: impl.loadSampler as never } : {}),
     },
   });
+  const inspect = inspectorFor(options.inspect, settings.logger);
   return createActor(machine, {
     id: "worker",
     systemId: "worker",
     input: workerInputFrom(options, settings.random ?? Math.random, settings.linkInput),
     ...(settings.clock ? { clock: settings.clock } : {}),
-    ...(options.inspect ? { inspect: createTransitionInspector(settings.logger) } : {}),
+    ...(inspect ? { inspect } : {}),
   });
 }

@@ -3,7 +3,6 @@ import { jobProcessHook } from "../job/hook.ts";
 import type { Entrypoint, JobContextFactory, WorkerJobDefinition } from "../job/job-definition.ts";
 import type { Options } from "../options.ts";
 import { withLauncherOverrides } from "./launcher.ts";
-import { runWorker } from "./runtime.ts";
 
 export interface WorkerJobInit {
   entrypoint: Entrypoint;
@@ -70,6 +69,9 @@ export class WorkerJob {
     let code: number;
     try {
       const options = withLauncherOverrides(this.definition.options);
+      // Loaded here, not at the top: every job process imports this module (through the agent's
+      // `import "troupe"`) and must not pay for the pool, the HTTP server or the registry link.
+      const { runWorker } = await import("./runtime.ts");
       const handle = await runWorker({ ...this.definition, options });
       code = await handle.done;
     } catch (error) {

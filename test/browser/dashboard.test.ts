@@ -4,12 +4,13 @@ import { registryInternals } from "../../src/registry/server.ts";
 import type { WorkerHandle } from "../../src/worker/runtime.ts";
 import {
   closeRegistries,
+  dispatch,
   startInProcessWorker,
   startRegistry,
   stopInProcessWorkers,
   type TestRegistry,
-  waitFor,
 } from "../registry/helpers.ts";
+import { until } from "../support/wait.ts";
 import { chromiumAvailable, launchChromium } from "./chromium.ts";
 
 /**
@@ -17,7 +18,8 @@ import { chromiumAvailable, launchChromium } from "./chromium.ts";
  * one warm process `slot.0` (a slot is four parallel regions while it is alive: work, heartbeat,
  * memory sampler, memory), each worker's registry session (two regions), and a worker's own root
  * machine (two regions). Every active region is marked, the two `slot.0` are two choices, a marked
- * state is inside the visible diagram, and a bad token is said plainly.
+ * state is inside the visible diagram, and a bad token is said plainly. A job's row, clicked, shows
+ * its dispatch machine and that actor's recent events, updated as they happen.
  */
 
 /** What the page marked in its diagram: the titles of the current states and of the active clusters. */
@@ -119,13 +121,12 @@ describe.runIf(chromiumAvailable)("dashboard marks in a real browser", { timeout
     );
     browser = await launchChromium();
     // Each worker's status updates carry its processes: wait until both report a warm slot.0.
-    await waitFor(
-      "both workers to report a warm slot.0",
+    await until(
       () =>
         [...registryInternals(registry.registry).core.directory.workers()].filter((link) =>
           link.slots.some((slot) => slot.id === "slot.0" && slot.state.includes("work.idle")),
         ).length === 2 || undefined,
-      { timeoutMs: 60_000 },
+      { label: "both workers to report a warm slot.0", timeoutMs: 60_000 },
     );
   }, 90_000);
 
@@ -178,6 +179,35 @@ describe.runIf(chromiumAvailable)("dashboard marks in a real browser", { timeout
     expect(marked.current.some((title) => title.startsWith("worker_active_pool_"))).toBe(true);
     // A worker's own dashboard has no playground to link to.
     expect(await page.locator("#playground-link").isVisible()).toBe(false);
+    await page.close();
+  });
+
+  it("lists the recent events of a dispatch clicked in the jobs table, as they happen", async () => {
+    const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+    await page.goto(`${registry.url}/dashboard?token=${registry.dispatcher}`);
+    // A job that runs until it is cancelled, so its dispatch is live while the page looks at it.
+    const job = await dispatch(registry, { agent_name: "marks-a", metadata: { hang: true, note: "not-for-the-list" } });
+    await registry.store.until(job.id, (record) => record.status === "running", 60_000, "running");
+    const row = page.locator(`#jobs tbody tr[data-job="${job.id}"]`);
+    await expect.poll(() => row.getAttribute("data-choice"), { timeout: 15_000 }).toBe(`dispatch:${job.id}`);
+    await row.click();
+    expect(await page.locator("#machine").inputValue()).toBe(`dispatch:${job.id}`);
+    expect(await row.getAttribute("class")).toContain("chosen");
+    const panel = page.locator("#actor-events");
+    expect(await panel.getAttribute("data-actor")).toBe(`dispatch.${job.id}`);
+    const listed = () =>
+      page.locator("#actor-events-list li").evaluateAll((items) => items.map((li) => li.getAttribute("data-event")));
+    // The worker's answer and its running update, caused by the dispatch above.
+    await expect.poll(listed, { timeout: 15_000 }).toEqual(expect.arrayContaining(["answer", "job_update"]));
+    // Newest first.
+    expect((await listed()).at(-1)).toBe("xstate.init");
+
+    // Live: a cancel shows up without a reload, and the ended dispatch stays chosen.
+    await registry.registry.cancel(job.id, "the test is done with it");
+    await expect.poll(listed, { timeout: 15_000 }).toContain("cancel");
+    expect(await page.locator("#machine").inputValue()).toBe(`dispatch:${job.id}`);
+    expect(await panel.textContent()).not.toContain("not-for-the-list");
+    await registry.store.untilFinal(job.id, 30_000);
     await page.close();
   });
 

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type DevSession, startDev } from "../../src/cli/dev.ts";
 import { createLogger } from "../../src/observability/logger.ts";
 import { registryInternals } from "../../src/registry/server.ts";
-import { until } from "../integration/helpers/recorder.ts";
+import { until } from "../support/wait.ts";
 import { chromiumAvailable, failedResponses, launchChromium, screenshotDir } from "./chromium.ts";
 
 /**
@@ -32,11 +32,10 @@ describe.runIf(chromiumAvailable)("the playground and the dashboard in a real br
     });
     browser = await launchChromium();
     // The worker registers in its own process; the playground lists agents it finds at load.
-    await until(
-      () => [...registryInternals(dev.registry).core.directory.workers()].some((w) => w.available),
-      30_000,
-      "the echo agent's worker to register",
-    );
+    await until(() => [...registryInternals(dev.registry).core.directory.workers()].some((w) => w.available), {
+      label: "the echo agent's worker to register",
+      timeoutMs: 30_000,
+    });
   }, 60_000);
 
   afterAll(async () => {

@@ -4,7 +4,8 @@ import { fileURLToPath } from "node:url";
 import { mintToken } from "../../src/auth/tokens.ts";
 import type { JobRecord } from "../../src/registry/store.ts";
 import type { RegistryTiming } from "../../src/registry/timing.ts";
-import { api, CREDS, type ProcessGuard, parseLogLine, waitFor } from "../registry/helpers.ts";
+import { api, CREDS, type ProcessGuard, parseLogLine } from "../registry/helpers.ts";
+import { until } from "../support/wait.ts";
 
 /** Registry timing for the cluster tests: liveness deadlines short enough for a test, offers patient on a busy box. */
 export const CLUSTER_TIMING: Partial<RegistryTiming> = {
@@ -119,14 +120,13 @@ export async function untilAllFinal(
   timeoutMs: number,
 ): Promise<JobRecord[]> {
   let latest: JobRecord[] = [];
-  await waitFor(
-    `${ids.length} jobs to end`,
+  await until(
     async () => {
       const byId = new Map((await listJobs(node, agent)).map((job) => [job.id, job]));
       latest = ids.map((id) => byId.get(id)).filter((job): job is JobRecord => job !== undefined);
       return latest.length === ids.length && latest.every((job) => FINAL.has(job.status));
     },
-    { timeoutMs, intervalMs: 100 },
+    { label: `${ids.length} jobs to end`, timeoutMs, intervalMs: 100 },
   ).catch((error: Error) => {
     const open = latest.filter((job) => !FINAL.has(job.status)).map((job) => `${job.id}:${job.status}@${job.node}`);
     throw new Error(`${error.message}; still open: ${open.slice(0, 20).join(", ")}`);

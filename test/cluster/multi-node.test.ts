@@ -1,9 +1,10 @@
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import type { JobRecord } from "../../src/registry/store.ts";
-import { ProcessGuard, readRunLog, spawnWorker, stopWorker, tempDir, waitFor } from "../registry/helpers.ts";
+import { ProcessGuard, readRunLog, spawnWorker, stopWorker, tempDir } from "../registry/helpers.ts";
 import { Balancer } from "../support/balancer.ts";
 import { dropPrefix, REDIS_URL, redisAvailable, testPrefix } from "../support/redis.ts";
+import { until } from "../support/wait.ts";
 import { CLUSTER_TIMING, dispatchTo, listJobs, listWorkers, spawnNode, untilAllFinal } from "./helpers.ts";
 
 const hasRedis = await redisAvailable();
@@ -49,13 +50,12 @@ describe.runIf(hasRedis)("two registry nodes on one Redis", () => {
     );
     // Both nodes see all four workers, two connected to each.
     for (const node of [nodeA, nodeB]) {
-      await waitFor(
-        `${node.name} to see four available workers`,
+      await until(
         async () => {
           const listed = await listWorkers(node);
           return listed.length === 4 && listed.every((w) => w.state === "live.available");
         },
-        { timeoutMs: 30_000, intervalMs: 100 },
+        { label: `${node.name} to see four available workers`, timeoutMs: 30_000, intervalMs: 100 },
       );
     }
     const split = count((await listWorkers(nodeA)).map((w) => w.node));
@@ -104,27 +104,25 @@ describe.runIf(hasRedis)("two registry nodes on one Redis", () => {
       held.push(await dispatchTo(i % 2 === 0 ? nodeA : nodeB, { agent_name: "multi", metadata: { holdMs: 2_500 } }));
     }
     const heldIds = held.map((job) => job.id);
-    await waitFor(
-      "held jobs running on workers of both nodes",
+    await until(
       async () => {
         const running = (await listJobs(nodeB, "multi")).filter(
           (j) => heldIds.includes(j.id) && j.status === "running",
         );
         return running.some((j) => j.node === "node-a") && running.some((j) => j.node === "node-b");
       },
-      { timeoutMs: 30_000, intervalMs: 50 },
+      { label: "held jobs running on workers of both nodes", timeoutMs: 30_000, intervalMs: 50 },
     );
     nodeA.child.kill("SIGKILL");
     await nodeA.exited;
 
     // Its workers reconnect through the balancer to node B, with their running jobs.
-    await waitFor(
-      "all four workers on node B",
+    await until(
       async () => {
         const listed = await listWorkers(nodeB);
         return listed.length === 4 && listed.every((w) => w.node === "node-b" && w.state.startsWith("live"));
       },
-      { timeoutMs: 30_000, intervalMs: 100 },
+      { label: "all four workers on node B", timeoutMs: 30_000, intervalMs: 100 },
     );
     const heldRecords = await untilAllFinal(nodeB, "multi", heldIds, 60_000);
     expect(heldRecords.filter((r) => r.status !== "completed").map((r) => [r.id, r.status, r.reason])).toEqual([]);

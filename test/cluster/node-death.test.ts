@@ -1,7 +1,8 @@
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { ProcessGuard, readRunLog, spawnWorker, stopWorker, tempDir, waitFor } from "../registry/helpers.ts";
+import { ProcessGuard, readRunLog, spawnWorker, stopWorker, tempDir } from "../registry/helpers.ts";
 import { dropPrefix, REDIS_URL, redisAvailable, testPrefix } from "../support/redis.ts";
+import { until } from "../support/wait.ts";
 import {
   CLUSTER_TIMING,
   dispatchTo,
@@ -50,7 +51,8 @@ describe.runIf(hasRedis)("a registry node that dies with its worker", () => {
       });
     const doomedWorker = worker("doomed", nodeA);
     for (const node of [nodeA, nodeB, nodeC]) {
-      await waitFor(`${node.name} to see the worker on node A`, async () => (await listWorkers(node)).length === 1, {
+      await until(async () => (await listWorkers(node)).length === 1, {
+        label: `${node.name} to see the worker on node A`,
         timeoutMs: 30_000,
         intervalMs: 50,
       });
@@ -59,15 +61,14 @@ describe.runIf(hasRedis)("a registry node that dies with its worker", () => {
     // Sent to B and C, both run on A's worker, so both become A's jobs; a third waits on A for room.
     const lostJob = await dispatchTo(nodeB, { agent_name: "death", metadata: { hang: true } });
     const againJob = await dispatchTo(nodeC, { agent_name: "death", redispatch: true, metadata: { holdMs: 1_500 } });
-    await waitFor(
-      "both jobs running on node A's worker",
+    await until(
       async () => {
         const jobs = await listJobs(nodeA, "death");
         return [lostJob.id, againJob.id].every((id) =>
           jobs.some((job) => job.id === id && job.status === "running" && job.node === "node-a"),
         );
       },
-      { timeoutMs: 30_000, intervalMs: 50 },
+      { label: "both jobs running on node A's worker", timeoutMs: 30_000, intervalMs: 50 },
     );
     const waitingJob = await dispatchTo(nodeA, { agent_name: "death", metadata: { holdMs: 10 } });
     expect(waitingJob.node).toBe("node-a");

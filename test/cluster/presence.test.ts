@@ -1,8 +1,9 @@
 import { Redis } from "ioredis";
 import { afterAll, describe, expect, it } from "vitest";
 import { type ClusterHost, RegistryCluster } from "../../src/registry/cluster/cluster.ts";
-import { silent, waitFor } from "../registry/helpers.ts";
+import { silent } from "../registry/helpers.ts";
 import { dropPrefix, REDIS_URL, redisAvailable, testPrefix } from "../support/redis.ts";
+import { until } from "../support/wait.ts";
 
 const hasRedis = await redisAvailable();
 const prefix = testPrefix("presence");
@@ -35,7 +36,7 @@ describe.runIf(hasRedis)("a registry node's presence", () => {
         return new Promise((resolve) => setTimeout(() => resolve([]), 10 * 3 * heartbeatMs));
       };
       cluster.attach(idleHost);
-      await waitFor("a sweep to be under way", () => sweeping > 0);
+      await until(() => sweeping > 0, { label: "a sweep to be under way" });
       const started = Date.now();
       while (Date.now() - started < 6 * 3 * heartbeatMs) {
         expect(await probe.exists(`${prefix}nodeAlive:slow-sweeper`), "presence key while the sweep hangs").toBe(1);

@@ -4,8 +4,9 @@ import { mintToken } from "../../src/auth/tokens.ts";
 import { createLogger } from "../../src/observability/logger.ts";
 import { createRegistry, type Registry, registryInternals } from "../../src/registry/server.ts";
 import type { JobRecord } from "../../src/registry/store.ts";
-import { api, CREDS, waitFor } from "../registry/helpers.ts";
+import { api, CREDS } from "../registry/helpers.ts";
 import { dropPrefix, REDIS_URL, redisAvailable, testPrefix } from "../support/redis.ts";
+import { until } from "../support/wait.ts";
 
 const hasRedis = await redisAvailable();
 const prefixes = [testPrefix("shared-records"), testPrefix("unattended")];
@@ -57,13 +58,16 @@ describe.runIf(hasRedis)("job records shared by registry nodes through Redis", (
     // A cancel that reaches the node not running the dispatch is carried out by the one that is.
     const cancel = await api(other.url, token, "DELETE", `/v1/jobs/${job.id}`);
     expect(cancel.status).toBe(202);
-    await waitFor("the owner to cancel the job", async () => {
-      const read = await api(owner.url, token, "GET", `/v1/jobs/${job.id}`);
-      return (
-        (read.body as { job: JobRecord }).job.status === "cancelled" &&
-        !registryInternals(owner).core.dispatcher.has(job.id)
-      );
-    });
+    await until(
+      async () => {
+        const read = await api(owner.url, token, "GET", `/v1/jobs/${job.id}`);
+        return (
+          (read.body as { job: JobRecord }).job.status === "cancelled" &&
+          !registryInternals(owner).core.dispatcher.has(job.id)
+        );
+      },
+      { label: "the owner to cancel the job" },
+    );
 
     // Records outlive every node: a fresh node on the same Redis serves them.
     await Promise.all(registries.splice(0).map((registry) => registry.close()));
@@ -101,13 +105,16 @@ describe.runIf(hasRedis)("job records shared by registry nodes through Redis", (
       workerId: "worker-that-never-returns",
       node: "node-lost-handoff",
     });
-    await waitFor("the pending job to be dispatched by its node", () =>
-      registryInternals(node).core.dispatcher.has("job-handoff-pending"),
-    );
-    await waitFor("the job of a worker that never returns to end lost", async () => {
-      const record = await registryInternals(node).core.store.get("job-handoff-running");
-      return record?.status === "lost" && record.reason === "its worker did not come back";
+    await until(() => registryInternals(node).core.dispatcher.has("job-handoff-pending"), {
+      label: "the pending job to be dispatched by its node",
     });
+    await until(
+      async () => {
+        const record = await registryInternals(node).core.store.get("job-handoff-running");
+        return record?.status === "lost" && record.reason === "its worker did not come back";
+      },
+      { label: "the job of a worker that never returns to end lost" },
+    );
     expect(await registryInternals(node).core.store.get("job-handoff-pending")).toMatchObject({ status: "pending" });
   });
 });

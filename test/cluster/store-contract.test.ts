@@ -167,6 +167,27 @@ for (const factory of factories) {
       expect(await store.get(r.id)).toMatchObject({ status: "failed", reason: "crashed" });
     });
 
+    it("keeps a failed job's exit code and signal, null included", async () => {
+      const exited = record();
+      await store.create(exited);
+      await store.update(exited.id, { status: "failed", reason: "crashed", exitCode: 3, signal: null });
+      expect(await store.get(exited.id)).toMatchObject({ status: "failed", exitCode: 3, signal: null });
+      const killed = record();
+      await store.create(killed);
+      const after = await store.update(killed.id, {
+        status: "failed",
+        reason: "crashed",
+        exitCode: null,
+        signal: "SIGSEGV",
+      });
+      expect(after).toMatchObject({ exitCode: null, signal: "SIGSEGV" });
+      expect(await store.get(killed.id)).toMatchObject({ status: "failed", exitCode: null, signal: "SIGSEGV" });
+      expect((await store.list({ status: "failed" })).find((r) => r.id === killed.id)).toMatchObject({
+        exitCode: null,
+        signal: "SIGSEGV",
+      });
+    });
+
     it("lists newest first, filtered by status and agent, up to a limit", async () => {
       const own = await factory.make();
       try {

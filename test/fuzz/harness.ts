@@ -104,15 +104,6 @@ export class CrashRecorder {
   }
 }
 
-/** Resolves with the promise's value, or rejects naming `what` if it does not settle in time. */
-export function within<T>(what: string, promise: Promise<T>, timeoutMs: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not finish within ${timeoutMs} ms`)), timeoutMs);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
 // ------------------------------------------------------------------ running a phase
 
 /** Runs `task` over `items` with at most `limit` in flight; stops starting new ones once `stop()`. */

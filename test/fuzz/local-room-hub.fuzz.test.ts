@@ -11,7 +11,8 @@ import { mintRoomToken } from "../../src/room/room-auth.ts";
 import { runWorker, type WorkerHandle } from "../../src/worker/runtime.ts";
 import { fixture } from "../integration/helpers/in-process.ts";
 import { isAlive } from "../integration/helpers/processes.ts";
-import { CrashRecorder, FUZZ, fuzzPhase, replayCommand, SteadyProbe, scaled, within } from "./harness.ts";
+import { until, within } from "../support/wait.ts";
+import { CrashRecorder, FUZZ, fuzzPhase, replayCommand, SteadyProbe, scaled } from "./harness.ts";
 import {
   AnswerStats,
   type CanonicalRequest,
@@ -59,24 +60,14 @@ const ctx: RenderContext = { refs: {} };
 let pings = 0;
 const hubUrl = () => `http://127.0.0.1:${handle.port}`;
 
-function waitFor<T>(what: string, check: () => T | undefined, timeoutMs: number): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const deadline = Date.now() + timeoutMs;
-    const poll = () => {
-      const value = check();
-      if (value !== undefined) return resolve(value);
-      if (Date.now() > deadline) return reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`));
-      setTimeout(poll, 20);
-    };
-    poll();
-  });
-}
-
 /** A well-behaved participant in the agent's room: every message it sends is echoed back. */
 const steady = new SteadyProbe(async () => {
   const text = `ping ${pings++}`;
   tess.send(text);
-  await waitFor(`the echo of "${text}"`, () => heard.find((m) => m.text === `echo: ${text}`), 10_000);
+  await until(() => heard.find((m) => m.text === `echo: ${text}`), {
+    label: `the echo of "${text}"`,
+    timeoutMs: 10_000,
+  });
 }, 300);
 
 const canonical: CanonicalRequest[] = [
@@ -207,11 +198,12 @@ beforeAll(async () => {
   };
   for (const room of ROOMS) ctx.refs[`participant:${room}`] = await handle.roomToken({ room, name: "Raw" });
   // The agent joins its room (its job process boots first: seconds on a busy machine).
-  await waitFor("the agent to be in its room", () => logLines.find((l) => l.msg === "agent in room"), 60_000).catch(
-    (error: Error) => {
-      throw new Error(`${error.message}; worker log: ${JSON.stringify(logLines.slice(-8))}`);
-    },
-  );
+  await until(() => logLines.find((l) => l.msg === "agent in room"), {
+    label: "the agent to be in its room",
+    timeoutMs: 60_000,
+  }).catch((error: Error) => {
+    throw new Error(`${error.message}; worker log: ${JSON.stringify(logLines.slice(-8))}`);
+  });
   tess = await RoomConnection.connect(hubUrl(), AGENT_ROOM, await handle.roomToken({ room: AGENT_ROOM, name: "Tess" }));
   tess.on("message", (m) => heard.push(m));
   await steady.once();
@@ -226,17 +218,18 @@ afterAll(async () => {
   await tess?.leave().catch(() => {});
   if (handle) {
     handle.stop();
-    await within("stopping the worker", handle.done, 20_000).catch((error: Error) => problems.push(error.message));
+    await within("the worker to stop", handle.done, 20_000).catch((error: Error) => problems.push(error.message));
   }
   recorder.uninstall();
   // Every job process is gone with the worker (give the kernel a moment to reap it).
-  await waitFor("the job processes to exit", () => ([...jobPids].some(isAlive) ? undefined : true), 10_000).catch(
-    () => {
-      const left = [...jobPids].filter(isAlive);
-      for (const pid of left) process.kill(pid, "SIGKILL");
-      problems.push(`job processes outlived the worker and were killed: ${left.join(", ")}`);
-    },
-  );
+  await until(() => ([...jobPids].some(isAlive) ? undefined : true), {
+    label: "the job processes to exit",
+    timeoutMs: 10_000,
+  }).catch(() => {
+    const left = [...jobPids].filter(isAlive);
+    for (const pid of left) process.kill(pid, "SIGKILL");
+    problems.push(`job processes outlived the worker and were killed: ${left.join(", ")}`);
+  });
   if (problems.length > 0) throw new Error(problems.join("; "));
 }, 60_000);
 

@@ -6,8 +6,9 @@ import { mintToken } from "../../src/auth/tokens.ts";
 import { createLogger } from "../../src/observability/logger.ts";
 import { createRegistry, type Registry } from "../../src/registry/server.ts";
 import { mintRoomToken } from "../../src/room/room-auth.ts";
+import { within } from "../support/wait.ts";
 import { GoodWorker } from "./good-worker.ts";
-import { CrashRecorder, FUZZ, fuzzPhase, httpRequest, scaled, within } from "./harness.ts";
+import { CrashRecorder, FUZZ, fuzzPhase, httpRequest, scaled } from "./harness.ts";
 import {
   AnswerStats,
   type CanonicalRequest,
@@ -222,7 +223,7 @@ afterAll(async () => {
   destroyOpenSockets();
   good?.close();
   recorder.uninstall();
-  if (registry) await within("closing the registry", registry.close(), 20_000);
+  if (registry) await within("the registry to close", registry.close(), 20_000);
 }, 60_000);
 
 describe(`registry fuzz (seed ${FUZZ.seed})`, { timeout: 180_000 }, () => {

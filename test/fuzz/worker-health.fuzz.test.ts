@@ -5,7 +5,8 @@ import { createLogger } from "../../src/observability/logger.ts";
 import { Options } from "../../src/options.ts";
 import { runWorker, type WorkerHandle } from "../../src/worker/runtime.ts";
 import { FakeRegistry, fixture } from "../integration/helpers/in-process.ts";
-import { CrashRecorder, FUZZ, fuzzPhase, httpRequest, replayCommand, SteadyProbe, scaled, within } from "./harness.ts";
+import { within } from "../support/wait.ts";
+import { CrashRecorder, FUZZ, fuzzPhase, httpRequest, replayCommand, SteadyProbe, scaled } from "./harness.ts";
 import {
   AnswerStats,
   type CanonicalRequest,
@@ -136,7 +137,7 @@ afterAll(async () => {
   recorder.uninstall();
   if (handle) {
     handle.stop();
-    await within("stopping the worker", handle.done, 20_000);
+    await within("the worker to stop", handle.done, 20_000);
   }
 }, 60_000);
 

@@ -11,8 +11,8 @@ import {
   RawConnection,
   registerMessage,
   startRegistry,
-  waitFor,
 } from "../registry/helpers.ts";
+import { until } from "../support/wait.ts";
 import { rawRequest, upgradeRequest } from "./raw-http.ts";
 
 afterEach(closeRegistries);
@@ -75,7 +75,8 @@ describe("a worker token cannot create job records", () => {
     await c.next(0, (f) => f.type === "register", "registration");
     for (let i = 0; i < 50; i++)
       c.send(JSON.stringify({ type: "job_update", job_id: `made-up-${i}`, status: "running" }));
-    await waitFor("50 refusals", () => c.frames.filter((f) => f.code === "unknown_job").length === 50, {
+    await until(() => c.frames.filter((f) => f.code === "unknown_job").length === 50, {
+      label: "50 refusals",
       timeoutMs: 5_000,
     });
     expect(await r.store.list({ limit: 1_000 })).toEqual([]);
@@ -189,12 +190,11 @@ describe("connection bounds", () => {
     expect(refused.status).toBeUndefined();
     expect(refused.closedAfterMs).toBeLessThan(2_000);
     for (const socket of held) socket.destroy();
-    await waitFor(
-      "a free connection",
+    await until(
       async () =>
         (await rawRequest(r.registry.port, "GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")).status ===
         200,
-      { timeoutMs: 5_000 },
+      { label: "a free connection", timeoutMs: 5_000 },
     );
   });
 

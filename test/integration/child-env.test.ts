@@ -6,10 +6,10 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, type ExpectStatic, it, type TestContext } from "vitest";
 import { STRIPPED_ENV_NAMES } from "../../src/worker/job-env.ts";
+import { within } from "../support/wait.ts";
 import { fixture } from "./helpers/in-process.ts";
 import { FAST_LOCAL_OPTIONS, spawnWorker } from "./helpers/out-of-process.ts";
 import { MARKER_VARIABLE, ProcessScope } from "./helpers/processes.ts";
-import { within } from "./helpers/recorder.ts";
 
 /**
  * Agent code never sees the registry's secret or the worker's token (DESIGN.md §1, principle 7): a
@@ -101,7 +101,7 @@ describe.concurrent("a job process's environment", { timeout: 60_000 }, () => {
     child.stderr?.on("data", collect);
     const exit = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
     try {
-      expect(await within(exit, 30_000, "the worker to finish its job"), output).toBe(0);
+      expect(await within("the worker to finish its job", exit, 30_000), output).toBe(0);
       expectCleanJobEnvironment(envFile, expect);
     } finally {
       const survivors = await scope.cleanup(2_000);

@@ -11,9 +11,9 @@ import {
   truncateUtf8,
 } from "../../src/job/log-limits.ts";
 import { onBoundedLines } from "../../src/worker/bounded-lines.ts";
+import { until } from "../support/wait.ts";
 import { type InProcessWorker, type LogLine, startInProcessWorker } from "./helpers/in-process.ts";
 import { sweepFile } from "./helpers/processes.ts";
-import { until } from "./helpers/recorder.ts";
 
 afterAll(sweepFile);
 
@@ -127,11 +127,12 @@ describe("a job that floods its log", { timeout: 90_000 }, () => {
       expect(received).toBeLessThanOrEqual(LOG_LINE_BURST + Math.ceil(LOG_LINES_PER_SECOND * result.seconds));
       // every line is accounted for: logged, or counted in a notice (a few stray lines of the job
       // process itself, such as a loader warning, may be dropped and counted too)
-      await until(() => received + result.dropped() >= lines, 5_000, "the drop notices to count every line").catch(
-        (error: Error) => {
-          throw new Error(`${error.message}: ${received} logged, ${result.dropped()} dropped`);
-        },
-      );
+      await until(() => received + result.dropped() >= lines, {
+        label: "the drop notices to count every line",
+        timeoutMs: 5_000,
+      }).catch((error: Error) => {
+        throw new Error(`${error.message}: ${received} logged, ${result.dropped()} dropped`);
+      });
       expect(received + result.dropped()).toBeLessThanOrEqual(lines + 5);
       expect(result.notices().length).toBeLessThanOrEqual(1 + Math.floor(result.seconds / 5));
       expect(result.notices()[0]).toMatchObject({
@@ -157,6 +158,9 @@ describe("a job that floods its log", { timeout: 90_000 }, () => {
     expect(result.floodLines.length).toBeGreaterThan(0);
     expect(result.floodLines.length).toBeLessThanOrEqual(Math.ceil(budget / lineBytes));
     expect(result.floodLines.length).toBeLessThan(LOG_LINE_BURST);
-    await until(() => result.floodLines.length + result.dropped() >= 5_000, 5_000, "the drop notice");
+    await until(() => result.floodLines.length + result.dropped() >= 5_000, {
+      label: "the drop notice",
+      timeoutMs: 5_000,
+    });
   });
 });

@@ -2,10 +2,10 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, type ExpectStatic, it } from "vitest";
+import { until } from "../support/wait.ts";
 import { type InProcessWorker, type LogLine, startInProcessWorker } from "./helpers/in-process.ts";
 import { spawnWorker } from "./helpers/out-of-process.ts";
 import { isAlive, sweepFile } from "./helpers/processes.ts";
-import { until } from "./helpers/recorder.ts";
 
 afterAll(sweepFile);
 
@@ -41,9 +41,10 @@ function grandchildrenOf(started: LogLine): Grandchild[] {
 const stillRunning = (g: Grandchild) => isAlive(g.pid) && startTimeOf(g.pid) === g.startTime;
 
 async function expectGoneWithin2s(grandchildren: Grandchild[], expect: ExpectStatic) {
-  const gone = await until(() => !grandchildren.some(stillRunning), 2_000, "the grandchildren to be gone").catch(
-    () => false,
-  );
+  const gone = await until(() => !grandchildren.some(stillRunning), {
+    label: "the grandchildren to be gone",
+    timeoutMs: 2_000,
+  }).catch(() => false);
   const left = grandchildren.filter(stillRunning).map((g) => g.pid);
   expect(gone, `grandchildren still running 2 s after the job ended: ${left.join(", ")}`).toBe(true);
 }

@@ -2,9 +2,9 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, it } from "vitest";
+import { until } from "../support/wait.ts";
 import { startInProcessWorker } from "./helpers/in-process.ts";
 import { sweepFile } from "./helpers/processes.ts";
-import { until } from "./helpers/recorder.ts";
 
 afterAll(sweepFile);
 
@@ -57,8 +57,7 @@ describe("the worker's HTTP server with real job processes", { timeout: 60_000 }
         const busy = status.slots.find((s) => s.jobId === "job-http");
         return typeof busy?.memoryMb === "number" ? status : undefined;
       },
-      10_000,
-      "/worker to report the busy process's memory",
+      { label: "/worker to report the busy process's memory", timeoutMs: 10_000 },
     );
     expect(body).toMatchObject({
       agentId: "HttpAgent",
@@ -86,8 +85,8 @@ describe("the worker's HTTP server with real job processes", { timeout: 60_000 }
 
     const metrics = await worker.get("/metrics");
     expect(metrics.status).toBe(200);
-    expect(metrics.text).toMatch(/troupe_slots\{state="[^"]*work\.busy[^"]*"\} 1/);
-    expect(metrics.text).toMatch(/troupe_slots\{state="[^"]*work\.idle[^"]*"\} 1/);
+    expect(metrics.text).toMatch(/troupe_slots\{phase="busy"\} 1/);
+    expect(metrics.text).toMatch(/troupe_slots\{phase="idle"\} 1/);
     expect(metrics.text).toMatch(/troupe_process_spawn_duration_seconds_count [1-9]/);
     expect(metrics.text).toMatch(/troupe_process_spawn_duration_seconds_bucket\{le="\+Inf"\} [1-9]/);
     expect(metrics.text).toMatch(/troupe_job_start_latency_seconds_count 1/);

@@ -77,6 +77,8 @@ describe.concurrent("job outcomes with real job processes", { timeout: 60_000 },
       jobId: "job-exit",
       status: "failed",
       reason: "crashed",
+      exitCode: 3,
+      signal: null,
     });
   });
 
@@ -101,6 +103,8 @@ describe.concurrent("job outcomes with real job processes", { timeout: 60_000 },
       jobId: "job-killed",
       status: "failed",
       reason: "crashed",
+      exitCode: null,
+      signal: "SIGKILL",
     });
   });
 

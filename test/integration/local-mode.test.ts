@@ -1,9 +1,9 @@
 import { createServer, type Server } from "node:net";
 import { describe, it } from "vitest";
 import { SIGNAL_GESTURE_WINDOW_MS } from "../../src/util/signal-gestures.ts";
+import { until } from "../support/wait.ts";
 import { spawnWorker } from "./helpers/out-of-process.ts";
 import { isAlive } from "./helpers/processes.ts";
-import { until } from "./helpers/recorder.ts";
 
 /**
  * A fixture agent run as its own worker process in local mode (`node --import tsx fixture.ts`): one
@@ -147,8 +147,7 @@ describe.concurrent("a local-mode worker process", { timeout: 60_000 }, () => {
         const warm = body.slots.filter((s) => s.pid !== null && /work\.(idle|busy)/.test(s.state));
         return warm.length === 3 ? warm : undefined;
       },
-      30_000,
-      "one busy and two idle job processes",
+      { label: "one busy and two idle job processes", timeoutMs: 30_000 },
     );
     expect(slots.filter((s) => s.jobId !== null)).toHaveLength(1);
     const pids = slots.map((s) => s.pid as number);
@@ -157,7 +156,11 @@ describe.concurrent("a local-mode worker process", { timeout: 60_000 }, () => {
     process.kill(worker.pid, "SIGKILL");
     expect(await worker.exited(5_000)).toEqual({ code: null, signal: "SIGKILL" });
     const killedAt = Date.now();
-    await until(() => pids.every((pid) => !isAlive(pid)), 2_000, `job processes ${pids.join(", ")} to exit`, 25);
+    await until(() => pids.every((pid) => !isAlive(pid)), {
+      label: `job processes ${pids.join(", ")} to exit`,
+      timeoutMs: 2_000,
+      intervalMs: 25,
+    });
     expect(Date.now() - killedAt).toBeLessThan(2_000);
   });
 });

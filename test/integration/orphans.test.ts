@@ -1,8 +1,8 @@
 import { afterAll, describe, it } from "vitest";
+import { until } from "../support/wait.ts";
 import { startInProcessWorker } from "./helpers/in-process.ts";
 import { spawnWorker } from "./helpers/out-of-process.ts";
 import { cpuTicks, isAlive, jobProcessesOf, sweepFile } from "./helpers/processes.ts";
-import { until } from "./helpers/recorder.ts";
 
 afterAll(sweepFile);
 
@@ -27,7 +27,10 @@ describe.concurrent("no orphan processes", { timeout: 60_000 }, () => {
       status: "failed",
       reason: "unresponsive",
     });
-    await until(() => !isAlive(subprocess), 2_000, `the job's subprocess ${subprocess} to be gone`);
+    await until(() => !isAlive(subprocess), {
+      label: `the job's subprocess ${subprocess} to be gone`,
+      timeoutMs: 2_000,
+    });
   });
 
   it("a job that completes leaves no subprocess of its own running", async (ctx) => {
@@ -40,7 +43,10 @@ describe.concurrent("no orphan processes", { timeout: 60_000 }, () => {
     worker.scope.track(subprocess);
     expect(await worker.finishedJob("job-done-sub", 15_000)).toEqual({ jobId: "job-done-sub", status: "completed" });
     await worker.exited.waitFor((o) => o.jobId === "job-done-sub", 5_000, "the job's process to exit");
-    const gone = await until(() => !isAlive(subprocess), 2_000, "the subprocess to be gone").catch(() => false);
+    const gone = await until(() => !isAlive(subprocess), {
+      label: "the subprocess to be gone",
+      timeoutMs: 2_000,
+    }).catch(() => false);
     expect(gone, `the completed job's subprocess ${subprocess} (sleep 600) is still running`).toBe(true);
   });
 
@@ -52,9 +58,10 @@ describe.concurrent("no orphan processes", { timeout: 60_000 }, () => {
     for (const pid of pids) expect(isAlive(pid)).toBe(true);
     process.kill(worker.pid, "SIGKILL");
     await worker.exited(5_000);
-    const gone = await until(() => pids.every((pid) => !isAlive(pid)), 2_000, "the job's processes to go").catch(
-      () => false,
-    );
+    const gone = await until(() => pids.every((pid) => !isAlive(pid)), {
+      label: "the job's processes to go",
+      timeoutMs: 2_000,
+    }).catch(() => false);
     const label = (pid: number) => `${pid} (${pid === pids[0] ? "the job process" : "its sleep 600"})`;
     expect(gone, `still running after its worker was SIGKILLed: ${pids.filter(isAlive).map(label).join(", ")}`).toBe(
       true,
@@ -69,10 +76,12 @@ describe.concurrent("no orphan processes", { timeout: 60_000 }, () => {
     const pid = started.jobPid as number;
     // Spinning for sure: it burnt 300 ms of CPU since it reported started (10 ms clock ticks).
     const ticks = cpuTicks(pid);
-    await until(() => cpuTicks(pid) - ticks >= 30, 10_000, "the job process to spin");
+    await until(() => cpuTicks(pid) - ticks >= 30, { label: "the job process to spin", timeoutMs: 10_000 });
     process.kill(worker.pid, "SIGKILL");
     await worker.exited(5_000);
-    const gone = await until(() => !isAlive(pid), 2_000, "the job process to go").catch(() => false);
+    const gone = await until(() => !isAlive(pid), { label: "the job process to go", timeoutMs: 2_000 }).catch(
+      () => false,
+    );
     expect(gone, `job process ${pid} (spinning) outlived its SIGKILLed worker`).toBe(true);
   });
 
@@ -92,16 +101,16 @@ describe.concurrent("no orphan processes", { timeout: 60_000 }, () => {
         const found = jobProcessesOf(worker.pid);
         return found.length === 2 ? found : undefined;
       },
-      10_000,
-      "the pool's two job processes",
+      { label: "the pool's two job processes", timeoutMs: 10_000 },
     );
     expect(pids).toHaveLength(2);
     for (const pid of pids) worker.scope.track(pid);
     process.kill(worker.pid, "SIGKILL");
     await worker.exited(5_000);
-    const gone = await until(() => pids.every((pid) => !isAlive(pid)), 2_000, "the job processes to go").catch(
-      () => false,
-    );
+    const gone = await until(() => pids.every((pid) => !isAlive(pid)), {
+      label: "the job processes to go",
+      timeoutMs: 2_000,
+    }).catch(() => false);
     expect(gone, `job processes ${pids.filter(isAlive).join(", ")} outlived their SIGKILLed worker`).toBe(true);
   });
 });

@@ -57,6 +57,8 @@ describe.concurrent("stopping job processes that do not cooperate", { timeout: 6
       jobId: "job-hangs-on-exit",
       status: "failed",
       reason: "close_timeout",
+      exitCode: null,
+      signal: "SIGKILL",
     });
   });
 

@@ -181,10 +181,7 @@ describe("connection machine (model-based)", () => {
             healthy(model);
             expect(value()).toEqual({ online: "registering" });
             expect(sut.commands()).toEqual([
-              {
-                type: "send",
-                message: expect.objectContaining({ type: "register", worker_id: model.context.workerId }),
-              },
+              expect.objectContaining({ type: "send.register", workerId: model.context.workerId }),
             ]);
           },
           quiet: (model) => {
@@ -198,7 +195,7 @@ describe("connection machine (model-based)", () => {
           awaitingPong: (model) => {
             healthy(model);
             expect(value()).toEqual({ online: { registered: "awaitingPong" } });
-            expect(sut.commands().at(-1)).toEqual({ type: "send_ping" });
+            expect(sut.commands().at(-1)).toEqual({ type: "send.ping" });
           },
           backoff: (model) => {
             healthy(model);
@@ -245,10 +242,8 @@ describe("connection machine (model-based)", () => {
         },
         events: {
           OPEN: () => sut.emit({ type: "socket.open" }),
-          REGISTER_OK: () =>
-            sut.emit({ type: "registry.register", message: { type: "register", success: true, worker_id: "w-1" } }),
-          REGISTER_REFUSED: () =>
-            sut.emit({ type: "registry.register", message: { type: "register", success: false, message: "no" } }),
+          REGISTER_OK: () => sut.emit({ type: "registry.registered", workerId: "w-1" }),
+          REGISTER_REFUSED: () => sut.emit({ type: "registry.refused", message: "no" }),
           REGISTER_TIMEOUT: () => {
             sut.clock.increment(timing.registrationTimeoutMs - 1);
             expect(value()).toEqual({ online: "registering" });
@@ -263,7 +258,7 @@ describe("connection machine (model-based)", () => {
             expect(value()).toEqual({ online: { registered: "quiet" } });
             sut.clock.increment(1);
           },
-          PONG: () => sut.emit({ type: "registry.pong", message: { type: "pong", timestamp: 1 } }),
+          PONG: () => sut.emit({ type: "registry.pong", timestamp: 1 }),
           PONG_TIMEOUT: () => {
             sut.clock.increment(timing.pongTimeoutMs - 1);
             expect(value()).toEqual({ online: { registered: "awaitingPong" } });

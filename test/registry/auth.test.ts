@@ -3,6 +3,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { WebSocket } from "ws";
 import { mintToken } from "../../src/auth/tokens.ts";
 import { registryInternals } from "../../src/registry/server.ts";
+import { until, within } from "../support/wait.ts";
 import {
   api,
   CREDS,
@@ -14,8 +15,6 @@ import {
   stopInProcessWorkers,
   type TestRegistry,
   token,
-  waitFor,
-  within,
 } from "./helpers.ts";
 
 const guard = new ProcessGuard();
@@ -168,13 +167,12 @@ describe("registry auth", () => {
     const workerShortLived = await mintToken(CREDS, { role: "worker", ttl: 1 });
     expect((await call(`Bearer ${shortLived}`, "GET", "/v1/workers")).status).toBe(200);
     expect(await upgrade(r, `Bearer ${workerShortLived}`)).toEqual({ opened: true });
-    const refused = await waitFor(
-      "the token to expire",
+    const refused = await until(
       async () => {
         const response = await call(`Bearer ${shortLived}`, "GET", "/v1/workers");
         return response.status === 401 ? response : undefined;
       },
-      { timeoutMs: 5_000, intervalMs: 100 },
+      { label: "the token to expire", timeoutMs: 5_000, intervalMs: 100 },
     );
     expect(refused.body.error).toMatch(/expired/);
     expect(await upgrade(r, `Bearer ${workerShortLived}`)).toMatchObject({ opened: false, status: 401 });

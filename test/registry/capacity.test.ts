@@ -2,6 +2,7 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { registryInternals } from "../../src/registry/server.ts";
+import { until } from "../support/wait.ts";
 import {
   closeRegistries,
   dispatch,
@@ -13,7 +14,6 @@ import {
   stopInProcessWorkers,
   tempDir,
   waitAvailableAgent,
-  waitFor,
 } from "./helpers.ts";
 
 const guard = new ProcessGuard();
@@ -57,17 +57,20 @@ describe("worker capacity", () => {
       [1, 2, 3, 4].map((n) => dispatch(r, { agent_name: "four", metadata: { n, releaseFile: release, runLog } })),
     );
     for (const job of jobs) await r.store.until(job.id, (rec) => rec.status === "running", 30_000, "running");
-    const runs = await waitFor("all four entrypoints to run", () => {
-      const seen = readRunLog(runLog);
-      return seen.length === 4 ? seen : undefined;
-    });
+    const runs = await until(
+      () => {
+        const seen = readRunLog(runLog);
+        return seen.length === 4 ? seen : undefined;
+      },
+      { label: "all four entrypoints to run" },
+    );
     // Four at once, each in its own process, all on this one worker.
     expect(new Set(runs.map((run) => run.pid)).size).toBe(4);
     for (const job of jobs) expect((await r.store.get(job.id))?.workerId).toBe(workerId);
 
     // Full by the job cap only: the load it reports is the measured load.
     const session = registryInternals(r.registry).core.directory.get(workerId);
-    await waitFor("the registry to see four jobs", () => session?.context.jobCount === 4);
+    await until(() => session?.context.jobCount === 4, { label: "the registry to see four jobs" });
     expect(session?.context.load).toBe(0);
     expect(session?.available).toBe(false);
     expect(worker.actor.getSnapshot().matches({ active: { lifecycle: { running: "full" } } })).toBe(true);

@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import type { JobOutput } from "../../machines/job.ts";
 import { registryInternals } from "../../src/registry/server.ts";
+import { until, within } from "../support/wait.ts";
 import {
   api,
   closeRegistries,
@@ -19,8 +20,6 @@ import {
   stopInProcessWorkers,
   tempDir,
   waitAvailableAgent,
-  waitFor,
-  within,
 } from "./helpers.ts";
 
 const guard = new ProcessGuard();
@@ -80,8 +79,8 @@ describe("registry dispatch, with an in-process worker or a scripted one", () =>
     const link = registryInternals(r.registry).core.directory.get(workerId);
     if (!link?.connected) throw new Error("the worker has no socket on the registry");
     registryInternals(r.registry).gateway.terminate(link.connectionId);
-    await waitFor("the registry to see the drop", () => link.state === "disconnected");
-    await waitFor("the worker to try to reconnect", () => gate.held.length > 0, { timeoutMs: 5_000 });
+    await until(() => link.state === "disconnected", { label: "the registry to see the drop" });
+    await until(() => gate.held.length > 0, { label: "the worker to try to reconnect", timeoutMs: 5_000 });
 
     // The job finishes while the registry cannot hear about it.
     writeFileSync(releaseFile, "");
@@ -95,7 +94,7 @@ describe("registry dispatch, with an in-process worker or a scripted one", () =>
     // Same worker, same session: nothing was lost or run again.
     expect([...registryInternals(r.registry).core.directory.workers()].map((w) => w.workerId)).toEqual([workerId]);
     expect(registryInternals(r.registry).core.directory.get(workerId)).toBe(link);
-    await waitFor("the session to be live again", () => link.state.startsWith("live.") && link.connected);
+    await until(() => link.state.startsWith("live.") && link.connected, { label: "the session to be live again" });
     expect(readRunLog(runLog).map((run) => run.jobId)).toEqual([job.id]);
     const next = await dispatch(r, { agent_name: "drop", metadata: { runLog, holdMs: 1 } });
     expect(await r.store.untilFinal(next.id, 15_000)).toMatchObject({ status: "completed", workerId });
@@ -118,10 +117,13 @@ describe("registry dispatch, with an in-process worker or a scripted one", () =>
     const runLog = join(temp.dir, "cancel.jsonl");
     const job = await dispatch(r, { agent_name: "cancel", metadata: { hang: true, runLog } });
     await r.store.until(job.id, (rec) => rec.status === "running", 15_000, "running");
-    const [run] = await waitFor("the entrypoint to start", () => {
-      const runs = readRunLog(runLog);
-      return runs.length > 0 ? runs : undefined;
-    });
+    const [run] = await until(
+      () => {
+        const runs = readRunLog(runLog);
+        return runs.length > 0 ? runs : undefined;
+      },
+      { label: "the entrypoint to start" },
+    );
     if (!run) throw new Error("no run");
     guard.track(run.pid);
 
@@ -132,7 +134,7 @@ describe("registry dispatch, with an in-process worker or a scripted one", () =>
     // Cancelled on the worker's own confirmation, not on the registry giving up waiting for it.
     expect(record).toMatchObject({ status: "cancelled", workerId });
     expect(record.reason ?? "").not.toMatch(/did not confirm|was lost/);
-    await waitFor("the job process to exit", () => !isAlive(run.pid), { timeoutMs: 5_000 });
+    await until(() => !isAlive(run.pid), { label: "the job process to exit", timeoutMs: 5_000 });
     expect(Object.keys(worker.actor.getSnapshot().context.jobs)).toEqual([]);
     expect(r.store.finalPatches(job.id)).toBe(1);
 
@@ -210,7 +212,7 @@ describe("registry dispatch, with an in-process worker or a scripted one", () =>
       JSON.stringify({ type: "status_update", worker_id: workerId, status: state, load: jobs, job_count: jobs });
     c.send(status("available", 0));
     const link = registryInternals(r.registry).core.directory.get(workerId);
-    await waitFor("the scripted worker to be available", () => link?.available);
+    await until(() => link?.available, { label: "the scripted worker to be available" });
 
     from = c.frames.length;
     const job = await dispatch(r, { agent_name: "wake" });
@@ -253,18 +255,20 @@ describe("registry dispatch, with an in-process worker or a scripted one", () =>
     const workerId = (await c.next(from, (f) => f.type === "register", "the register answer")).worker_id as string;
     c.send(JSON.stringify({ type: "status_update", worker_id: workerId, status: "available", load: 0, job_count: 0 }));
     const link = registryInternals(r.registry).core.directory.get(workerId);
-    await waitFor("the scripted worker to be available", () => link?.available);
+    await until(() => link?.available, { label: "the scripted worker to be available" });
 
     from = c.frames.length;
     const first = await dispatch(r, { agent_name: "inflight" });
     await c.next(from, (f) => f.type === "availability_request" && f.job_id === first.id, "the first offer");
     // Its one process is promised to the unanswered offer: the second job waits.
     const second = await dispatch(r, { agent_name: "inflight" });
-    await waitFor("the second job to wait", () =>
-      registryInternals(r.registry)
-        .core.dispatcher.get(second.id)
-        ?.actor.getSnapshot()
-        .matches({ unassigned: "waiting" }),
+    await until(
+      () =>
+        registryInternals(r.registry)
+          .core.dispatcher.get(second.id)
+          ?.actor.getSnapshot()
+          .matches({ unassigned: "waiting" }),
+      { label: "the second job to wait" },
     );
     // The worker declines the first job: its process is free, and the second job was never asked.
     from = c.frames.length;
@@ -290,7 +294,7 @@ describe("registry dispatch, with an in-process worker or a scripted one", () =>
     );
     const workers = await Promise.all([openScripted(r, "reserve", 1), openScripted(r, "reserve", 1)]);
     const first = await dispatch(r, { agent_name: "reserve" });
-    const offered = await waitFor("the first offer", () => workers.find((w) => w.offers().includes(first.id)));
+    const offered = await until(() => workers.find((w) => w.offers().includes(first.id)), { label: "the first offer" });
     const other = workers.find((w) => w !== offered) as Scripted;
     // It says yes and gets the job, but its status (one job busy) is still on its way.
     let from = offered.c.frames.length;
@@ -310,7 +314,7 @@ describe("registry dispatch, with an in-process worker or a scripted one", () =>
     const workers = await Promise.all([openScripted(r, "burst", 2), openScripted(r, "burst", 2)]);
     // Five at once, none answered yet: two offers each, and the fifth waits for capacity.
     const jobs = await Promise.all(Array.from({ length: 5 }, () => dispatch(r, { agent_name: "burst" })));
-    await waitFor("four offers", () => workers.flatMap((w) => w.offers()).length === 4);
+    await until(() => workers.flatMap((w) => w.offers()).length === 4, { label: "four offers" });
     expect(workers.map((w) => w.offers().length)).toEqual([2, 2]);
     const offeredIds = new Set(workers.flatMap((w) => w.offers()));
     const waiting = jobs.filter((job) => !offeredIds.has(job.id));
@@ -344,10 +348,9 @@ async function openScripted(r: Awaited<ReturnType<typeof startRegistry>>, agent:
   c.send(registerMessage(agent, processes));
   const workerId = (await c.next(from, (f) => f.type === "register", "the register answer")).worker_id as string;
   c.send(JSON.stringify({ type: "status_update", worker_id: workerId, status: "available", load: 0, job_count: 0 }));
-  await waitFor(
-    "the scripted worker to be available",
-    () => registryInternals(r.registry).core.directory.get(workerId)?.available,
-  );
+  await until(() => registryInternals(r.registry).core.directory.get(workerId)?.available, {
+    label: "the scripted worker to be available",
+  });
   const scripted: Scripted = {
     c,
     workerId,

@@ -14,6 +14,7 @@ import { createRegistry, type Registry, type RegistryOptions, registryInternals 
 import { isFinal, type JobRecord, MemoryJobStore } from "../../src/registry/store.ts";
 import type { RegistryTiming } from "../../src/registry/timing.ts";
 import { runWorker, type WorkerHandle } from "../../src/worker/runtime.ts";
+import { TimeoutError, until, within } from "../support/wait.ts";
 
 export const CREDS = { apiKey: "registry-test-key", apiSecret: "registry-test-secret-0123456789abcdef" };
 export const FIXTURE_AGENT = fileURLToPath(new URL("../fixtures/registry/agent.ts", import.meta.url));
@@ -21,39 +22,6 @@ export const silent = pino({ level: "silent" });
 
 /** Terminal statuses of a job record. */
 export const FINAL = ["completed", "failed", "cancelled", "lost", "rejected"] as const;
-
-// ------------------------------------------------------------------ waiting
-
-export class TimeoutError extends Error {
-  override readonly name = "TimeoutError";
-}
-
-/** Polls `check` until it returns a truthy value (returned) or the timeout passes (throws, naming `what`). */
-export async function waitFor<T>(
-  what: string,
-  check: () => T | Promise<T>,
-  { timeoutMs = 10_000, intervalMs = 20 }: { timeoutMs?: number; intervalMs?: number } = {},
-): Promise<NonNullable<T>> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value) return value as NonNullable<T>;
-    if (Date.now() >= deadline) throw new TimeoutError(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, intervalMs));
-  }
-}
-
-/** Resolves with the promise's value, or rejects naming `what` if it does not settle in time. */
-export function within<T>(what: string, promise: Promise<T>, timeoutMs: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new TimeoutError(`timed out after ${timeoutMs} ms waiting for ${what}`)),
-      timeoutMs,
-    );
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
 
 // ------------------------------------------------------------------ the job store, recorded
 
@@ -364,7 +332,7 @@ export class ProcessGuard {
   async killAll(): Promise<number[]> {
     const killed = this.leftovers();
     for (const pid of killed) kill(pid, "SIGKILL");
-    await waitFor("killed processes to disappear", () => this.leftovers().length === 0, { timeoutMs: 10_000 });
+    await until(() => this.leftovers().length === 0, { label: "killed processes to disappear", timeoutMs: 10_000 });
     this.pids.clear();
     this.children.clear();
     return killed;
@@ -483,13 +451,12 @@ export function registeredId(r: TestRegistry, worker: WorkerProcess): string | u
 
 /** Waits until the worker is registered and its session offers capacity; returns its registry id. */
 export async function waitAvailable(r: TestRegistry, worker: WorkerProcess, timeoutMs = 20_000): Promise<string> {
-  return waitFor(
-    `worker ${worker.name} to register and become available`,
+  return until(
     () => {
       const id = registeredId(r, worker);
       return id && registryInternals(r.registry).core.directory.get(id)?.available ? id : undefined;
     },
-    { timeoutMs },
+    { label: `worker ${worker.name} to register and become available`, timeoutMs },
   ).catch((error: Error) => {
     throw new Error(
       `${error.message}\nlogs: ${JSON.stringify(worker.logs.slice(-10))}\nstderr: ${worker.stderr.join("\n")}`,
@@ -554,15 +521,14 @@ export async function stopInProcessWorkers(): Promise<void> {
 
 /** The registry's id for the only worker with this agent name, once it is registered and available. */
 export function waitAvailableAgent(r: TestRegistry, agentName: string, timeoutMs = 10_000): Promise<string> {
-  return waitFor(
-    `a worker for ${agentName} to become available`,
+  return until(
     () => {
       for (const link of registryInternals(r.registry).core.directory.workers()) {
         if (link.context.agentName === agentName && link.available) return link.workerId;
       }
       return undefined;
     },
-    { timeoutMs },
+    { label: `a worker for ${agentName} to become available`, timeoutMs },
   );
 }
 

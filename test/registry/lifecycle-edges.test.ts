@@ -1,7 +1,8 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { PROTOCOL_VERSION } from "../../src/protocol/registry.ts";
 import { registryInternals } from "../../src/registry/server.ts";
-import { closeRegistries, dispatch, type Frame, RawConnection, startRegistry, waitFor } from "./helpers.ts";
+import { until } from "../support/wait.ts";
+import { closeRegistries, dispatch, type Frame, RawConnection, startRegistry } from "./helpers.ts";
 
 afterEach(closeRegistries);
 
@@ -82,12 +83,17 @@ describe("lifecycle edges of a dispatch", () => {
     const job = await dispatch(r, { agent_name: "again" });
     await before.c.next(0, offerOf(job.id), "the first offer");
     before.c.send(JSON.stringify({ type: "availability_response", job_id: job.id, available: false }));
-    await waitFor("the dispatch to wait", () =>
-      registryInternals(r.registry).core.dispatcher.get(job.id)?.actor.getSnapshot().matches({ unassigned: "waiting" }),
+    await until(
+      () =>
+        registryInternals(r.registry)
+          .core.dispatcher.get(job.id)
+          ?.actor.getSnapshot()
+          .matches({ unassigned: "waiting" }),
+      { label: "the dispatch to wait" },
     );
     // Its connection drops and its session ends; it registers again under the same id.
     before.c.close();
-    await waitFor("the old session to be gone", () => r.registry.workers().length === 0);
+    await until(() => r.registry.workers().length === 0, { label: "the old session to be gone" });
     const after = await scriptedWorker(r, "again", { workerId: before.workerId });
     expect(after.workerId).toBe(before.workerId);
     await after.c.next(0, offerOf(job.id), "the offer to the worker that came back", 3_000);
@@ -135,7 +141,7 @@ describe("lifecycle edges of a dispatch", () => {
     worker.c.send(
       JSON.stringify({ type: "status_update", worker_id: "", status: "available", load: 0.98, job_count: 0 }),
     );
-    await waitFor("the worker to be full", () => r.registry.workers()[0]?.state === "live.full");
+    await until(() => r.registry.workers()[0]?.state === "live.full", { label: "the worker to be full" });
     const full = await dispatch(r, { agent_name: "picky" });
     expect(await r.store.untilFinal(full.id, 3_000)).toMatchObject({
       status: "rejected",

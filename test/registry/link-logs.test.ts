@@ -1,6 +1,7 @@
 import { createServer } from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
 import { registryInternals } from "../../src/registry/server.ts";
+import { until, within } from "../support/wait.ts";
 import {
   CREDS,
   closeRegistries,
@@ -9,8 +10,6 @@ import {
   startRegistry,
   stopWorker,
   waitAvailable,
-  waitFor,
-  within,
 } from "./helpers.ts";
 
 const guard = new ProcessGuard();
@@ -105,13 +104,13 @@ describe("the worker says what its registry link does (worker processes)", () =>
     const worker = spawnWorker(guard, { registryUrl: r.url, name: "flaky", loadThreshold: 0.92 });
     const workerId = await waitAvailable(r, worker);
     const connected = () => linkLines(worker.logs).filter((l) => l.msg === "connected to the registry");
-    await waitFor("the connected line", () => connected().length === 1);
+    await until(() => connected().length === 1, { label: "the connected line" });
     expect(connected()[0]).toMatchObject({ level: 30, url: `${r.url}/`, workerId });
 
     // The registry drops the socket: the worker says it lost the link, retries, and is back.
     const link = registryInternals(r.registry).core.directory.get(workerId);
     if (link) registryInternals(r.registry).gateway.terminate(link.connectionId);
-    await waitFor("the worker to reconnect", () => connected().length === 2, { timeoutMs: 15_000 });
+    await until(() => connected().length === 2, { label: "the worker to reconnect", timeoutMs: 15_000 });
     const lines = linkLines(worker.logs);
     const lost = lines.find((l) => l.msg === "lost the registry connection");
     expect(lost).toMatchObject({

@@ -7,6 +7,7 @@ import type { WorkerStatus } from "../../machines/shared.ts";
 import { mintToken } from "../../src/auth/tokens.ts";
 import { registryInternals } from "../../src/registry/server.ts";
 import { createRegistrySocket } from "../../src/worker/registry-socket.ts";
+import { until, within } from "../support/wait.ts";
 import {
   CREDS,
   closeRegistries,
@@ -15,8 +16,6 @@ import {
   startInProcessWorker,
   startRegistry,
   stopInProcessWorkers,
-  waitFor,
-  within,
 } from "./helpers.ts";
 
 const guard = new ProcessGuard();
@@ -69,7 +68,7 @@ describe("the worker's registry link, on real sockets", () => {
     expect(Date.now() - started).toBeLessThan(3_000);
     expect(target.held.size).toBe(2);
     // Each attempt let go of its connection.
-    await waitFor("both attempts' connections to close", () => target.closed.length === 2, { timeoutMs: 2_000 });
+    await until(() => target.closed.length === 2, { label: "both attempts' connections to close", timeoutMs: 2_000 });
   });
 
   it("a socket that fails while sending is dropped; the link comes back on one fresh socket and stays", async () => {
@@ -100,21 +99,19 @@ describe("the worker's registry link, on real sockets", () => {
     });
     link.start();
     try {
-      await waitFor("the link to register", () => link.getSnapshot().matches({ online: "registered" }));
+      await until(() => link.getSnapshot().matches({ online: "registered" }), { label: "the link to register" });
       link.send({ type: "link.status", status });
       const workerId = link.getSnapshot().context.workerId;
-      await waitFor(
-        "the registry to see the worker available",
-        () => registryInternals(r.registry).core.directory.get(workerId)?.available,
-      );
+      await until(() => registryInternals(r.registry).core.directory.get(workerId)?.available, {
+        label: "the registry to see the worker available",
+      });
 
       // An answer the socket cannot serialize: sending it throws inside the socket actor (once: the
       // link does not keep answers to send again).
       link.send({ type: "link.offer_answer", jobId: "job-x", accept: false, error: 1n as unknown as string });
-      await waitFor(
-        "the link to register again",
-        () => backoffs.length > 0 && link.getSnapshot().matches({ online: "registered" }),
-      ).catch((error: Error) => {
+      await until(() => backoffs.length > 0 && link.getSnapshot().matches({ online: "registered" }), {
+        label: "the link to register again",
+      }).catch((error: Error) => {
         throw new Error(
           `${error.message}: ${JSON.stringify(link.getSnapshot().value)} after ${backoffs.length} backoffs`,
         );
@@ -123,10 +120,9 @@ describe("the worker's registry link, on real sockets", () => {
       await new Promise((resolve) => setTimeout(resolve, 200));
       expect(backoffs).toEqual([expect.stringMatching(/Do not know how to serialize a BigInt/)]);
       // Nothing of the dropped socket reaches the link afterwards: one backoff, one socket on the registry.
-      await waitFor(
-        "the registry to let go of the old socket",
-        () => registryInternals(r.registry).gateway.connections === 1,
-      );
+      await until(() => registryInternals(r.registry).gateway.connections === 1, {
+        label: "the registry to let go of the old socket",
+      });
       await new Promise((resolve) => setTimeout(resolve, 200));
       expect(backoffs).toHaveLength(1);
       expect(link.getSnapshot().matches({ online: "registered" })).toBe(true);

@@ -3,6 +3,7 @@ import fc from "fast-check";
 import { afterEach, describe, expect, it } from "vitest";
 import { PROTOCOL_VERSION, workerMessage } from "../../src/protocol/registry.ts";
 import { registryInternals } from "../../src/registry/server.ts";
+import { until } from "../support/wait.ts";
 import {
   api,
   closeRegistries,
@@ -16,7 +17,6 @@ import {
   stopInProcessWorkers,
   type TestRegistry,
   waitAvailableAgent,
-  waitFor,
 } from "./helpers.ts";
 
 const guard = new ProcessGuard();
@@ -80,15 +80,14 @@ describe("bad input on the worker socket", () => {
     const r = await startRegistry({ pingIntervalMs: 30_000 }, { maxFrameBytes: MAX_FRAME_BYTES });
     const c = await RawConnection.open(r);
     c.send(registerMessage("big"));
-    await waitFor("registration", () => registryInternals(r.registry).core.directory.size === 1);
+    await until(() => registryInternals(r.registry).core.directory.size === 1, { label: "registration" });
     c.send(JSON.stringify({ type: "ping", timestamp: 1, pad: "x".repeat(MAX_FRAME_BYTES) }));
-    await waitFor("the connection to close", () => c.closed);
+    await until(() => c.closed, { label: "the connection to close" });
     expect(c.closed?.code).toBe(1009);
     // Its session is disconnected, not gone: a real worker could reconnect within the grace.
-    await waitFor(
-      "the session to see the close",
-      () => [...registryInternals(r.registry).core.directory.workers()][0]?.state === "disconnected",
-    );
+    await until(() => [...registryInternals(r.registry).core.directory.workers()][0]?.state === "disconnected", {
+      label: "the session to see the close",
+    });
     // A frame just under the limit is fine.
     const d = await RawConnection.open(r);
     const ok = await d.errorFor(JSON.stringify({ type: "nope", pad: "x".repeat(MAX_FRAME_BYTES - 100) }));
@@ -277,10 +276,12 @@ describe("bad input on the worker socket", () => {
 
     // Every adopted stray job ends once the fuzzing connections are gone.
     for (const c of connections) c.close();
-    await waitFor("the fuzzing sessions to be gone", () => registryInternals(r.registry).core.directory.size === 0, {
+    await until(() => registryInternals(r.registry).core.directory.size === 0, {
+      label: "the fuzzing sessions to be gone",
       timeoutMs: 5_000,
     });
-    await waitFor("stray jobs to settle", () => registryInternals(r.registry).core.dispatcher.size === 0, {
+    await until(() => registryInternals(r.registry).core.dispatcher.size === 0, {
+      label: "stray jobs to settle",
       timeoutMs: 5_000,
     });
     const strays = await r.store.list({ limit: 10_000 });

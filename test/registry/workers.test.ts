@@ -4,6 +4,7 @@ import { afterAll, afterEach, describe, expect, it } from "vitest";
 import type { RegistryMessage } from "../../src/protocol/registry.ts";
 import { registryInternals } from "../../src/registry/server.ts";
 import type { JobRecord } from "../../src/registry/store.ts";
+import { until, within } from "../support/wait.ts";
 import {
   api,
   closeRegistries,
@@ -15,8 +16,6 @@ import {
   stopWorker,
   tempDir,
   waitAvailable,
-  waitFor,
-  within,
   workerState,
 } from "./helpers.ts";
 
@@ -153,7 +152,7 @@ describe.sequential("registry with worker processes", () => {
     );
     const [plainA, plainB, rescued] = started as [JobRecord, JobRecord, JobRecord];
     const plain = [plainA, plainB];
-    await waitFor("three entrypoints to start", () => readRunLog(runLog).length === 3, { timeoutMs: 10_000 });
+    await until(() => readRunLog(runLog).length === 3, { label: "three entrypoints to start", timeoutMs: 10_000 });
     const survivor = spawnWorker(guard, { registryUrl: r.url, name: "survivor", loadThreshold: 0.982, env });
     const survivorId = await waitAvailable(r, survivor);
     const jobPids = (await workerState(guard, doomed)).slots.flatMap((slot) => (slot.pid ? [slot.pid] : []));
@@ -181,13 +180,10 @@ describe.sequential("registry with worker processes", () => {
     expect((body.jobs as JobRecord[]).map((job) => job.status).sort()).toEqual(["completed", "lost", "lost"]);
     expect(registryInternals(r.registry).core.hasWorker(doomedId)).toBe(false);
     // The killed worker's job processes notice their parent is gone and exit by themselves.
-    await waitFor(
-      "the killed worker's job processes to exit",
-      () => guard.leftovers().every((pid) => !jobPids.includes(pid)),
-      {
-        timeoutMs: 5_000,
-      },
-    );
+    await until(() => guard.leftovers().every((pid) => !jobPids.includes(pid)), {
+      label: "the killed worker's job processes to exit",
+      timeoutMs: 5_000,
+    });
 
     expect((await stopWorker(survivor, "SIGTERM")).code).toBe(0);
     expect(guard.leftovers()).toEqual([]);
@@ -232,7 +228,7 @@ describe.sequential("registry with worker processes", () => {
     };
 
     drained.child.kill("SIGTERM");
-    await waitFor("the session to go draining", () => link.state === "live.draining", { timeoutMs: 5_000 });
+    await until(() => link.state === "live.draining", { label: "the session to go draining", timeoutMs: 5_000 });
     const sentWhileDraining = sent.length;
     const more = [];
     for (let i = 0; i < 3; i++) more.push(await dispatch(r, { agent_name: "drain" }));
@@ -292,7 +288,7 @@ describe.sequential("registry with worker processes", () => {
         return job;
       }),
     );
-    await waitFor("three entrypoints to start", () => readRunLog(runLog).length === 3, { timeoutMs: 10_000 });
+    await until(() => readRunLog(runLog).length === 3, { label: "three entrypoints to start", timeoutMs: 10_000 });
 
     const port = first.registry.port;
     await first.close();
@@ -300,13 +296,10 @@ describe.sequential("registry with worker processes", () => {
     expect(second.url).toBe(first.url);
 
     // The workers come back under their ids and report their running jobs, which the new registry adopts.
-    await waitFor(
-      "both workers to re-register",
-      () => ids.every((id) => registryInternals(second.registry).core.directory.get(id)?.connected),
-      {
-        timeoutMs: 10_000,
-      },
-    );
+    await until(() => ids.every((id) => registryInternals(second.registry).core.directory.get(id)?.connected), {
+      label: "both workers to re-register",
+      timeoutMs: 10_000,
+    });
     for (const job of jobs) {
       const adopted = await second.store.until(job.id, (rec) => rec.status === "running", 5_000, "adopted as running");
       expect(adopted.workerId).toBe(before.get(job.id));

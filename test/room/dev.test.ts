@@ -8,7 +8,7 @@ import { createLogger } from "../../src/observability/logger.ts";
 import { FINAL_STATUSES, type JobRecord } from "../../src/registry/store.ts";
 import { readCpuUsage } from "../../src/worker/cpu-usage.ts";
 import { isAlive } from "../integration/helpers/processes.ts";
-import { until } from "../integration/helpers/recorder.ts";
+import { until } from "../support/wait.ts";
 
 /**
  * `troupe dev` end to end: an embedded registry and a worker process for an agent module in a temp
@@ -132,43 +132,43 @@ describe("troupe dev", { timeout: 120_000 }, () => {
         const list = await available(d);
         return list.length === 1 && list;
       },
-      60_000,
-      "the first worker to register",
+      { label: "the first worker to register", timeoutMs: 60_000 },
     );
     const firstProcess = d.session.worker();
     const exitedAt = new Promise<number>((resolve) => firstProcess.once("exit", () => resolve(performance.now())));
     const held = await d.dispatch({ holdMs: 2_000 });
-    await until(async () => (await d.job(held)).status === "running", 30_000, "the held job to run");
+    await until(async () => (await d.job(held)).status === "running", {
+      label: "the held job to run",
+      timeoutMs: 30_000,
+    });
 
     const savedAt = performance.now();
     appendFileSync(modulePath, "// saved again\n");
-    await until(() => d.session.worker() !== firstProcess, 10_000, "a new worker process");
+    await until(() => d.session.worker() !== firstProcess, { label: "a new worker process", timeoutMs: 10_000 });
     expect(d.printed.find((line) => line.includes("reloading (agent.ts)"))).toBeDefined();
     const [second] = await until(
       async () => {
         const list = (await available(d)).filter((w) => w.id !== first?.id);
         return list.length === 1 && list;
       },
-      60_000,
-      "the new worker to register",
+      { label: "the new worker to register", timeoutMs: 60_000 },
     );
 
     // New jobs go to the new worker while the old one drains.
     const next = await d.dispatch();
-    const nextRecord = await until(() => ended(d, next), 30_000, "the next job to end");
+    const nextRecord = await until(() => ended(d, next), { label: "the next job to end", timeoutMs: 30_000 });
     expect(nextRecord).toMatchObject({ status: "completed", workerId: second?.id });
 
-    const heldRecord = await until(() => ended(d, held), 30_000, "the held job to end");
+    const heldRecord = await until(() => ended(d, held), { label: "the held job to end", timeoutMs: 30_000 });
     expect(heldRecord).toMatchObject({ status: "completed", workerId: first?.id });
     const drainMs = Math.round((await exitedAt) - savedAt);
     expect(firstProcess.exitCode).toBe(0);
     expect(d.printed.find((line) => line.includes(`old worker ${firstProcess.pid} drained and exited`))).toBeDefined();
     // It left on purpose: the registry forgets it at once, not after a reconnect grace with a warning.
-    await until(
-      async () => !(await d.workers()).some((w) => w.id === first?.id),
-      3_000,
-      "the registry to forget the old worker",
-    );
+    await until(async () => !(await d.workers()).some((w) => w.id === first?.id), {
+      label: "the registry to forget the old worker",
+      timeoutMs: 3_000,
+    });
     expect(goneWarnings(d, first?.id as string)).toEqual([]);
     console.info(`reload with a 2 s job running: the old worker drained and exited ${drainMs} ms after the save`);
   });
@@ -183,30 +183,30 @@ describe("troupe dev", { timeout: 120_000 }, () => {
         const list = await available(d);
         return list.length === 1 && list;
       },
-      60_000,
-      "the first worker to register",
+      { label: "the first worker to register", timeoutMs: 60_000 },
     );
     const firstProcess = d.session.worker();
     const exitedAt = new Promise<number>((resolve) => firstProcess.once("exit", () => resolve(performance.now())));
     const held = await d.dispatch({ holdMs: 120_000 });
-    await until(async () => (await d.job(held)).status === "running", 30_000, "the held job to run");
+    await until(async () => (await d.job(held)).status === "running", {
+      label: "the held job to run",
+      timeoutMs: 30_000,
+    });
 
     const savedAt = performance.now();
     appendFileSync(modulePath, "// saved again\n");
-    const record = await until(() => ended(d, held), 30_000, "the held job to end");
+    const record = await until(() => ended(d, held), { label: "the held job to end", timeoutMs: 30_000 });
     expect(record).toMatchObject({ status: "failed", reason: "worker_shutdown", workerId: first?.id });
     const exitMs = Math.round((await exitedAt) - savedAt);
     expect(firstProcess.exitCode).toBe(2);
-    await until(
-      () => d.printed.find((line) => line.includes("reached its drainTimeout")),
-      5_000,
-      "the drain timeout line",
-    );
-    await until(
-      async () => !(await d.workers()).some((w) => w.id === first?.id),
-      3_000,
-      "the registry to forget the old worker",
-    );
+    await until(() => d.printed.find((line) => line.includes("reached its drainTimeout")), {
+      label: "the drain timeout line",
+      timeoutMs: 5_000,
+    });
+    await until(async () => !(await d.workers()).some((w) => w.id === first?.id), {
+      label: "the registry to forget the old worker",
+      timeoutMs: 3_000,
+    });
     expect(goneWarnings(d, first?.id as string)).toEqual([]);
     console.info(`drainTimeout 1 s: the old worker exited ${exitMs} ms after the save`);
   });
@@ -216,12 +216,18 @@ describe("troupe dev", { timeout: 120_000 }, () => {
     const modulePath = join(folder, "agent.ts");
     writeFileSync(modulePath, agentSource());
     const d = await dev(modulePath);
-    await until(async () => (await available(d)).length === 1, 60_000, "the first worker to register");
+    await until(async () => (await available(d)).length === 1, {
+      label: "the first worker to register",
+      timeoutMs: 60_000,
+    });
     const firstProcess = d.session.worker();
     const held = await d.dispatch({ holdMs: 3_000 });
-    await until(async () => (await d.job(held)).status === "running", 30_000, "the held job to run");
+    await until(async () => (await d.job(held)).status === "running", {
+      label: "the held job to run",
+      timeoutMs: 30_000,
+    });
     appendFileSync(modulePath, "// saved again\n");
-    await until(() => d.session.worker() !== firstProcess, 10_000, "a new worker process");
+    await until(() => d.session.worker() !== firstProcess, { label: "a new worker process", timeoutMs: 10_000 });
     const secondProcess = d.session.worker();
     // The terminal's Ctrl-C, and npm's copy of it 20 ms later: one gesture.
     d.session.signal("SIGINT");
@@ -243,21 +249,21 @@ describe("troupe dev", { timeout: 120_000 }, () => {
       const before = d.session.worker();
       writeFileSync(`${modulePath}.tmp`, `${IDLE_MODULE}// save ${save}\n`);
       renameSync(`${modulePath}.tmp`, modulePath);
-      await until(() => d.reloads.length === save, 10_000, `reload ${save}`);
+      await until(() => d.reloads.length === save, { label: `reload ${save}`, timeoutMs: 10_000 });
       expect(d.session.worker()).not.toBe(before);
       expect(d.printed.filter((line) => line.includes("reloading (agent.ts)"))).toHaveLength(save);
     }
     // What `git checkout` does to a folder: gone, then back with new files; edits inside still count.
     mkdirSync(join(folder, "lib"));
     writeFileSync(join(folder, "lib", "helper.ts"), "export const a = 1;\n");
-    await until(() => d.reloads.length === 4, 10_000, "the reload for lib/helper.ts");
+    await until(() => d.reloads.length === 4, { label: "the reload for lib/helper.ts", timeoutMs: 10_000 });
     rmSync(join(folder, "lib"), { recursive: true });
-    await until(() => d.reloads.length === 5, 10_000, "the reload for the removed folder");
+    await until(() => d.reloads.length === 5, { label: "the reload for the removed folder", timeoutMs: 10_000 });
     mkdirSync(join(folder, "lib"));
     writeFileSync(join(folder, "lib", "helper.ts"), "export const a = 2;\n");
-    await until(() => d.reloads.length === 6, 10_000, "the reload for the folder back");
+    await until(() => d.reloads.length === 6, { label: "the reload for the folder back", timeoutMs: 10_000 });
     writeFileSync(join(folder, "lib", "helper.ts"), "export const a = 3;\n");
-    await until(() => d.reloads.length === 7, 10_000, "the reload for an edit in the new folder");
+    await until(() => d.reloads.length === 7, { label: "the reload for an edit in the new folder", timeoutMs: 10_000 });
     expect(d.reloads.at(-1)).toEqual([join(folder, "lib", "helper.ts")]);
     // Files that are not code (notes, editors' swap and temp files, logs) do not reload.
     writeFileSync(join(folder, "notes.txt"), "hello\n");
@@ -272,7 +278,7 @@ describe("troupe dev", { timeout: 120_000 }, () => {
     const modulePath = join(folder, "agent.ts");
     writeFileSync(modulePath, agentSource({ maxProcesses: 1 }));
     const d = await dev(modulePath, { watch: false });
-    await until(async () => (await available(d)).length === 1, 60_000, "the worker to register");
+    await until(async () => (await available(d)).length === 1, { label: "the worker to register", timeoutMs: 60_000 });
     const cores = Math.max(1, Math.ceil(readCpuUsage().cores ?? availableParallelism()));
     const burners = Array.from({ length: cores }, () =>
       spawn(process.execPath, ["-e", "for (;;) {}"], { stdio: "ignore" }),
@@ -289,7 +295,7 @@ describe("troupe dev", { timeout: 120_000 }, () => {
       const [worker] = await d.workers();
       expect(worker).toMatchObject({ status: "available", load: 0 });
       const id = await d.dispatch({ holdMs: 200 });
-      const record = await until(() => ended(d, id), 30_000, "the job under load to end");
+      const record = await until(() => ended(d, id), { label: "the job under load to end", timeoutMs: 30_000 });
       expect(record.status).toBe("completed");
       console.info(`dev dispatch with the machine's CPU at ${machineLoad.toFixed(2)}: completed`);
     } finally {

@@ -7,6 +7,7 @@ import { createLogger } from "../../src/observability/logger.ts";
 import { type HubFrame, ROOM_CLOSE } from "../../src/protocol/room.ts";
 import { type RoomGrant, RoomHub, type RoomHubOptions } from "../../src/room/hub.ts";
 import { upgradeRequest } from "../hardening/raw-http.ts";
+import { until } from "../support/wait.ts";
 
 const silent = createLogger("ERROR", new Writable({ write: (_c, _e, done) => done() }));
 const MiB = 1024 * 1024;
@@ -42,14 +43,6 @@ async function startHub(options: Partial<RoomHubOptions>, watch?: (target: strin
   return (listening.address() as AddressInfo).port;
 }
 
-async function until(check: () => boolean, deadlineMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + deadlineMs;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-}
-
 /** A healthy member: reads everything, counts the flood without parsing it, parses the rest. */
 async function reader(port: number, identity: string) {
   const ws = new WebSocket(`ws://127.0.0.1:${port}/rooms/flood?token=flood:${identity}`);
@@ -59,7 +52,11 @@ async function reader(port: number, identity: string) {
     if (raw.length > 10_000) state.floodFrames++;
     else state.frames.push(JSON.parse(raw.toString()) as HubFrame);
   });
-  await until(() => state.frames.some((f) => f.type === "welcome"), 5_000, `${identity}'s welcome`);
+  await until(() => state.frames.some((f) => f.type === "welcome"), {
+    label: `${identity}'s welcome`,
+    timeoutMs: 5_000,
+    intervalMs: 5,
+  });
   return state;
 }
 
@@ -73,7 +70,7 @@ async function nonReader(port: number, identity: string): Promise<Socket> {
     received += chunk.toString("latin1");
   });
   socket.write(upgradeRequest(`/rooms/flood?token=flood:${identity}`));
-  await until(() => received.includes("\r\n\r\n"), 5_000, `${identity}'s upgrade`);
+  await until(() => received.includes("\r\n\r\n"), { label: `${identity}'s upgrade`, timeoutMs: 5_000, intervalMs: 5 });
   expect(received).toMatch(/^HTTP\/1\.1 101/);
   socket.removeAllListeners("data");
   socket.pause();
@@ -95,7 +92,11 @@ it("a member that stops reading is dropped before it costs more than its bound; 
   const carol = await reader(port, "carol");
   const sloth = await nonReader(port, "sloth");
   const fred = await reader(port, "fred");
-  await until(() => owned.get("flood")?.participants.length === 3, 5_000, "three members");
+  await until(() => owned.get("flood")?.participants.length === 3, {
+    label: "three members",
+    timeoutMs: 5_000,
+    intervalMs: 5,
+  });
 
   const frame = JSON.stringify({ type: "message", data: "x".repeat(60_000) });
   const total = Math.ceil((200 * MiB) / frame.length);
@@ -106,12 +107,16 @@ it("a member that stops reading is dropped before it costs more than its bound; 
   while (sent < total) {
     // Paced by the healthy reader (at most ~2 MB in flight), so nothing but the hub's queue for the
     // member that does not read could grow.
-    await until(() => carol.floodFrames >= sent - 32, 30_000, "carol to keep up");
+    await until(() => carol.floodFrames >= sent - 32, { label: "carol to keep up", timeoutMs: 30_000, intervalMs: 5 });
     for (let i = 0; i < 16 && sent < total; i++, sent++) fred.ws.send(frame);
     rssPeak = Math.max(rssPeak, process.memoryUsage().rss);
     queuePeak = Math.max(queuePeak, slothOnServer?.writableLength ?? 0);
   }
-  await until(() => carol.floodFrames === total, 30_000, "carol to get the whole flood");
+  await until(() => carol.floodFrames === total, {
+    label: "carol to get the whole flood",
+    timeoutMs: 30_000,
+    intervalMs: 5,
+  });
   rssPeak = Math.max(rssPeak, process.memoryUsage().rss);
 
   // 200 MB went to a member that read none of it; without a bound the hub held almost all of it
@@ -128,16 +133,16 @@ it("a member that stops reading is dropped before it costs more than its bound; 
     slothClosed = true;
   });
   sloth.resume();
-  await until(() => slothClosed, 10_000, "the non-reader's connection to end");
+  await until(() => slothClosed, { label: "the non-reader's connection to end", timeoutMs: 10_000, intervalMs: 5 });
 
   // The flooder was never the one punished: it is still in and still heard.
   expect(fred.ws.readyState).toBe(WebSocket.OPEN);
   fred.ws.send(JSON.stringify({ type: "message", text: "still here" }));
-  await until(
-    () => carol.frames.some((f) => f.type === "message" && f.text === "still here"),
-    5_000,
-    "carol to hear fred after the flood",
-  );
+  await until(() => carol.frames.some((f) => f.type === "message" && f.text === "still here"), {
+    label: "carol to hear fred after the flood",
+    timeoutMs: 5_000,
+    intervalMs: 5,
+  });
 }, 120_000);
 
 it("a member that falls behind but reads again within the grace gets close code slow_consumer and why", async () => {
@@ -160,11 +165,15 @@ it("a member that falls behind but reads again within the grace gets close code 
   // Kernel buffers take a few MB before anything queues in the hub; 200 MB is far past that.
   for (let sent = 0; inRoom() && sent < (200 * MiB) / frame.length; sent += 16) {
     for (let i = 0; i < 16; i++) fred.ws.send(frame);
-    await until(() => fred.ws.bufferedAmount === 0, 5_000, "fred's frames to leave");
+    await until(() => fred.ws.bufferedAmount === 0, {
+      label: "fred's frames to leave",
+      timeoutMs: 5_000,
+      intervalMs: 5,
+    });
   }
   expect(inRoom()).toBe(false);
   slowSocket.resume();
-  await until(() => closed !== undefined, 10_000, "the slow member's close");
+  await until(() => closed !== undefined, { label: "the slow member's close", timeoutMs: 10_000, intervalMs: 5 });
   expect(closed).toEqual({ code: ROOM_CLOSE.slow_consumer, reason: "send queue over 262144 bytes: not reading" });
   expect(fred.ws.readyState).toBe(WebSocket.OPEN);
 }, 60_000);

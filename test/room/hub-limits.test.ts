@@ -10,6 +10,7 @@ import { RoomAccessError, type RoomGrant, RoomHub, type RoomHubOptions } from ".
 import { DEFAULT_ROOM_HUB_LIMITS } from "../../src/room/limits.ts";
 import { TokenBucket } from "../../src/util/token-bucket.ts";
 import { rawRequest, upgradeRequest } from "../hardening/raw-http.ts";
+import { until } from "../support/wait.ts";
 
 const silent = createLogger("ERROR", new Writable({ write: (_c, _e, done) => done() }));
 
@@ -61,16 +62,12 @@ async function member(h: Harness, room: string, identity: string) {
   sockets.push(ws);
   const frames: HubFrame[] = [];
   ws.on("message", (raw) => frames.push(JSON.parse(raw.toString()) as HubFrame));
-  await until(() => frames.some((f) => f.type === "welcome"), 5_000, `${identity}'s welcome`);
+  await until(() => frames.some((f) => f.type === "welcome"), {
+    label: `${identity}'s welcome`,
+    timeoutMs: 5_000,
+    intervalMs: 5,
+  });
   return { ws, frames };
-}
-
-async function until(check: () => boolean, deadlineMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + deadlineMs;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
 }
 
 const texts = (frames: HubFrame[]) => frames.flatMap((f) => (f.type === "message" && f.text ? [f.text] : []));
@@ -87,7 +84,11 @@ describe("room hub limits on rooms and members", () => {
     expect(bAgain.self.id).toBe("b");
     expect(b.endedReason).toBeUndefined();
     await bAgain.leave();
-    await until(() => h.hub.get("small")?.participants.length === 1, 5_000, "b to leave");
+    await until(() => h.hub.get("small")?.participants.length === 1, {
+      label: "b to leave",
+      timeoutMs: 5_000,
+      intervalMs: 5,
+    });
     const c = await join(h, "small", "c");
     expect(c.others().map((p) => p.id)).toEqual(["a"]);
   });
@@ -189,10 +190,10 @@ describe("room hub upgrades", () => {
     const client = connect(h.port, "127.0.0.1");
     client.on("error", () => {});
     client.write(upgradeRequest("/rooms/x?token=slow"));
-    await until(() => asked === 1, 5_000, "the token check to start");
+    await until(() => asked === 1, { label: "the token check to start", timeoutMs: 5_000, intervalMs: 5 });
     // Without an error listener on the upgrade socket, the reset is an uncaught ECONNRESET.
     client.resetAndDestroy();
-    await until(() => client.destroyed, 5_000, "the reset");
+    await until(() => client.destroyed, { label: "the reset", timeoutMs: 5_000, intervalMs: 5 });
     await new Promise((resolve) => setImmediate(resolve));
     release();
     const alice = await join(h, "x", "alice");
@@ -209,7 +210,11 @@ describe("room hub inbound rate", () => {
     const spammer = await member(h, "chatty", "spammer");
     for (let i = 0; i < 40; i++) spammer.ws.send(JSON.stringify({ type: "message", text: `m${i}` }));
     const limited = () => errorCodes(spammer.frames).filter((code) => code === "rate_limited").length;
-    await until(() => limited() + texts(listener.frames).length === 40, 5_000, "every frame delivered or limited");
+    await until(() => limited() + texts(listener.frames).length === 40, {
+      label: "every frame delivered or limited",
+      timeoutMs: 5_000,
+      intervalMs: 5,
+    });
     // 40 frames within far less than the second it takes to earn 5 more tokens: about 30 are refused.
     expect(limited()).toBeGreaterThanOrEqual(25);
     expect(errorCodes(spammer.frames).every((code) => code === "rate_limited")).toBe(true);

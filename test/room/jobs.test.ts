@@ -9,7 +9,8 @@ import { RoomConnection, RoomError } from "../../src/room/client.ts";
 import { mintRoomToken } from "../../src/room/room-auth.ts";
 import { runWorker, type WorkerHandle } from "../../src/worker/runtime.ts";
 import { fixture } from "../integration/helpers/in-process.ts";
-import { Recorder, within } from "../integration/helpers/recorder.ts";
+import { Recorder } from "../integration/helpers/recorder.ts";
+import { within } from "../support/wait.ts";
 
 /**
  * A job is an agent in a room, the same way in local mode (the worker hosts the room) and in
@@ -78,9 +79,9 @@ async function converse(hubUrl: string, roomId: string, token: string) {
   const heard = inbox(room);
   if (!room.others().some((p) => p.kind === "agent")) {
     await within(
+      "the agent to be in the room",
       new Promise<void>((resolve) => room.on("participant_joined", (p) => p.kind === "agent" && resolve())),
       15_000,
-      "the agent to be in the room",
     );
   }
   await heard("hello Tess");
@@ -102,14 +103,14 @@ describe("a job in local mode lives in a room on its worker", { timeout: 60_000 
     await converse(`http://127.0.0.1:${handle.port}`, "local-room", token);
     const finished = await lines.waitFor((l) => l.msg === "job completed", 10_000, "the job to end");
     expect(finished).toMatchObject({ jobId: job?.jobId, reason: "session_ended" });
-    expect(await within(handle.done, 10_000, "the worker to exit")).toBe(0);
+    expect(await within("the worker to exit", handle.done, 10_000)).toBe(0);
   });
 
   it("ends no_participant when nobody joins within noParticipantTimeoutSeconds", async () => {
     const { handle, lines } = await startWorker({ register: false }, { noParticipantTimeoutSeconds: 0.5 });
     const finished = await lines.waitFor((l) => l.msg === "job completed", 30_000, "the job to end");
     expect(finished).toMatchObject({ jobId: handle.localJob?.jobId, reason: "no_participant" });
-    expect(await within(handle.done, 10_000, "the worker to exit")).toBe(0);
+    expect(await within("the worker to exit", handle.done, 10_000)).toBe(0);
   });
 
   it("refuses a participant whose token is for another room; the agent's room goes on", async () => {
@@ -134,7 +135,7 @@ describe("a job in local mode lives in a room on its worker", { timeout: 60_000 
       /refused \(401\)/,
     );
     await converse(hub, "guarded-room", await handle.roomToken({ room: "guarded-room", name: "Tess" }));
-    expect(await within(handle.done, 10_000, "the worker to exit")).toBe(0);
+    expect(await within("the worker to exit", handle.done, 10_000)).toBe(0);
   });
 });
 
@@ -182,7 +183,7 @@ describe("a dispatched job lives in a room on the registry", { timeout: 60_000 }
     const minted = await api(registry, "POST", "/v1/rooms/support-42/tokens", { name: "Tess" });
     expect(minted.status).toBe(201);
     await converse(registry.url, "support-42", minted.json.token as string);
-    const record = await within(finalRecord(registry, jobId), 15_000, "the job record to be final");
+    const record = await within("the job record to be final", finalRecord(registry, jobId), 15_000);
     expect(record).toMatchObject({ status: "completed", reason: "session_ended", roomId: "support-42" });
   });
 
@@ -195,7 +196,7 @@ describe("a dispatched job lives in a room on the registry", { timeout: 60_000 }
     });
     const job = created.json.job as { id: string; roomId?: string };
     expect(job.roomId).toMatch(/^room-/);
-    const record = await within(finalRecord(registry, job.id), 30_000, "the job record to be final");
+    const record = await within("the job record to be final", finalRecord(registry, job.id), 30_000);
     expect(record).toMatchObject({ status: "completed", reason: "no_participant" });
   });
 

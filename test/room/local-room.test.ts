@@ -2,7 +2,7 @@ import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { describe, it } from "vitest";
 import { spawnWorker } from "../integration/helpers/out-of-process.ts";
-import { within } from "../integration/helpers/recorder.ts";
+import { within } from "../support/wait.ts";
 
 /**
  * A local-mode worker (`register: false`) hosts its job's room and prints the ways in
@@ -46,7 +46,7 @@ describe.concurrent("a local-mode worker's room", { timeout: 120_000 }, () => {
     child.stdin.write("is anyone there?\n");
     await seen("Echo: echo: is anyone there?");
     child.stdin.end();
-    expect(await within(exit, 20_000, "troupe connect to exit")).toBe(0);
+    expect(await within("troupe connect to exit", exit, 20_000)).toBe(0);
     expect(out).toContain("* you left the room");
     expect(err).toBe("");
 
@@ -67,7 +67,7 @@ describe.concurrent("a local-mode worker's room", { timeout: 120_000 }, () => {
     const base = `http://127.0.0.1:${port}`;
     const playground = await fetch(`${base}/playground`);
     expect(playground.status).toBe(404);
-    expect(await within(worker.exit, 60_000, "the worker to exit")).toEqual({ code: 0, signal: null });
+    expect(await within("the worker to exit", worker.exit, 60_000)).toEqual({ code: 0, signal: null });
     expect(worker.lines.find((l) => l.msg === JOIN_LINE)).toBeUndefined();
     expect(worker.lines.find((l) => l.msg === "job completed")).toMatchObject({
       jobId: started.jobId,

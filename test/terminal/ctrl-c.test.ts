@@ -13,7 +13,7 @@ import {
   ProcessScope,
   waitUntilGone,
 } from "../integration/helpers/processes.ts";
-import { until } from "../integration/helpers/recorder.ts";
+import { until } from "../support/wait.ts";
 import { jsonLines, shellQuote, Tmux, tmuxAvailable } from "./tmux.ts";
 
 /**
@@ -73,11 +73,13 @@ async function npxTsxAgent(holdMs: number) {
     ].join("\n"),
     `npx tsx ${shellQuote(HOLDS_JOB)} > ${shellQuote(log)} 2>&1`,
   );
-  await until(() => jsonLines(events).some((e) => e.event === "job started"), 60_000, "the job to start", 50).catch(
-    (error: Error) => {
-      throw new Error(`${error.message}\n${existsSync(log) ? readFileSync(log, "utf8") : ""}\n${tmux.screen()}`);
-    },
-  );
+  await until(() => jsonLines(events).some((e) => e.event === "job started"), {
+    label: "the job to start",
+    timeoutMs: 60_000,
+    intervalMs: 50,
+  }).catch((error: Error) => {
+    throw new Error(`${error.message}\n${existsSync(log) ? readFileSync(log, "utf8") : ""}\n${tmux.screen()}`);
+  });
   return {
     tmux,
     logs: () => jsonLines(log),
@@ -106,12 +108,11 @@ async function devWithJob(holdMs: number) {
     `node ${shellQuote(TROUPE)} dev ${shellQuote(agent)} --port 0 > ${shellQuote(out)} 2>&1`,
   );
   const text = () => (existsSync(out) ? readFileSync(out, "utf8") : "");
-  const playground = await until(
-    () => /playground\s+(http:\/\/\S+)/.exec(text())?.[1],
-    60_000,
-    "troupe dev to print its URLs",
-    50,
-  );
+  const playground = await until(() => /playground\s+(http:\/\/\S+)/.exec(text())?.[1], {
+    label: "troupe dev to print its URLs",
+    timeoutMs: 60_000,
+    intervalMs: 50,
+  });
   const url = new URL(playground);
   const token = url.searchParams.get("token") as string;
   // biome-ignore lint/suspicious/noExplicitAny: JSON from the registry's API, read field by field
@@ -124,21 +125,18 @@ async function devWithJob(holdMs: number) {
   };
   await until(
     async () => ((await api("/v1/workers")).workers as { status: string }[]).some((w) => w.status === "available"),
-    60_000,
-    "the dev worker to register",
-    100,
+    { label: "the dev worker to register", timeoutMs: 60_000, intervalMs: 100 },
   );
   const { job } = await api("/v1/jobs", {
     method: "POST",
     body: JSON.stringify({ agent_name: "TtyAgent", metadata: { holdMs } }),
   });
   const jobId = (job as { id: string }).id;
-  await until(
-    async () => ((await api(`/v1/jobs/${jobId}`)).job as { status: string }).status === "running",
-    30_000,
-    "the dispatched job to run",
-    50,
-  );
+  await until(async () => ((await api(`/v1/jobs/${jobId}`)).job as { status: string }).status === "running", {
+    label: "the dispatched job to run",
+    timeoutMs: 30_000,
+    intervalMs: 50,
+  });
   return { tmux, jobId, text, logs: () => jsonLines(out) };
 }
 
@@ -188,7 +186,7 @@ describe("troupe registry and troupe dev", { timeout: 120_000 }, () => {
     const exit = new Promise<[number | null, NodeJS.Signals | null]>((resolve) =>
       child.once("exit", (code, signal) => resolve([code, signal])),
     );
-    await until(() => out.includes("registry listening"), 30_000, "the registry to listen");
+    await until(() => out.includes("registry listening"), { label: "the registry to listen", timeoutMs: 30_000 });
     child.kill("SIGINT");
     await sleep(30);
     child.kill("SIGINT");
@@ -214,7 +212,10 @@ describe("troupe registry and troupe dev", { timeout: 120_000 }, () => {
     parent.stdout.on("data", (chunk) => {
       out += chunk;
     });
-    await until(() => out.includes('"connected to the registry"'), 60_000, "the dev worker to register");
+    await until(() => out.includes('"connected to the registry"'), {
+      label: "the dev worker to register",
+      timeoutMs: 60_000,
+    });
     const [worker] = childPidsOf(parent.pid as number).filter((pid) => commandLineOf(pid).includes("dev-worker"));
     expect(worker).toBeDefined();
     parent.kill("SIGKILL");
@@ -244,11 +245,10 @@ describe.runIf(tmuxAvailable)("Ctrl-C in a real terminal", { timeout: 120_000 },
   it("npx tsx agent.ts: a second Ctrl-C after a second stops at once: the job fails worker_shutdown, exit 2", async () => {
     const run = await npxTsxAgent(120_000);
     run.tmux.ctrlC();
-    await until(
-      () => run.logs().some((l) => l.msg === "draining: no new jobs; a second signal stops at once"),
-      10_000,
-      "the worker to drain",
-    );
+    await until(() => run.logs().some((l) => l.msg === "draining: no new jobs; a second signal stops at once"), {
+      label: "the worker to drain",
+      timeoutMs: 10_000,
+    });
     await sleep(SIGNAL_GESTURE_WINDOW_MS + 300);
     const secondAt = Date.now();
     run.tmux.ctrlC();
@@ -285,11 +285,10 @@ describe.runIf(tmuxAvailable)("Ctrl-C in a real terminal", { timeout: 120_000 },
   it("troupe dev: a second Ctrl-C after a second stops the job at once (worker_shutdown), exit 2", async () => {
     const run = await devWithJob(120_000);
     run.tmux.ctrlC();
-    await until(
-      () => run.logs().some((l) => l.msg === "draining: no new jobs; a second signal stops at once"),
-      10_000,
-      "the worker to drain",
-    );
+    await until(() => run.logs().some((l) => l.msg === "draining: no new jobs; a second signal stops at once"), {
+      label: "the worker to drain",
+      timeoutMs: 10_000,
+    });
     await sleep(SIGNAL_GESTURE_WINDOW_MS + 300);
     run.tmux.ctrlC();
     const exit = await run.tmux.exited(30_000, run.text);

@@ -1,7 +1,7 @@
 import { execFileSync, spawnSync } from "node:child_process";
 import { chmodSync, existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { until } from "../integration/helpers/recorder.ts";
+import { until } from "../support/wait.ts";
 
 /**
  * A real pseudo-terminal for the Ctrl-C tests: a private tmux server (its own socket in the test's
@@ -67,9 +67,7 @@ export class Tmux {
         const status = this.exit();
         return status !== undefined && { status }; // 0 is an exit too
       },
-      timeoutMs,
-      "the terminal's command to exit",
-      50,
+      { label: "the terminal's command to exit", timeoutMs, intervalMs: 50 },
     ).catch((error: Error) => {
       throw new Error(`${error.message}\n--- terminal:\n${this.screen()}\n--- output:\n${context()}`);
     });

@@ -9,12 +9,30 @@ import {
   MAX_RECENT_FINAL,
   type SocketCommand,
   type SocketEvent,
-  specFromAssignment,
 } from "../../machines/connection.ts";
 import type { JobUpdate, WorkerStatus } from "../../machines/shared.ts";
-import type { JobAssignment, WorkerMessage } from "../../src/protocol/registry.ts";
-import { PROTOCOL_VERSION } from "../../src/protocol/registry.ts";
-import { hostChild } from "../support/host.ts";
+import {
+  type JobAssignment,
+  PROTOCOL_VERSION,
+  type RegistryMessage,
+  registryMessage,
+  type WorkerMessage,
+  workerMessage,
+} from "../../src/protocol/registry.ts";
+import {
+  parseRegistryFrame,
+  specFromAssignment,
+  toSocketEvent,
+  toWorkerMessage,
+} from "../../src/worker/registry-wire.ts";
+import { hostChild } from "../support/machine-harness.ts";
+
+/*
+ * The connection machine's one unit suite. The machine speaks machine events (SocketCommand,
+ * SocketEvent); the fake socket below puts its commands on the wire with the same pure translation
+ * the real socket uses (src/worker/registry-wire.ts), so the tests read what the registry would get.
+ * The translation's own cases are at the end.
+ */
 
 // ---------------------------------------------------------------------------------------------------------------
 // Harness
@@ -82,9 +100,11 @@ class FakeSocket {
     return socket;
   }
 
-  /** Every `send` message the current socket got, in order. */
+  /** Every message the current socket was told to send, as the wire carries it (heartbeats aside), in order. */
   messages(): WorkerMessage[] {
-    return this.current.commands.flatMap((c) => (c.type === "send" ? [c.message] : []));
+    return this.current.commands.flatMap((c) =>
+      c.type === "send.ping" || c.type === "send.pong" ? [] : [toWorkerMessage(c, 0)],
+    );
   }
 
   sent<T extends WorkerMessage["type"]>(type: T): Extract<WorkerMessage, { type: T }>[] {
@@ -96,6 +116,11 @@ class FakeSocket {
     const socket = this.current;
     if (event.type === "socket.closed") socket.closed = true;
     socket.sendBack(event);
+  }
+
+  /** A message from the registry as the wire carries it, translated as the real socket does. */
+  fromRegistry(message: RegistryMessage): void {
+    this.emit(toSocketEvent(registryMessage.parse(message)));
   }
 }
 
@@ -193,22 +218,11 @@ afterEach(() => {
 
 const open = (t: Harness) => t.socket.emit({ type: "socket.open" });
 const accept = (t: Harness, workerId?: string) =>
-  t.socket.emit({
-    type: "registry.register",
-    message:
-      workerId === undefined
-        ? { type: "register", success: true }
-        : { type: "register", success: true, worker_id: workerId },
-  });
+  t.socket.emit(workerId === undefined ? { type: "registry.registered" } : { type: "registry.registered", workerId });
 const refuse = (t: Harness, message?: string) =>
-  t.socket.emit({
-    type: "registry.register",
-    message:
-      message === undefined ? { type: "register", success: false } : { type: "register", success: false, message },
-  });
+  t.socket.emit(message === undefined ? { type: "registry.refused" } : { type: "registry.refused", message });
 const drop = (t: Harness, code = 1006, reason = "") => t.socket.emit({ type: "socket.closed", code, reason });
-const pong = (t: Harness, timestamp = 1) =>
-  t.socket.emit({ type: "registry.pong", message: { type: "pong", timestamp } });
+const pong = (t: Harness, timestamp = 1) => t.socket.emit({ type: "registry.pong", timestamp });
 
 function registered(options: Options = {}, workerId = "w-1") {
   const t = connection(options);
@@ -281,23 +295,32 @@ describe("connection: connecting and registering", () => {
     expect(t.socket.current.commands).toEqual([]);
   });
 
-  it("on socket.open registers with protocol version, limits, worker_id '' and the (empty) job inventory", () => {
+  it("on socket.open registers with its limits, worker id '' and the (empty) job inventory", () => {
     const t = connection();
     open(t);
     expect(t.value()).toEqual(REGISTERING);
     expect(t.socket.current.commands).toEqual([
       {
-        type: "send",
-        message: {
-          type: "register",
-          protocol_version: PROTOCOL_VERSION,
-          worker_id: "",
-          agent_name: "agent-a",
-          capabilities: ["room"],
-          load_threshold: 0.75,
-          max_processes: 4,
-          jobs: [],
-        },
+        type: "send.register",
+        workerId: "",
+        agentName: "agent-a",
+        capabilities: ["room"],
+        loadThreshold: 0.75,
+        maxProcesses: 4,
+        inventory: [],
+      },
+    ]);
+    // On the wire, with the protocol version.
+    expect(t.socket.messages()).toEqual([
+      {
+        type: "register",
+        protocol_version: PROTOCOL_VERSION,
+        worker_id: "",
+        agent_name: "agent-a",
+        capabilities: ["room"],
+        load_threshold: 0.75,
+        max_processes: 4,
+        jobs: [],
       },
     ]);
   });
@@ -407,7 +430,7 @@ describe("connection: connecting and registering", () => {
   });
 
   it("a socket that throws on the register message backs off, without error", () => {
-    const t = connection({ crashOn: (c) => c.type === "send" && c.message.type === "register" });
+    const t = connection({ crashOn: (c) => c.type === "send.register" });
     open(t);
     expect(t.value()).toBe("backoff");
     expect(t.context()).toMatchObject({ retries: 1, lastProblem: "socket failed: send failed" });
@@ -419,7 +442,7 @@ describe("connection: connecting and registering", () => {
     // (a real socket drops them the same way when it is closing); the inventory is what makes up for it.
     deadSocketSendsExpected = true;
     let armed = false;
-    const t = connection({ crashOn: (c) => armed && c.type === "send" && c.message.type === "job_update" });
+    const t = connection({ crashOn: (c) => armed && c.type === "send.job_update" });
     t.send(update("a", "running"));
     t.send(update("a", "completed"));
     t.send(update("b", "running"));
@@ -452,7 +475,7 @@ describe("connection: connecting and registering", () => {
 describe("connection: heartbeat", () => {
   it("pings every pingInterval while registered, and a pong returns it to quiet", () => {
     const t = registered();
-    const pings = () => t.socket.current.commands.filter((c) => c.type === "send_ping").length;
+    const pings = () => t.socket.current.commands.filter((c) => c.type === "send.ping").length;
     for (let round = 1; round <= 3; round++) {
       t.clock.increment(timing.pingIntervalMs - 1);
       expect(t.value()).toEqual(QUIET);
@@ -460,7 +483,7 @@ describe("connection: heartbeat", () => {
       t.clock.increment(1);
       expect(t.value()).toEqual(AWAITING_PONG);
       expect(pings()).toBe(round);
-      expect(t.socket.current.commands.at(-1)).toEqual({ type: "send_ping" });
+      expect(t.socket.current.commands.at(-1)).toEqual({ type: "send.ping" });
       t.clock.increment(timing.pongTimeoutMs - 1);
       pong(t, round);
       expect(t.value()).toEqual(QUIET);
@@ -490,11 +513,11 @@ describe("connection: heartbeat", () => {
   });
 
   it.each(["quiet", "awaitingPong"] as const)(
-    "registry.ping while %s is answered with send_pong echoing its timestamp",
+    "registry.ping while %s is answered with send.pong echoing its timestamp",
     (state) => {
       const t = reach[state]();
-      t.socket.emit({ type: "registry.ping", message: { type: "ping", timestamp: 1_234_567 } });
-      expect(t.socket.current.commands.at(-1)).toEqual({ type: "send_pong", timestamp: 1_234_567 });
+      t.socket.fromRegistry({ type: "ping", timestamp: 1_234_567 });
+      expect(t.socket.current.commands.at(-1)).toEqual({ type: "send.pong", timestamp: 1_234_567 });
       expect(t.value()).toEqual(state === "quiet" ? QUIET : AWAITING_PONG);
     },
   );
@@ -720,12 +743,8 @@ describe("connection: job updates", () => {
       { type: "job_update", job_id: "c", status: "completed" },
     ]);
     // Nothing but the first update ever went to the first socket; none went to the refused one.
-    expect(
-      t.socket.instances[0]?.commands.filter((c) => c.type === "send" && c.message.type === "job_update"),
-    ).toHaveLength(1);
-    expect(t.socket.instances[1]?.commands.filter((c) => c.type === "send" && c.message.type === "job_update")).toEqual(
-      [],
-    );
+    expect(t.socket.instances[0]?.commands.filter((c) => c.type === "send.job_update")).toHaveLength(1);
+    expect(t.socket.instances[1]?.commands.filter((c) => c.type === "send.job_update")).toEqual([]);
     // Replayed once: the next registration does not send them again.
     drop(t);
     waitOut(t, jitter(0.5, 1));
@@ -752,6 +771,26 @@ describe("connection: job updates", () => {
     ]);
   });
 
+  it("a failed job's exit code and signal go with its update and stay in the next register's inventory", () => {
+    const t = registered({ maxRetry: 10 });
+    t.send(update("exit", "failed", { reason: "crashed", exitCode: 3, signal: null }));
+    t.send(update("segv", "failed", { reason: "crashed", exitCode: null, signal: "SIGSEGV" }));
+    const exited = { job_id: "exit", status: "failed", reason: "crashed", exit_code: 3, signal: null };
+    const killed = { job_id: "segv", status: "failed", reason: "crashed", exit_code: null, signal: "SIGSEGV" };
+    expect(t.socket.sent("job_update")).toEqual([
+      { type: "job_update", ...exited },
+      { type: "job_update", ...killed },
+    ]);
+    expect(t.context().inventory).toEqual([
+      { jobId: "exit", status: "failed", reason: "crashed", exitCode: 3, signal: null },
+      { jobId: "segv", status: "failed", reason: "crashed", exitCode: null, signal: "SIGSEGV" },
+    ]);
+    drop(t);
+    waitOut(t, jitter(0.5, 1));
+    open(t);
+    expect(t.socket.sent("register")[0]?.jobs).toEqual([exited, killed]);
+  });
+
   it("the inventory keeps every running job and only the MAX_RECENT_FINAL most recent final ones", () => {
     const t = connection();
     t.send(update("r1", "running"));
@@ -761,10 +800,10 @@ describe("connection: job updates", () => {
     const finalsKept = () => t.context().inventory.filter((j) => j.status !== "running");
     for (let i = 0; i < MAX_RECENT_FINAL; i++) t.send(update(`f${i}`, "completed"));
     expect(finalsKept()).toHaveLength(MAX_RECENT_FINAL); // exactly at the bound: nothing dropped
-    expect(finalsKept()[0]?.job_id).toBe("f0");
+    expect(finalsKept()[0]?.jobId).toBe("f0");
     t.send(update(`f${MAX_RECENT_FINAL}`, "completed"));
     expect(finalsKept()).toHaveLength(MAX_RECENT_FINAL); // one over: the oldest goes
-    expect(finalsKept()[0]?.job_id).toBe("f1");
+    expect(finalsKept()[0]?.jobId).toBe("f1");
     for (let i = MAX_RECENT_FINAL + 1; i < MAX_RECENT_FINAL + extra; i++) t.send(update(`f${i}`, "completed"));
     t.send(update("r2", "failed", { reason: "memory_limit" }));
     open(t);
@@ -896,20 +935,14 @@ describe("connection: offer answers", () => {
 describe("connection: registry messages", () => {
   it("availability_request is forwarded to the parent as worker.offer", () => {
     const t = registered();
-    t.socket.emit({
-      type: "registry.availability_request",
-      message: {
-        type: "availability_request",
-        job_id: "j1",
-        agent_name: "agent-a",
-        room_id: "room",
-        metadata: { a: 1 },
-      },
+    t.socket.fromRegistry({
+      type: "availability_request",
+      job_id: "j1",
+      agent_name: "agent-a",
+      room_id: "room",
+      metadata: { a: 1 },
     });
-    t.socket.emit({
-      type: "registry.availability_request",
-      message: { type: "availability_request", job_id: "j2", agent_name: "agent-a" },
-    });
+    t.socket.fromRegistry({ type: "availability_request", job_id: "j2", agent_name: "agent-a" });
     expect(t.ofType("worker.offer")).toEqual([
       { type: "worker.offer", spec: { jobId: "j1", agentName: "agent-a", roomId: "room", metadata: { a: 1 } } },
       { type: "worker.offer", spec: { jobId: "j2", agentName: "agent-a" } },
@@ -929,7 +962,7 @@ describe("connection: registry messages", () => {
       metadata: { user: "u" },
       max_duration: 90,
     };
-    t.socket.emit({ type: "registry.job_assignment", message });
+    t.socket.fromRegistry(message);
     expect(t.ofType("worker.assignment")).toEqual([
       {
         type: "worker.assignment",
@@ -965,11 +998,8 @@ describe("connection: registry messages", () => {
 
   it("job_termination is forwarded as worker.terminate, with a default reason", () => {
     const t = registered();
-    t.socket.emit({
-      type: "registry.job_termination",
-      message: { type: "job_termination", job_id: "j1", reason: "room closed" },
-    });
-    t.socket.emit({ type: "registry.job_termination", message: { type: "job_termination", job_id: "j2" } });
+    t.socket.fromRegistry({ type: "job_termination", job_id: "j1", reason: "room closed" });
+    t.socket.fromRegistry({ type: "job_termination", job_id: "j2" });
     expect(t.ofType("worker.terminate")).toEqual([
       { type: "worker.terminate", jobId: "j1", reason: "room closed" },
       { type: "worker.terminate", jobId: "j2", reason: "terminated by registry" },
@@ -981,7 +1011,7 @@ describe("connection: registry messages", () => {
     (state) => {
       const t = reach[state]();
       const value = t.value();
-      t.socket.emit({ type: "registry.error", message: { type: "error", message: "rate limited", code: "429" } });
+      t.socket.fromRegistry({ type: "error", message: "rate limited", code: "429" });
       expect(t.context().lastProblem).toBe("registry error: rate limited");
       expect(t.value()).toEqual(value);
       t.socket.emit({ type: "socket.invalid", error: "frame is not JSON" });
@@ -992,7 +1022,7 @@ describe("connection: registry messages", () => {
 
   it("the recorded problem is the one reported in the failed output", () => {
     const t = connection({ maxRetry: 1 });
-    t.socket.emit({ type: "registry.error", message: { type: "error", message: "bad agent name" } });
+    t.socket.emit({ type: "registry.error", message: "bad agent name" });
     expect(t.context().lastProblem).toBe("registry error: bad agent name");
     // the failure that ends the link is what the output reports
     drop(t, 1008, "policy");
@@ -1115,33 +1145,25 @@ describe("connection: robustness", () => {
     "socket.invalid": [{ type: "socket.invalid", error: "bad frame" }],
     "socket.failed": [{ type: "socket.failed", error: "connection refused: connect ECONNREFUSED 127.0.0.1:1" }],
     "socket.unauthorized": [{ type: "socket.unauthorized", status: 401, error: "401 invalid token" }],
-    "registry.register": [
-      { type: "registry.register", message: { type: "register", success: true, worker_id: "w-2" } },
-      { type: "registry.register", message: { type: "register", success: true } },
-      { type: "registry.register", message: { type: "register", success: false, message: "no" } },
+    "registry.registered": [{ type: "registry.registered", workerId: "w-2" }, { type: "registry.registered" }],
+    "registry.refused": [{ type: "registry.refused", message: "no" }, { type: "registry.refused" }],
+    "registry.offer": [{ type: "registry.offer", spec: { jobId: "j", agentName: "agent-a", roomId: "r" } }],
+    "registry.assigned": [
+      { type: "registry.assigned", spec: { jobId: "j", agentName: "agent-a", maxDurationMs: 10_000 } },
     ],
-    "registry.availability_request": [
-      {
-        type: "registry.availability_request",
-        message: { type: "availability_request", job_id: "j", agent_name: "agent-a", room_id: "r" },
-      },
-    ],
-    "registry.job_assignment": [
-      {
-        type: "registry.job_assignment",
-        message: { type: "job_assignment", job_id: "j", agent_name: "agent-a", max_duration: 10 },
-      },
-    ],
-    "registry.job_termination": [
-      { type: "registry.job_termination", message: { type: "job_termination", job_id: "j" } },
-    ],
-    "registry.ping": [{ type: "registry.ping", message: { type: "ping", timestamp: 7 } }],
-    "registry.pong": [{ type: "registry.pong", message: { type: "pong", timestamp: 7 } }],
-    "registry.error": [{ type: "registry.error", message: { type: "error", message: "oops", code: "x" } }],
+    "registry.terminate": [{ type: "registry.terminate", jobId: "j" }],
+    "registry.ping": [{ type: "registry.ping", timestamp: 7 }],
+    "registry.pong": [{ type: "registry.pong", timestamp: 7 }],
+    "registry.error": [{ type: "registry.error", message: "oops", code: "x" }],
     "link.status": [{ type: "link.status", status: available }],
     "link.job_update": [
       update("j", "running"),
-      update("j", "failed", { reason: "crashed", error: { name: "E", message: "m" } }),
+      update("j", "failed", {
+        reason: "crashed",
+        error: { name: "E", message: "m" },
+        exitCode: null,
+        signal: "SIGSEGV",
+      }),
     ],
     "link.offer_answer": [
       { type: "link.offer_answer", jobId: "j", accept: true },
@@ -1199,4 +1221,152 @@ describe("connection: robustness", () => {
       if (state !== "failed") expect(warnings).toEqual([]);
     },
   );
+});
+
+describe("registry-wire: machine commands and events ⇄ wire messages", () => {
+  const status: WorkerStatus = { status: "available", load: 0.5, jobCount: 1, idleProcesses: 2 };
+  const commands: SocketCommand[] = [
+    {
+      type: "send.register",
+      workerId: "w-1",
+      agentName: "agent-a",
+      capabilities: ["room"],
+      loadThreshold: 0.75,
+      maxProcesses: 4,
+      inventory: [
+        { jobId: "r", status: "running" },
+        { jobId: "f", status: "failed", reason: "crashed", exitCode: null, signal: "SIGKILL" },
+      ],
+    },
+    { type: "send.status", workerId: "w-1", agentName: "agent-a", status },
+    { type: "send.job_update", update: { jobId: "j", status: "running" } },
+    {
+      type: "send.job_update",
+      update: {
+        jobId: "j",
+        status: "failed",
+        reason: "crashed",
+        error: { name: "Error", message: "m" },
+        exitCode: 139,
+        signal: null,
+      },
+    },
+    { type: "send.offer_answer", jobId: "j", accept: false, error: "full" },
+    { type: "send.offer_answer", jobId: "j", accept: true },
+    { type: "send.ping" },
+    { type: "send.pong", timestamp: 9 },
+  ];
+
+  it.each(commands.map((command) => [command.type, command] as const))(
+    "%s becomes a message the protocol schema accepts unchanged",
+    (_, command) => {
+      const message = toWorkerMessage(command, 1_000);
+      const parsed = workerMessage.safeParse(message);
+      expect(parsed.success).toBe(true);
+      expect(parsed.data).toEqual(message);
+    },
+  );
+
+  it("field by field: status, offer answers, heartbeats (a ping is stamped with the socket's clock)", () => {
+    expect(toWorkerMessage({ type: "send.status", workerId: "w-1", agentName: "agent-a", status }, 0)).toEqual({
+      type: "status_update",
+      worker_id: "w-1",
+      agent_name: "agent-a",
+      status: "available",
+      load: 0.5,
+      job_count: 1,
+      idle_processes: 2,
+    });
+    expect(toWorkerMessage({ type: "send.offer_answer", jobId: "j", accept: true }, 0)).toEqual({
+      type: "availability_response",
+      job_id: "j",
+      available: true,
+    });
+    expect(toWorkerMessage({ type: "send.ping" }, 1_234)).toEqual({ type: "ping", timestamp: 1_234 });
+    expect(toWorkerMessage({ type: "send.pong", timestamp: 7 }, 1_234)).toEqual({ type: "pong", timestamp: 7 });
+  });
+
+  it("an exit code or signal the schema would refuse is left out, so the final status still arrives", () => {
+    const failed = (exitCode: number | null | undefined, signal: string | null | undefined) =>
+      toWorkerMessage(
+        { type: "send.job_update", update: { jobId: "j", status: "failed", reason: "crashed", exitCode, signal } },
+        0,
+      );
+    const base = { type: "job_update", job_id: "j", status: "failed", reason: "crashed" };
+    expect(failed(1.5, "segv")).toEqual(base);
+    expect(failed(2 ** 40, `SIG${"A".repeat(40)}`)).toEqual(base);
+    expect(failed(undefined, undefined)).toEqual(base);
+    expect(failed(null, null)).toEqual({ ...base, exit_code: null, signal: null });
+    expect(failed(-1, "SIGRTMIN1")).toEqual({ ...base, exit_code: -1, signal: "SIGRTMIN1" });
+  });
+
+  it("the protocol bounds exit_code (an integer or null) and signal (SIG…, at most 32 characters, or null)", () => {
+    const update = (extra: Record<string, unknown>) =>
+      workerMessage.safeParse({ type: "job_update", job_id: "j", status: "failed", ...extra }).success;
+    expect(update({ exit_code: 3, signal: null })).toBe(true);
+    expect(update({ exit_code: null, signal: "SIGSEGV" })).toBe(true);
+    expect(update({ exit_code: 1.5 })).toBe(false);
+    expect(update({ exit_code: "3" })).toBe(false);
+    expect(update({ signal: "segv" })).toBe(false);
+    expect(update({ signal: "SIGSEGV; rm" })).toBe(false);
+    expect(update({ signal: `SIG${"A".repeat(30)}` })).toBe(false);
+  });
+
+  it.each<[string, RegistryMessage, SocketEvent]>([
+    [
+      "an accepted register",
+      { type: "register", success: true, worker_id: "w-1" },
+      { type: "registry.registered", workerId: "w-1" },
+    ],
+    ["an accepted register without an id", { type: "register", success: true }, { type: "registry.registered" }],
+    [
+      "an accepted register with an empty id",
+      { type: "register", success: true, worker_id: "" },
+      { type: "registry.registered" },
+    ],
+    [
+      "a refused register",
+      { type: "register", success: false, message: "no" },
+      { type: "registry.refused", message: "no" },
+    ],
+    ["a refused register without a reason", { type: "register", success: false }, { type: "registry.refused" }],
+    [
+      "an availability request",
+      { type: "availability_request", job_id: "j", agent_name: "a", room_id: "r", metadata: { m: 1 } },
+      { type: "registry.offer", spec: { jobId: "j", agentName: "a", roomId: "r", metadata: { m: 1 } } },
+    ],
+    [
+      "a job assignment",
+      { type: "job_assignment", job_id: "j", agent_name: "a", max_duration: 2 },
+      { type: "registry.assigned", spec: { jobId: "j", agentName: "a", maxDurationMs: 2_000 } },
+    ],
+    [
+      "a termination",
+      { type: "job_termination", job_id: "j", reason: "why" },
+      { type: "registry.terminate", jobId: "j", reason: "why" },
+    ],
+    [
+      "a termination without a reason",
+      { type: "job_termination", job_id: "j" },
+      { type: "registry.terminate", jobId: "j" },
+    ],
+    ["a ping", { type: "ping", timestamp: 5 }, { type: "registry.ping", timestamp: 5 }],
+    ["a pong", { type: "pong", timestamp: 5 }, { type: "registry.pong", timestamp: 5 }],
+    ["an error", { type: "error", message: "e", code: "c" }, { type: "registry.error", message: "e", code: "c" }],
+    ["an error without a code", { type: "error", message: "e" }, { type: "registry.error", message: "e" }],
+  ])("%s becomes its machine event", (_, message, event) => {
+    expect(toSocketEvent(message)).toEqual(event);
+    expect(parseRegistryFrame(JSON.stringify(message))).toEqual({ event });
+  });
+
+  it("parseRegistryFrame: a frame that is not JSON, or not a valid message, is socket.invalid", () => {
+    expect(parseRegistryFrame("{nope")).toEqual({
+      event: { type: "socket.invalid", error: "frame is not valid JSON" },
+    });
+    const unknown = parseRegistryFrame(JSON.stringify({ type: "launch_missiles" }));
+    expect(unknown.event.type).toBe("socket.invalid");
+    expect(unknown.issues?.length).toBeGreaterThan(0);
+    const missing = parseRegistryFrame(JSON.stringify({ type: "job_assignment", agent_name: "a" }));
+    expect(missing.event).toEqual({ type: "socket.invalid", error: missing.issues?.[0] });
+  });
 });

@@ -9,7 +9,7 @@ import {
   jobMachine,
 } from "../../machines/job.ts";
 import type { JobOutcome, JobSpec } from "../../machines/shared.ts";
-import { hostChild } from "../support/host.ts";
+import { deferred, flush, hostChild } from "../support/machine-harness.ts";
 
 const OFFER_TTL = 10_000;
 const LAUNCH_TIMEOUT = 5_000;
@@ -17,25 +17,6 @@ const MAX_DURATION = 60_000;
 const TIMING: JobTiming = { offerTtlMs: OFFER_TTL, launchTimeoutMs: LAUNCH_TIMEOUT, maxDurationMs: 0 };
 const JOB_ID = "j1";
 const SLOT = "slot.0";
-
-interface Deferred<T> {
-  promise: Promise<T>;
-  resolve: (value: T) => void;
-  reject: (error: unknown) => void;
-}
-
-function deferred<T>(): Deferred<T> {
-  let resolve!: (value: T) => void;
-  let reject!: (error: unknown) => void;
-  const promise = new Promise<T>((res, rej) => {
-    resolve = res;
-    reject = rej;
-  });
-  return { promise, resolve, reject };
-}
-
-/** Lets an already-settled promise (the requestFn decision) reach the machine. Never waits on time. */
-const settle = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 interface StartOptions {
   preassigned?: boolean;
@@ -169,13 +150,13 @@ async function reach(state: Reachable, options: StartOptions = {}): Promise<Job>
     case "offered": {
       const job = startJob(options);
       job.decision.resolve(true);
-      await settle();
+      await flush();
       return job;
     }
     case "declined": {
       const job = startJob(options);
       job.decision.resolve(false);
-      await settle();
+      await flush();
       return job;
     }
     case "expired": {
@@ -250,7 +231,7 @@ describe("job: deciding", () => {
   it("requestFn yes → offered, answers accept", async () => {
     const job = startJob();
     job.decision.resolve(true);
-    await settle();
+    await flush();
     expect(job.value()).toBe("offered");
     expect(job.notifications()).toEqual([{ type: "job.answer", jobId: JOB_ID, accept: true }]);
     expect(job.ofType("job.needs_slot")).toEqual([]);
@@ -260,7 +241,7 @@ describe("job: deciding", () => {
   it("requestFn no → declined, answers no with the reason", async () => {
     const job = startJob();
     job.decision.resolve(false);
-    await settle();
+    await flush();
     expect(job.notifications()).toEqual([
       { type: "job.answer", jobId: JOB_ID, accept: false, error: "requestFn declined the job" },
     ]);
@@ -270,7 +251,7 @@ describe("job: deciding", () => {
   it("requestFn throws → declined with the error text", async () => {
     const job = startJob();
     job.decision.reject(new Error("quota exceeded"));
-    await settle();
+    await flush();
     expect(job.notifications()).toEqual([
       { type: "job.answer", jobId: JOB_ID, accept: false, error: "requestFn failed: quota exceeded" },
     ]);
@@ -287,7 +268,7 @@ describe("job: deciding", () => {
     expect(job.notifications()).toEqual([answer]);
     expectFinal(job, "declined", { jobId: JOB_ID, status: "declined", reason: "requestFn did not answer in time" });
     job.decision.resolve(true);
-    await settle();
+    await flush();
     expect(job.notifications()).toEqual([answer]);
     expectFinal(job, "declined", { jobId: JOB_ID, status: "declined", reason: "requestFn did not answer in time" });
   });
@@ -301,7 +282,7 @@ describe("job: deciding", () => {
     expect(job.notifications()).toEqual([{ type: "job.answer", jobId: JOB_ID, accept: false, error: reason }]);
     expectFinal(job, "declined", { jobId: JOB_ID, status: "declined", reason });
     job.decision.resolve(true);
-    await settle();
+    await flush();
     job.clock.increment(OFFER_TTL * 10);
     expect(job.notifications()).toHaveLength(1);
     expectFinal(job, "declined", { jobId: JOB_ID, status: "declined", reason });
@@ -334,7 +315,7 @@ describe("job: offered", () => {
     const job = startJob();
     job.clock.increment(3_000);
     job.decision.resolve(true);
-    await settle();
+    await flush();
     expect(job.value()).toBe("offered");
     job.clock.increment(OFFER_TTL - 1);
     expect(job.value()).toBe("offered");
@@ -343,6 +324,23 @@ describe("job: offered", () => {
     sendLate(job, { type: "job.assigned", spec: { jobId: JOB_ID, roomId: "late" } });
     expectFinal(job, "expired", { jobId: JOB_ID, status: "expired" });
     expect(job.ofType("job.needs_slot")).toEqual([]);
+  });
+
+  it("a slot's reports before the assignment (launching, running, unplaced, ended) change nothing", async () => {
+    const job = await reach("offered");
+    const before = structuredClone(job.context());
+    for (const event of [
+      { type: "job.launching", slotId: SLOT },
+      { type: "job.running" },
+      { type: "job.unplaced" },
+      { type: "job.ended", outcome: completed },
+    ] as JobEvent[]) {
+      job.emit(event);
+    }
+    expect(job.value()).toBe("offered");
+    expect(job.context()).toEqual(before);
+    expect(job.notifications()).toEqual([{ type: "job.answer", jobId: JOB_ID, accept: true }]);
+    expectHealthy(job);
   });
 
   it("job.cancel → cancelled, with no stop (no slot yet)", async () => {
@@ -745,7 +743,7 @@ describe("job: every event in every state", () => {
         }
         // Every timer the job may still hold fires without an error, and a finished job stays done.
         job.decision.resolve(true);
-        await settle();
+        await flush();
         job.clock.increment(OFFER_TTL + LAUNCH_TIMEOUT + MAX_DURATION);
         job.clock.increment(OFFER_TTL + LAUNCH_TIMEOUT + MAX_DURATION);
         expectHealthy(job);

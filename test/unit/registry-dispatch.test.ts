@@ -1,14 +1,12 @@
 import { describe, expect, it } from "vitest";
-import { SimulatedClock } from "xstate";
 import {
-  type DispatchEmitted,
   type DispatchEvent,
   type DispatchInput,
   type DispatchOutput,
   type DispatchTiming,
   dispatchMachine,
 } from "../../machines/registry/dispatch.ts";
-import { createTracedActor } from "../support/actor.ts";
+import { runMachine } from "../support/machine-harness.ts";
 
 const timing: DispatchTiming = {
   offerTimeoutMs: 100,
@@ -22,41 +20,20 @@ type Options = Partial<Omit<DispatchInput, "jobId" | "timing">>;
 
 /** The dispatch machine alone, on a simulated clock, with every emitted event recorded in order. */
 function dispatch(options: Options = {}) {
-  const clock = new SimulatedClock();
-  const emitted: DispatchEmitted[] = [];
-  const actor = createTracedActor(dispatchMachine, {
-    clock,
-    input: { jobId: "j1", redispatch: false, timing, ...options },
-  });
-  actor.on("*", (event) => emitted.push(event as DispatchEmitted));
-  actor.start();
+  const t = runMachine(dispatchMachine, { input: { jobId: "j1", redispatch: false, timing, ...options } });
   let mark = 0;
-  const of = <T extends DispatchEmitted["type"]>(type: T) =>
-    emitted.filter((e): e is Extract<DispatchEmitted, { type: T }> => e.type === type);
   return {
-    actor,
-    clock,
-    emitted,
-    of,
-    send: (event: DispatchEvent) => actor.send(event),
-    value: () => actor.getSnapshot().value,
-    context: () => actor.getSnapshot().context,
-    status: () => actor.getSnapshot().status,
-    output: () => actor.getSnapshot().output as DispatchOutput | undefined,
+    ...t,
+    of: t.emittedOf,
+    value: () => t.snapshot().value,
+    context: () => t.snapshot().context,
+    status: () => t.snapshot().status,
+    output: () => t.snapshot().output as DispatchOutput | undefined,
     /** What was emitted since the previous call (or the start). */
     fresh: () => {
-      const out = emitted.slice(mark);
-      mark = emitted.length;
+      const out = t.emitted.slice(mark);
+      mark = t.emitted.length;
       return out;
-    },
-    /** Advances a deadline in two steps, checking nothing happens a millisecond early. */
-    elapse: (ms: number) => {
-      const before = JSON.stringify(actor.getSnapshot().value);
-      const count = emitted.length;
-      clock.increment(ms - 1);
-      expect(JSON.stringify(actor.getSnapshot().value)).toBe(before);
-      expect(emitted.length).toBe(count);
-      clock.increment(1);
     },
   };
 }

@@ -1,49 +1,30 @@
 import { describe, expect, it } from "vitest";
-import { SimulatedClock } from "xstate";
 import {
-  type SessionEmitted,
   type SessionEvent,
   type SessionTiming,
   sessionMachine,
   type WorkerReportedStatus,
 } from "../../machines/registry/session.ts";
-import { createTracedActor } from "../support/actor.ts";
+import { runMachine } from "../support/machine-harness.ts";
 
 const timing: SessionTiming = { registrationTimeoutMs: 1_000, pongTimeoutMs: 200, reconnectGraceMs: 500 };
 const FLOOR = 10;
 
 /** The session machine alone, on a simulated clock, with every emitted event recorded in order. */
 function session(epochFloor = FLOOR) {
-  const clock = new SimulatedClock();
-  const emitted: SessionEmitted[] = [];
-  const actor = createTracedActor(sessionMachine, { clock, input: { workerId: "conn-1", timing, epochFloor } });
-  actor.on("*", (event) => emitted.push(event as SessionEmitted));
-  actor.start();
-  const snapshot = () => actor.getSnapshot();
-  const live = () => (snapshot().value as { live?: { capacity: string; liveness: string } }).live;
+  const t = runMachine(sessionMachine, { input: { workerId: "conn-1", timing, epochFloor } });
+  const live = () => (t.snapshot().value as { live?: { capacity: string; liveness: string } }).live;
   return {
-    actor,
-    clock,
-    emitted,
-    send: (event: SessionEvent) => actor.send(event),
-    value: () => snapshot().value,
-    context: () => snapshot().context,
-    status: () => snapshot().status,
+    ...t,
+    value: () => t.snapshot().value,
+    context: () => t.snapshot().context,
+    status: () => t.snapshot().status,
     capacity: () => live()?.capacity,
     liveness: () => live()?.liveness,
-    gone: () => emitted.filter((e) => e.type === "gone"),
-    announced: () => emitted.filter((e) => e.type === "availability_changed").map((e) => e.epoch),
+    gone: () => t.emittedOf("gone"),
+    announced: () => t.emittedOf("availability_changed").map((e) => e.epoch),
     report: (status: WorkerReportedStatus, jobCount = 0, load = 0) =>
-      actor.send({ type: "status", status, load, jobCount }),
-    /** Advances a deadline in two steps, checking nothing happens a millisecond early. */
-    elapse: (ms: number) => {
-      const before = JSON.stringify(snapshot().value);
-      const count = emitted.length;
-      clock.increment(ms - 1);
-      expect(JSON.stringify(snapshot().value)).toBe(before);
-      expect(emitted.length).toBe(count);
-      clock.increment(1);
-    },
+      t.send({ type: "status", status, load, jobCount }),
   };
 }
 type Session = ReturnType<typeof session>;

@@ -1,13 +1,5 @@
 import { afterEach, describe, expect, it } from "vitest";
-import {
-  type AnyActorLogic,
-  type AnyActorRef,
-  type AnyEventObject,
-  fromCallback,
-  fromPromise,
-  type InspectionEvent,
-  SimulatedClock,
-} from "xstate";
+import { type AnyActorLogic, type AnyActorRef, type AnyEventObject, fromCallback, fromPromise } from "xstate";
 import { jobMachine } from "../../machines/job.ts";
 import type { JobSpec, JobUpdate, WorkerStatus } from "../../machines/shared.ts";
 import { slotMachine } from "../../machines/slot.ts";
@@ -16,21 +8,27 @@ import {
   EXIT_FORCED,
   EXIT_LINK_FAILED,
   type LinkCommand,
-  type WorkerEmitted,
   type WorkerEvent,
   type WorkerInput,
   workerMachine,
 } from "../../machines/worker.ts";
-import { createTracedActor } from "../support/actor.ts";
-import { cooperativeBehaviour, type FakeBehaviour, FakeProcesses } from "../support/fake-process.ts";
+import {
+  BREAK,
+  cooperativeBehaviour,
+  type FakeBehaviour,
+  FakeProcesses,
+  flush,
+  runMachine,
+  scriptedActor,
+  slowExitBehaviour,
+  spawnFailingBehaviour,
+  warmingBehaviour,
+} from "../support/machine-harness.ts";
 
 // ---------------------------------------------------------------------------------------------
-// Harness: the real worker root with fake processes, a fake registry link and a fake load sampler,
-// all on one SimulatedClock.
+// The real worker root with fake processes, a registry link and a load sampler the test speaks
+// for, all on one SimulatedClock.
 // ---------------------------------------------------------------------------------------------
-
-/** Lets decideOffer (a promise actor) settle; never waits on wall-clock time. */
-const flush = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 const TIMING = { drainTimeoutMs: 10_000, spawnBackoffBaseMs: 1_000, spawnBackoffMaxMs: 8_000 };
 const SLOT_TIMING = {
@@ -58,69 +56,6 @@ function makeInput(overrides: Partial<WorkerInput> = {}): WorkerInput {
 
 const spec = (jobId: string, extra: Partial<JobSpec> = {}): JobSpec => ({ jobId, ...extra });
 
-/** A registry link that records every LinkCommand and lets the test speak for the registry. */
-function fakeLink() {
-  const commands: LinkCommand[] = [];
-  let sendBack: ((event: WorkerEvent) => void) | null = null;
-  const logic = fromCallback<LinkCommand, unknown>(({ receive, sendBack: back }) => {
-    sendBack = back;
-    receive((command) => {
-      // Lets a test break the link at run time: an exception in receive fails the actor.
-      if ((command as AnyEventObject).type === "test.break") throw new Error("registry link broke");
-      commands.push(command);
-    });
-  });
-  return {
-    logic,
-    commands,
-    /** What the registry says to the worker. */
-    send(event: WorkerEvent) {
-      if (!sendBack) throw new Error("link not started");
-      sendBack(event);
-    },
-  };
-}
-
-/** A load sampler whose samples the test sends. */
-function fakeSampler() {
-  let sendBack: ((event: WorkerEvent) => void) | null = null;
-  const logic = fromCallback(({ sendBack: back }) => {
-    sendBack = back;
-  });
-  return {
-    logic,
-    load(value: number) {
-      if (!sendBack) throw new Error("sampler not started");
-      sendBack({ type: "worker.load", value });
-    },
-  };
-}
-
-/** Processes that spawn but do not report ready until the test says so. */
-function warmingBehaviour(): FakeBehaviour {
-  return { onStart: (p) => p.emit({ type: "proc.spawned", pid: p.pid }), onCommand: cooperativeBehaviour().onCommand };
-}
-
-/** Processes that warm and run jobs but ignore shutdown and SIGTERM: only SIGKILL ends them. */
-function slowExitBehaviour(): FakeBehaviour {
-  return {
-    onStart: (p) => {
-      p.emit({ type: "proc.spawned", pid: p.pid });
-      p.emit({ type: "proc.ready" });
-    },
-    onCommand: (p, command) => {
-      if (command.type === "ping") p.emit({ type: "proc.pong" });
-      if (command.type === "start_job") p.emit({ type: "proc.job_running" });
-      if (command.type === "signal" && command.signal === "SIGKILL")
-        p.emit({ type: "proc.exit", code: null, signal: "SIGKILL" });
-    },
-  };
-}
-
-function spawnFailing(): FakeBehaviour {
-  return { onStart: (p) => p.emit({ type: "proc.spawn_failed", error: { name: "Error", message: "ENOMEM" } }) };
-}
-
 type SlotProvide = NonNullable<Parameters<typeof slotMachine.provide>[0]>;
 type JobProvide = NonNullable<Parameters<typeof jobMachine.provide>[0]>;
 
@@ -130,7 +65,7 @@ interface HarnessOptions {
   slotActions?: SlotProvide["actions"];
   jobActions?: JobProvide["actions"];
   decide?: (spec: JobSpec) => Promise<boolean>;
-  /** Replaces the recording link (e.g. one that finishes). */
+  /** Replaces the scripted link (e.g. one that finishes). */
   link?: AnyActorLogic;
   sampler?: AnyActorLogic;
   /** Skip the after-test invariants (for deliberately synthetic events). */
@@ -140,20 +75,12 @@ interface HarnessOptions {
 /** Every worker created by the running test; checked and stopped after it. */
 const harnesses: Array<{ options: HarnessOptions; invariants: () => void; actor: { stop: () => void } }> = [];
 
-interface Delivered {
-  to: string;
-  from: string | undefined;
-  event: AnyEventObject;
-}
-
 function createWorker(options: HarnessOptions = {}) {
   const input = makeInput(options.input);
   const fakes = new FakeProcesses(options.behaviour ?? cooperativeBehaviour());
-  const link = fakeLink();
-  const sampler = fakeSampler();
-  const clock = new SimulatedClock();
-  const delivered: Delivered[] = [];
-  const emitted: WorkerEmitted[] = [];
+  /** Speaks for the registry: what the worker sends it is recorded, what the test sends is the registry's. */
+  const link = scriptedActor<LinkCommand, WorkerEvent>("registry link");
+  const sampler = scriptedActor<AnyEventObject, WorkerEvent>("load sampler");
   const machine = workerMachine.provide({
     actors: {
       slot: slotMachine.provide({ actors: { process: fakes.logic }, actions: options.slotActions ?? {} }),
@@ -167,30 +94,14 @@ function createWorker(options: HarnessOptions = {}) {
       loadSampler: (options.sampler ?? sampler.logic) as typeof sampler.logic,
     },
   });
-  const actor = createTracedActor(machine, {
-    clock,
-    input,
-    inspect: (ev: InspectionEvent) => {
-      if (ev.type !== "@xstate.event") return;
-      delivered.push({
-        to: (ev.actorRef as AnyActorRef).id,
-        from: (ev.sourceRef as AnyActorRef | undefined)?.sessionId,
-        event: ev.event as AnyEventObject,
-      });
-    },
-  });
-  const errors: unknown[] = [];
-  actor.subscribe({ error: (error) => errors.push(error) });
-  actor.on("*", (event) => emitted.push(event as WorkerEmitted));
-  actor.start();
+  const { actor, clock, snapshot, emitted, delivered, errors } = runMachine(machine, { input, collectErrors: true });
+  const commands = link.received;
 
-  const snapshot = () => actor.getSnapshot();
   const h = {
     actor,
     clock,
     fakes,
     link,
-    sampler,
     input,
     delivered,
     emitted,
@@ -198,6 +109,8 @@ function createWorker(options: HarnessOptions = {}) {
     options,
     snapshot,
     send: (event: WorkerEvent) => actor.send(event),
+    /** A load sample from the sampler. */
+    load: (value: number) => sampler.send({ type: "worker.load", value }),
     /** Advances simulated time 1 ms at a time, so timers set along the way fire when they are due. */
     tick(ms: number) {
       for (let t = 0; t < ms; t++) clock.increment(1);
@@ -217,15 +130,15 @@ function createWorker(options: HarnessOptions = {}) {
     slotOf: (jobId: string) => snapshot().context.jobs[jobId]?.slotId ?? null,
     proc: (slotId: string) => fakes.bySlot(slotId),
     sent: <T extends LinkCommand["type"]>(type: T) =>
-      link.commands.filter((c): c is Extract<LinkCommand, { type: T }> => c.type === type),
+      commands.filter((c): c is Extract<LinkCommand, { type: T }> => c.type === type),
     updates: (jobId?: string) =>
-      link.commands.flatMap((c) =>
+      commands.flatMap((c) =>
         c.type === "link.job_update" && (jobId === undefined || c.update.jobId === jobId) ? [c.update] : [],
       ),
     statuses: () =>
-      link.commands.flatMap((c) => (c.type === "link.status" ? [c.status.status] : [])) as WorkerStatus["status"][],
+      commands.flatMap((c) => (c.type === "link.status" ? [c.status.status] : [])) as WorkerStatus["status"][],
     answers: (jobId?: string) =>
-      link.commands.flatMap((c) =>
+      commands.flatMap((c) =>
         c.type === "link.offer_answer" && (jobId === undefined || c.jobId === jobId) ? [c] : [],
       ),
     finished: () => emitted.flatMap((e) => (e.type === "job.finished" ? [e.output] : [])),
@@ -345,7 +258,7 @@ describe("worker: starting", () => {
 
   it("a load sample while starting republishes starting", () => {
     const w = createWorker({ behaviour: warmingBehaviour() });
-    w.sampler.load(0.3);
+    w.load(0.3);
     expect(w.lifecycle()).toBe("starting");
     expect(w.sent("link.status").at(-1)?.status).toEqual({
       status: "starting",
@@ -382,27 +295,27 @@ describe("worker: available ⇄ full", () => {
     // The measured load still counts on its own, whatever the job count.
     w.complete("a");
     expect(w.lifecycle()).toEqual({ running: "available" });
-    w.sampler.load(0.75);
+    w.load(0.75);
     expect(w.lifecycle()).toEqual({ running: "full" });
     expect(w.sent("link.status").at(-1)?.status).toMatchObject({ status: "full", load: 0.75, jobCount: 3 });
   });
 
   it("goes full by external load from the sampler and back", () => {
     const w = createWorker();
-    w.sampler.load(0.8);
+    w.load(0.8);
     expect(w.lifecycle()).toEqual({ running: "full" });
     expect(w.sent("link.status").at(-1)?.status).toMatchObject({ status: "full", load: 0.8 });
-    w.sampler.load(0.9);
+    w.load(0.9);
     expect(w.sent("link.status").at(-1)?.status).toMatchObject({ status: "full", load: 0.9 });
-    w.sampler.load(0.2);
+    w.load(0.2);
     expect(w.lifecycle()).toEqual({ running: "available" });
     expect(w.sent("link.status").at(-1)?.status).toMatchObject({ status: "available", load: 0.2 });
-    w.sampler.load(Number.NaN);
+    w.load(Number.NaN);
     expect(w.ctx().externalLoad).toBe(0);
-    w.sampler.load(7);
+    w.load(7);
     expect(w.ctx().externalLoad).toBe(1);
     expect(w.lifecycle()).toEqual({ running: "full" });
-    w.sampler.load(-3);
+    w.load(-3);
     expect(w.ctx().externalLoad).toBe(0);
     expect(w.lifecycle()).toEqual({ running: "available" });
   });
@@ -456,7 +369,7 @@ describe("worker: offers", () => {
     expect(w.jobChildren()).toEqual(["job.a"]);
 
     const loaded = createWorker();
-    loaded.sampler.load(0.95);
+    loaded.load(0.95);
     loaded.link.send({ type: "worker.offer", spec: spec("c") });
     await flush();
     expect(loaded.answers()).toEqual([
@@ -637,7 +550,14 @@ describe("worker: job updates and termination", () => {
     w.tick(2_000);
     expect(w.updates()).toEqual([
       { jobId: "a", status: "running" },
-      { jobId: "a", status: "failed", reason: "entrypoint_error", error: { name: "TypeError", message: "bad" } },
+      {
+        jobId: "a",
+        status: "failed",
+        reason: "entrypoint_error",
+        error: { name: "TypeError", message: "bad" },
+        exitCode: 1,
+        signal: null,
+      },
     ]);
   });
 
@@ -739,7 +659,7 @@ describe("worker: pool under process failures", () => {
     ({ failures, random, delay }) => {
       const w = createWorker({
         input: { numIdleProcesses: 1, maxProcesses: 2, random: () => random },
-        behaviour: spawnFailing(),
+        behaviour: spawnFailingBehaviour(),
       });
       // Walk up to the requested failure count; each backoff is at least step/2 and at most step.
       for (let n = 1; n < failures; n++) {
@@ -772,7 +692,7 @@ describe("worker: pool under process failures", () => {
     };
     const w = createWorker({
       input: { numIdleProcesses: 2, maxProcesses: 3, random: () => 0.5 },
-      behaviour: spawnFailing(),
+      behaviour: spawnFailingBehaviour(),
     });
     // The first attempt spawns numIdleProcesses at once; both fail, the second while already backing off.
     expect(w.fakes.all).toHaveLength(2);
@@ -849,6 +769,8 @@ describe("worker: a job handed back goes to another slot", () => {
     w.send({ type: "slot.assign_refused", slotId: "slot.77", job: spec("ghost") });
     expect(w.slotOf("a")).toBe(slotId);
     expect(w.toChild("job.a", "job.unplaced")).toEqual([]);
+    // The refusing slot is leaving: it is never handed work again.
+    expect(w.slots()["slot.1"]).toEqual({ phase: "closing", jobId: null });
   });
 
   it("a slot that dies before it took its job puts the job back in line, and it runs on another slot", () => {
@@ -876,7 +798,7 @@ describe("worker: a job handed back goes to another slot", () => {
     w.proc("slot.0").emit({ type: "proc.exit", code: null, signal: "SIGSEGV" });
     expect(w.updates("a")).toEqual([
       { jobId: "a", status: "running" },
-      { jobId: "a", status: "failed", reason: "crashed" },
+      { jobId: "a", status: "failed", reason: "crashed", exitCode: null, signal: "SIGSEGV" },
     ]);
     expect(w.finished()).toEqual([
       { jobId: "a", status: "failed", reason: "crashed", exitCode: null, signal: "SIGSEGV" },
@@ -902,7 +824,7 @@ describe("worker: draining and stopping", () => {
       { type: "job.rejected", jobId: "d", reason: "worker is draining" },
       { type: "job.rejected", jobId: "c", reason: "worker is draining" },
     ]);
-    w.sampler.load(0.1);
+    w.load(0.1);
     expect(w.sent("link.status").at(-1)?.status).toMatchObject({ status: "draining", jobCount: 1 });
     w.tick(9_000);
     expect(w.lifecycle()).toBe("draining");
@@ -945,6 +867,38 @@ describe("worker: draining and stopping", () => {
     expect(w.snapshot().output).toEqual({ exitCode: EXIT_CLEAN });
   });
 
+  it("while draining, a job whose process died before it warmed gets a new one after the spawn backoff", () => {
+    const w = createWorker({ input: { numIdleProcesses: 0, maxProcesses: 2 }, behaviour: warmingBehaviour() });
+    w.send({ type: "worker.run", spec: spec("a") });
+    w.send({ type: "worker.drain" });
+    w.proc("slot.0").emit({ type: "proc.exit", code: 1, signal: null });
+    expect(w.pool()).toBe("backingOff");
+    expect(w.ctx().waiting).toEqual(["a"]);
+    w.tick(750);
+    expect(w.slotIds()).toEqual(["slot.1"]);
+    w.proc("slot.1").emit({ type: "proc.ready" });
+    expect(w.slotOf("a")).toBe("slot.1");
+    expect(w.updates("a")).toEqual([{ jobId: "a", status: "running" }]);
+    w.complete("a");
+    expect(w.snapshot().output).toEqual({ exitCode: EXIT_CLEAN });
+  });
+
+  it("while draining, a process that turns ready with no job waiting for it any more is let go", () => {
+    const w = createWorker({ input: { numIdleProcesses: 0, maxProcesses: 3 }, behaviour: warmingBehaviour() });
+    w.send({ type: "worker.run", spec: spec("a") });
+    w.send({ type: "worker.run", spec: spec("b") });
+    w.send({ type: "worker.drain" });
+    // Both processes warm on: each has a job waiting for it.
+    expect(w.phase("warming")).toBe(2);
+    w.send({ type: "worker.terminate", jobId: "b" });
+    w.proc("slot.0").emit({ type: "proc.ready" });
+    expect(w.slotOf("a")).toBe("slot.0");
+    w.proc("slot.1").emit({ type: "proc.ready" });
+    expect(w.proc("slot.1").last("shutdown")).toEqual({ type: "shutdown", reason: "idle_shutdown" });
+    expect(w.slotIds()).toEqual(["slot.0"]);
+    expect(w.lifecycle()).toBe("draining");
+  });
+
   it("a drain timeout stops running jobs with worker_shutdown and exits 2", () => {
     const w = createWorker();
     w.send({ type: "worker.run", spec: spec("a") });
@@ -957,7 +911,7 @@ describe("worker: draining and stopping", () => {
     expect(w.proc("slot.0").last("shutdown")).toEqual({ type: "shutdown", reason: "worker_shutdown" });
     expect(w.updates("a")).toEqual([
       { jobId: "a", status: "running" },
-      { jobId: "a", status: "failed", reason: "worker_shutdown" },
+      { jobId: "a", status: "failed", reason: "worker_shutdown", exitCode: 0, signal: null },
     ]);
   });
 
@@ -968,7 +922,13 @@ describe("worker: draining and stopping", () => {
     w.send({ type: "worker.stop" });
     expect(w.snapshot().status).toBe("done");
     expect(w.snapshot().output).toEqual({ exitCode: EXIT_FORCED });
-    expect(w.updates("a").at(-1)).toEqual({ jobId: "a", status: "failed", reason: "worker_shutdown" });
+    expect(w.updates("a").at(-1)).toEqual({
+      jobId: "a",
+      status: "failed",
+      reason: "worker_shutdown",
+      exitCode: 0,
+      signal: null,
+    });
   });
 
   it("worker.stop while running exits 2 with jobs and 0 without", async () => {
@@ -1005,6 +965,34 @@ describe("worker: draining and stopping", () => {
     }
   });
 
+  it("a drain or stop while starting terminates, then kills, warming processes that ignore it, and exits 0", () => {
+    const deafWhileWarming: FakeBehaviour = { onStart: (p) => p.emit({ type: "proc.spawned", pid: p.pid }) };
+    for (const type of ["worker.drain", "worker.stop"] as const) {
+      const w = createWorker({ behaviour: deafWhileWarming });
+      w.send({ type });
+      expect(w.lifecycle()).toBe("stopping");
+      w.tick(1_000 + 500 + 500);
+      expect(w.snapshot().output).toEqual({ exitCode: EXIT_CLEAN });
+      expect(w.proc("slot.0").commands.map((c) => (c.type === "signal" ? c.signal : c.type))).toEqual([
+        "shutdown",
+        "SIGTERM",
+        "SIGKILL",
+      ]);
+    }
+  });
+
+  it("a job still waiting for a process when the worker stops fails with worker_shutdown", () => {
+    const w = createWorker({ input: { numIdleProcesses: 0, maxProcesses: 1 }, behaviour: warmingBehaviour() });
+    w.send({ type: "worker.run", spec: spec("a") });
+    expect(w.ctx().waiting).toEqual(["a"]);
+    w.send({ type: "worker.stop" });
+    w.tick(5_000);
+    expect(w.snapshot().status).toBe("done");
+    expect(w.snapshot().output).toEqual({ exitCode: EXIT_FORCED });
+    expect(w.finished()).toEqual([{ jobId: "a", status: "failed", reason: "worker_shutdown" }]);
+    expect(w.updates("a")).toEqual([{ jobId: "a", status: "failed", reason: "worker_shutdown" }]);
+  });
+
   it("while stopping it refuses new work, ignores drain and stop, and sends away a process that turns ready", () => {
     const w = createWorker({ behaviour: slowExitBehaviour(), input: { numIdleProcesses: 1 } });
     w.send({ type: "worker.run", spec: spec("a") });
@@ -1031,7 +1019,7 @@ describe("worker: draining and stopping", () => {
     expect(w.snapshot().output).toEqual({ exitCode: EXIT_FORCED });
     expect(w.updates("a")).toEqual([
       { jobId: "a", status: "running" },
-      { jobId: "a", status: "failed", reason: "worker_shutdown" },
+      { jobId: "a", status: "failed", reason: "worker_shutdown", exitCode: null, signal: "SIGKILL" },
     ]);
   });
 });
@@ -1073,7 +1061,7 @@ describe("worker: a job is reported final once, in every lifecycle state", () =>
     expect(w.snapshot().status).toBe("done");
     expect(w.updates("a")).toEqual([
       { jobId: "a", status: "running" },
-      { jobId: "a", status: "failed", reason: "worker_shutdown" },
+      { jobId: "a", status: "failed", reason: "worker_shutdown", exitCode: null, signal: "SIGKILL" },
     ]);
   });
 
@@ -1130,7 +1118,7 @@ describe("worker: registry link and load sampler", () => {
   it("a registry link that breaks at run time stops the worker with exit 1", () => {
     const w = createWorker({ behaviour: slowExitBehaviour() });
     w.send({ type: "worker.run", spec: spec("a") });
-    (w.children().registryLink as AnyActorRef).send({ type: "test.break" });
+    (w.children().registryLink as AnyActorRef).send({ type: BREAK });
     expect(w.lifecycle()).toBe("stopping");
     w.tick(2_000);
     expect(w.snapshot().status).toBe("done");
@@ -1150,7 +1138,7 @@ describe("worker: registry link and load sampler", () => {
     const w = createWorker({ behaviour: slowExitBehaviour() });
     w.send({ type: "worker.run", spec: spec("a") });
     w.send({ type: "worker.drain" });
-    (w.children().registryLink as AnyActorRef).send({ type: "test.break" });
+    (w.children().registryLink as AnyActorRef).send({ type: BREAK });
     w.tick(2_000);
     expect(w.snapshot().output).toEqual({ exitCode: EXIT_LINK_FAILED });
   });
@@ -1169,17 +1157,10 @@ describe("worker: registry link and load sampler", () => {
   });
 
   it("a load sampler that breaks after reporting load resets the load to 0", () => {
-    const sampled: { back?: (e: WorkerEvent) => void } = {};
-    const sampler = fromCallback<AnyEventObject>(({ sendBack, receive }) => {
-      sampled.back = sendBack;
-      receive(() => {
-        throw new Error("sampler broke");
-      });
-    });
-    const w = createWorker({ sampler });
-    sampled.back?.({ type: "worker.load", value: 0.9 });
+    const w = createWorker();
+    w.load(0.9);
     expect(w.lifecycle()).toEqual({ running: "full" });
-    (w.children().loadSampler as AnyActorRef).send({ type: "poke" });
+    (w.children().loadSampler as AnyActorRef).send({ type: BREAK });
     expect(w.ctx().externalLoad).toBe(0);
     expect(w.lifecycle()).toEqual({ running: "available" });
     expect(w.snapshot().status).toBe("active");

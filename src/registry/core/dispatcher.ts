@@ -5,6 +5,7 @@ import {
   type DispatchInput,
   dispatchMachine,
 } from "../../../machines/registry/dispatch.ts";
+import { type DispatchOrigin, dispatchReasonLabel } from "../metrics.ts";
 import type { JobRecord } from "../store.ts";
 import type { NodeStrategy } from "./node-strategy.ts";
 import { place } from "./placement.ts";
@@ -19,6 +20,8 @@ export interface LiveDispatch {
 }
 
 export interface DispatchStart {
+  /** For troupe_registry_dispatches_total; default "adopted" with adoptedBy, else "created". */
+  origin?: DispatchOrigin;
   adoptedBy?: string;
   room?: RoomAssignment;
   prefer?: string;
@@ -81,9 +84,15 @@ export class Dispatcher {
       ...(start.hops ? { hops: start.hops } : {}),
       ...(start.tried ? { tried: start.tried } : {}),
     };
-    const actor = createActor(dispatchMachine, { id: `dispatch.${record.id}`, clock: this.deps.clock, input });
+    const actor = createActor(dispatchMachine, {
+      id: `dispatch.${record.id}`,
+      clock: this.deps.clock,
+      input,
+      ...(this.deps.inspect ? { inspect: this.deps.inspect } : {}),
+    });
     const live: LiveDispatch = { actor, record, room: start.room };
     this.#live.set(record.id, live);
+    this.deps.metrics.dispatches.inc({ origin: start.origin ?? (start.adoptedBy ? "adopted" : "created") });
     actor.on("*", (event) => this.#perform(live, event as DispatchEmitted));
     actor.start();
     // Its worker went away while the store answered: the job settles as if it had been known all along.
@@ -238,7 +247,7 @@ export class Dispatcher {
       case "finished": {
         const { output } = event;
         this.#live.delete(record.id);
-        this.deps.metrics.finished.inc({ status: output.status, reason: output.reason ?? "" });
+        this.deps.metrics.finished.inc({ status: output.status, reason: dispatchReasonLabel(output.reason) });
         this.deps.metrics.dispatchDuration.observe((this.deps.clock.now() - record.createdAt) / 1000);
         const log = output.status === "completed" ? "debug" : "info";
         this.deps.logger[log](output, `job ${output.status}`);
@@ -252,6 +261,8 @@ export class Dispatcher {
                 ...(output.workerId ? { workerId: output.workerId } : {}),
                 ...(output.reason ? { reason: output.reason } : {}),
                 ...(output.error ? { error: output.error } : {}),
+                ...(output.exitCode !== undefined ? { exitCode: output.exitCode } : {}),
+                ...(output.signal !== undefined ? { signal: output.signal } : {}),
               },
               this.node.nodeId,
             )

@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import type { Credentials } from "../../auth/tokens.ts";
+import type { InspectionObserver } from "../../observability/inspect.ts";
 import type { Logger } from "../../observability/logger.ts";
 import type { RegistryMessage } from "../../protocol/registry.ts";
 import type { NodeMessage, WorkerView } from "../cluster/messages.ts";
@@ -27,6 +28,11 @@ export interface RegistryDeps {
   logger: Logger;
   metrics: RegistryMetrics;
   rooms?: RoomAccess;
+  /**
+   * Given to every session and dispatch actor the core creates (XState's `inspect`): it sees each
+   * one's inspection events. The core adds its own recorder for the dashboard in front of it.
+   */
+  inspect?: InspectionObserver;
 }
 
 /** XState's clock interface (setTimeout/clearTimeout for `after` transitions), plus the time. */

@@ -10,6 +10,18 @@ interface FinalReport {
   status: "completed" | "failed" | "cancelled";
   reason?: string;
   error?: JobRecord["error"];
+  exit_code?: number | null;
+  signal?: string | null;
+}
+
+/** What a worker's final report adds to a job record: its reason, error, exit code and signal. */
+function outcomeOf(report: FinalReport): Pick<JobRecord, "reason" | "error" | "exitCode" | "signal"> {
+  return {
+    ...(report.reason ? { reason: report.reason } : {}),
+    ...(report.error ? { error: report.error } : {}),
+    ...(report.exit_code !== undefined ? { exitCode: report.exit_code } : {}),
+    ...(report.signal !== undefined ? { signal: report.signal } : {}),
+  };
 }
 
 /**
@@ -37,7 +49,7 @@ export class Reconciler {
   /** A job_update for a job no dispatch here runs. */
   unknownJobUpdate(
     link: WorkerLink,
-    report: { job_id: string; status: JobInventoryEntry["status"]; reason?: string; error?: JobRecord["error"] },
+    report: Omit<FinalReport, "status"> & { status: JobInventoryEntry["status"] },
   ): void {
     if (report.status === "running") this.#reportedRunning(link, report.job_id, { fromInventory: false });
     else this.reportedFinal(link, report as FinalReport);
@@ -49,8 +61,7 @@ export class Reconciler {
       type: "job_update" as const,
       workerId: link.workerId,
       status: report.status,
-      ...(report.reason ? { reason: report.reason } : {}),
-      ...(report.error ? { error: report.error } : {}),
+      ...outcomeOf(report),
     };
     if (this.dispatcher.send(report.job_id, update)) return;
     this.persist(
@@ -58,11 +69,7 @@ export class Reconciler {
         if (!record || record.workerId !== link.workerId) return;
         if (record.status === "lost") return this.#correctLost(record, report);
         if (isFinal(record.status)) return;
-        await this.deps.store.update(report.job_id, {
-          status: report.status,
-          ...(report.reason ? { reason: report.reason } : {}),
-          ...(report.error ? { error: report.error } : {}),
-        });
+        await this.deps.store.update(report.job_id, { status: report.status, ...outcomeOf(report) });
         this.node.tookOver(record.node, report.job_id);
       }),
     );
@@ -72,8 +79,7 @@ export class Reconciler {
   async #correctLost(record: JobRecord, report: FinalReport): Promise<void> {
     const corrected = await this.deps.store.correctLost(record.id, {
       status: report.status,
-      ...(report.reason ? { reason: report.reason } : {}),
-      ...(report.error ? { error: report.error } : {}),
+      ...outcomeOf(report),
       history: [
         ...(record.history ?? []),
         { status: "lost", ...(record.reason ? { reason: record.reason } : {}), at: record.endedAt ?? record.updatedAt },

@@ -1,5 +1,7 @@
+import { combineInspectors } from "../../observability/inspect.ts";
 import type { WorkerMessage } from "../../protocol/registry.ts";
 import { PROTOCOL_VERSION } from "../../protocol/registry.ts";
+import { ActorEventLog } from "../actor-events.ts";
 import type { ClusterHost } from "../cluster/cluster.ts";
 import type { NodeMessage, WorkerView } from "../cluster/messages.ts";
 import { spareOf } from "../picker.ts";
@@ -35,6 +37,8 @@ export interface WorkerSummary {
 export class RegistryCore implements ClusterHost {
   readonly directory: WorkerDirectory;
   readonly dispatcher: Dispatcher;
+  /** Recent events of every session and dispatch actor, for the dashboard. */
+  readonly actorEvents: ActorEventLog;
   readonly #reconciler: Reconciler;
   readonly #node: NodeStrategy;
   readonly #dirtyViews = new Set<WorkerLink>();
@@ -43,7 +47,11 @@ export class RegistryCore implements ClusterHost {
   constructor(readonly deps: RegistryDeps) {
     this.#node = deps.bus ? clusterNode(deps.bus, deps) : singleNode();
     const persist = (work: Promise<unknown>) => this.#persist(work);
-    this.directory = new WorkerDirectory(deps, {
+    this.actorEvents = new ActorEventLog(() => deps.clock.now());
+    // The actors' makers get the dashboard's recorder and the caller's observer as one `inspect`.
+    const inspect = combineInspectors(deps.logger, this.actorEvents.observer, deps.inspect);
+    const actorDeps: RegistryDeps = { ...deps, ...(inspect ? { inspect } : {}) };
+    this.directory = new WorkerDirectory(actorDeps, {
       capacityGrew: (link) => this.#capacityGrew(link),
       gone: (link, reason) => this.#workerGone(link, reason),
       registered: (link, message) => {
@@ -57,7 +65,7 @@ export class RegistryCore implements ClusterHost {
         this.#viewChanged(link);
       },
     });
-    this.dispatcher = new Dispatcher(deps, this.directory, this.#node, persist);
+    this.dispatcher = new Dispatcher(actorDeps, this.directory, this.#node, persist);
     this.dispatcher.onCapacity = (workerId) => {
       const link = this.directory.get(workerId);
       if (link) this.#capacityGrew(link);
@@ -148,6 +156,8 @@ export class RegistryCore implements ClusterHost {
           status: message.status,
           ...(message.reason ? { reason: message.reason } : {}),
           ...(message.error ? { error: message.error } : {}),
+          ...(message.exit_code !== undefined ? { exitCode: message.exit_code } : {}),
+          ...(message.signal !== undefined ? { signal: message.signal } : {}),
         };
         if (!this.dispatcher.send(message.job_id, update)) this.#reconciler.unknownJobUpdate(link, message);
         break;
@@ -186,7 +196,6 @@ export class RegistryCore implements ClusterHost {
     };
     const result = await this.deps.store.create(record);
     if (result.created) {
-      this.deps.metrics.dispatches.inc();
       this.dispatcher.start(result.record, room ? { room } : {});
     }
     return result;
@@ -219,6 +228,7 @@ export class RegistryCore implements ClusterHost {
             const mine = record && !isFinal(record.status) && record.node === this.#node.nodeId;
             if (!mine) return;
             this.dispatcher.start(record, {
+              origin: "forwarded",
               ...(message.prefer ? { prefer: message.prefer } : {}),
               ...(message.room ? { room: message.room } : {}),
               hops: message.hops,
@@ -261,12 +271,12 @@ export class RegistryCore implements ClusterHost {
     if (record.roomId && rooms) {
       this.#persist(
         rooms.forAgent(record.roomId, record.id, record.agentName).then((room) => {
-          if (!this.#closing) this.dispatcher.start(record, { room } satisfies DispatchStart);
+          if (!this.#closing) this.dispatcher.start(record, { origin: "resumed", room } satisfies DispatchStart);
         }),
       );
       return;
     }
-    this.dispatcher.start(record);
+    this.dispatcher.start(record, { origin: "resumed" });
   }
 
   hasWorker(workerId: string): boolean {

@@ -55,7 +55,7 @@ export class WorkerDirectory {
 
   accepted(connectionId: string): void {
     if (this.#closing) return;
-    const link = new WorkerLink(connectionId, this.deps.timing, this.deps.clock, this.#nextFloor());
+    const link = new WorkerLink(connectionId, this.deps.timing, this.deps.clock, this.#nextFloor(), this.deps.inspect);
     this.#byConnection.set(connectionId, link);
     this.#wire(link);
     link.session.start();

@@ -1,5 +1,6 @@
 import { type Actor, createActor } from "xstate";
 import { sessionMachine } from "../../../machines/registry/session.ts";
+import type { InspectionObserver } from "../../observability/inspect.ts";
 import type { SlotSummary } from "../../protocol/registry.ts";
 import type { RegistryTiming } from "../timing.ts";
 import type { RegistryClock } from "./ports.ts";
@@ -21,13 +22,20 @@ export class WorkerLink {
   /** Jobs bound to this worker: kept by the dispatch machines' bind/unbind, and only there. */
   readonly jobs = new Set<string>();
 
-  constructor(connectionId: string, timing: RegistryTiming, clock: RegistryClock, epochFloor: number) {
+  constructor(
+    connectionId: string,
+    timing: RegistryTiming,
+    clock: RegistryClock,
+    epochFloor: number,
+    inspect?: InspectionObserver,
+  ) {
     this.connectionId = connectionId;
     this.lastHeardAt = clock.now();
     this.session = createActor(sessionMachine, {
       id: `session.${connectionId}`,
       clock,
       input: { workerId: connectionId, timing, epochFloor },
+      ...(inspect ? { inspect } : {}),
     });
   }
 

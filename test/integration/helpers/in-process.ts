@@ -16,8 +16,9 @@ import type { LinkCommand, WorkerContext } from "../../../machines/worker.ts";
 import { createLogger } from "../../../src/observability/logger.ts";
 import { type LogLevel, Options, type OptionsInput } from "../../../src/options.ts";
 import { runWorker, type WorkerHandle } from "../../../src/worker/runtime.ts";
+import { within } from "../../support/wait.ts";
 import { fileMarker, ProcessScope } from "./processes.ts";
-import { Recorder, within } from "./recorder.ts";
+import { Recorder } from "./recorder.ts";
 
 export const fixture = (name: string) => fileURLToPath(new URL(`../../fixtures/agents/${name}.ts`, import.meta.url));
 
@@ -183,7 +184,7 @@ export async function startInProcessWorker(
   const stop = () => {
     if (!stopped) {
       if (handle.actor.getSnapshot().status === "active") handle.stop();
-      stopped = within(handle.done, 20_000, "the worker to stop").finally(() => {
+      stopped = within("the worker to stop", handle.done, 20_000).finally(() => {
         trackPids();
         clearInterval(pidTimer);
       });

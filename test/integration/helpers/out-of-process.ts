@@ -3,9 +3,10 @@ import { randomUUID } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import type { TestContext } from "vitest";
 import type { OptionsInput } from "../../../src/options.ts";
+import { within } from "../../support/wait.ts";
 import { fixture, type LogLine } from "./in-process.ts";
 import { killHard, MARKER_VARIABLE, ProcessScope } from "./processes.ts";
-import { Recorder, within } from "./recorder.ts";
+import { Recorder } from "./recorder.ts";
 
 const REPO_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
 
@@ -123,14 +124,14 @@ export function spawnWorker(
       const text = await response.text();
       return { status: response.status, json: () => JSON.parse(text) };
     },
-    exited: (timeoutMs) => within(exit, timeoutMs, `${fixtureName} worker to exit`),
+    exited: (timeoutMs) => within(`${fixtureName} worker to exit`, exit, timeoutMs),
   };
 
   context.onTestFinished(async () => {
     const wasRunning = !hasExited;
     if (wasRunning) {
       killHard(pid);
-      await within(exit, 5_000, "the killed worker to exit");
+      await within("the killed worker to exit", exit, 5_000);
     }
     const survivors = (await scope.cleanup(wasRunning ? 3_000 : 2_000)).filter((s) => s.pid !== pid);
     if (survivors.length > 0) {

@@ -2,8 +2,7 @@ import { describe, expect, it } from "vitest";
 import { fromCallback } from "xstate";
 import type { JobSpec, StopReason } from "../../machines/shared.ts";
 import { jobOutcomeOf, type ProcessEvent, type SlotEvent, type SlotOutput, slotMachine } from "../../machines/slot.ts";
-import { FakeProcesses } from "../support/fake-process.ts";
-import { hostChild } from "../support/host.ts";
+import { FakeProcesses, hostChild, unspawnedBehaviour } from "../support/machine-harness.ts";
 
 const timing = {
   initializeTimeoutMs: 1_000,
@@ -48,7 +47,7 @@ const readyValue = (work: string, heartbeat = "waiting", memory = "normal") => (
   alive: { ready: { work, heartbeat, memorySampler: "sampling", memory } },
 });
 
-describe("slot machine", () => {
+describe("slot", () => {
   it("warms: spawned → initializing → ready, telling the worker once", () => {
     const t = slot();
     expect(t.value()).toEqual({ alive: "initializing" });
@@ -59,7 +58,7 @@ describe("slot machine", () => {
   });
 
   it("a spawn failure exits without ever being ready", () => {
-    const fakes = new FakeProcesses({ onStart: () => {} });
+    const fakes = new FakeProcesses(unspawnedBehaviour());
     const t = slot({ fakes });
     expect(t.value()).toEqual({ alive: "spawning" });
     t.emit({ type: "proc.spawn_failed", error: { name: "Error", message: "ENOENT" } });
@@ -83,7 +82,7 @@ describe("slot machine", () => {
   });
 
   it("a stop while spawning terminates; while initializing asks for a shutdown", () => {
-    const fakes = new FakeProcesses({ onStart: () => {} });
+    const fakes = new FakeProcesses(unspawnedBehaviour());
     const spawning = slot({ fakes });
     spawning.send({ type: "slot.stop", reason: "idle_shutdown" });
     expect(spawning.value()).toEqual({ alive: "terminating" });
@@ -293,7 +292,7 @@ describe("slot machine", () => {
       { type: "slot.stop", reason: "cancelled" },
     ];
     const reach: Array<() => ReturnType<typeof slot>> = [
-      () => slot({ fakes: new FakeProcesses({ onStart: () => {} }) }),
+      () => slot({ fakes: new FakeProcesses(unspawnedBehaviour()) }),
       () => slot(),
       () => ready(),
       () => busy(),
