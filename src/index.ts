@@ -21,7 +21,7 @@ export type { ParticipantInfo, RoomMessage } from "./protocol/room.ts";
 export type { DispatchRequest } from "./registry/core/ports.ts";
 export type { WorkerSummary } from "./registry/core/registry-core.ts";
 export type { RedisSettings, Registry, RegistryOptions } from "./registry/server.ts";
-export type { JobFilter, JobRecord } from "./registry/store.ts";
+export type { JobFilter, JobRecord, JobStore } from "./registry/store.ts";
 export type { RoomConnectOptions, SendOptions } from "./room/client.ts";
 export { RoomConnection, RoomError } from "./room/client.ts";
 export type { StartSettings, WorkerJobInit } from "./worker/worker-job.ts";

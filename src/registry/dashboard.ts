@@ -4,7 +4,7 @@ import { bearerToken } from "../auth/tokens.ts";
 import { HttpError, send } from "../http/respond.ts";
 import { stateText } from "../observability/state-text.ts";
 import type { DashboardSnapshot } from "../web/routes.ts";
-import type { ActorEventLog } from "./actor-events.ts";
+import type { ActorEventLog } from "../observability/actor-events.ts";
 import type { RegistryCore } from "./core/registry-core.ts";
 
 /** How many job records the registry's dashboard shows (newest first). */

@@ -2,13 +2,18 @@ import type { IncomingMessage, Server, ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
+import { z } from "zod";
 import { createGatewayServer, DEFAULT_HTTP_LIMITS, type HttpLimits } from "../http/gateway.ts";
 import { HttpError, send } from "../http/respond.ts";
+import { ACTOR_EVENTS_PATH, type ActorEventLog } from "../observability/actor-events.ts";
+import { WORKER_ACTOR_ID, WORKER_CHILD_ID } from "./worker-actor.ts";
 
 export interface HealthRoutes {
   ready(): boolean;
   worker(): unknown;
   metrics(): Promise<{ contentType: string; body: string }>;
+  /** The recent events of the worker's root, slots and jobs, for its dashboard; absent = no such route. */
+  actorEvents?: ActorEventLog;
   /** More routes (dashboard, web assets); resolves false when the request is not one of them. */
   extra?(req: IncomingMessage, res: ServerResponse, url: URL): Promise<boolean>;
   /** WebSocket upgrades (the room hub in local mode); refused with 404 when absent. */
@@ -22,9 +27,32 @@ export class PortInUseError extends Error {
 /** A worker's server holds a few probes and dashboards, never thousands of clients. */
 export const WORKER_HTTP_LIMITS: HttpLimits = { ...DEFAULT_HTTP_LIMITS, maxConnections: 1_000 };
 
+/** The worker's actors are `worker`, `slot.<n>` and `job.<job id>`; anything else is not ours. */
+const actorQuery = z.object({
+  actor: z
+    .string({ error: "actor is required" })
+    .max(300, "actor is too long")
+    .refine(
+      (actor) => actor === WORKER_ACTOR_ID || WORKER_CHILD_ID.test(actor),
+      "actor must be worker, slot.<n> or job.<id>",
+    ),
+});
+
 /**
- * The worker's HTTP server: /healthz (the event loop answers), /readyz, /worker (JSON state) and
- * /metrics (Prometheus text). Resolves once listening; a port in use rejects with PortInUseError.
+ * One actor's recent events (event types and states, never payloads); `known: false` with no events
+ * for an actor this worker has not seen or no longer keeps, which is no error for a page that polls.
+ */
+function actorEvents(log: ActorEventLog, url: URL) {
+  const query = actorQuery.safeParse({ actor: url.searchParams.get("actor") ?? undefined });
+  if (!query.success) throw new HttpError(400, query.error.issues[0]?.message ?? "bad actor");
+  const recent = log.recent(query.data.actor);
+  return recent ? { ...recent, known: true } : { actor: query.data.actor, known: false, ended: false, events: [] };
+}
+
+/**
+ * The worker's HTTP server: /healthz (the event loop answers), /readyz, /worker (JSON state),
+ * /metrics (Prometheus text) and /dashboard/actor-events (one actor's recent events). Resolves once
+ * listening; a port in use rejects with PortInUseError.
  */
 export async function startHealthServer(
   host: string,
@@ -49,6 +77,10 @@ export async function startHealthServer(
           }
           case "/worker":
             send(res, 200, routes.worker());
+            return true;
+          case ACTOR_EVENTS_PATH:
+            if (!routes.actorEvents) return false;
+            send(res, 200, actorEvents(routes.actorEvents, url));
             return true;
           case "/metrics": {
             const { contentType, body } = await routes.metrics();

@@ -21,7 +21,7 @@ import { createProcessLogic } from "./process-actor.ts";
 import { ProcessTracker } from "./process-tracker.ts";
 import { createRegistryLink, logLinkEvents } from "./registry-link.ts";
 import { describeWorker, flattenState, isReady, workerDashboard } from "./status.ts";
-import { createWorkerActor } from "./worker-actor.ts";
+import { createWorkerActor, createWorkerActorEvents } from "./worker-actor.ts";
 
 export const EXIT_JOB_FAILED = 1;
 /** The protocol's cap on slots in one status update. */
@@ -139,10 +139,11 @@ export async function runWorker(definition: WorkerJobDefinition, settings: RunSe
       : { apiKey: "troupe-local", apiSecret: randomBytes(32).toString("hex") };
   const rooms = options.register ? undefined : new RoomHub({ authorize: roomAuthorizer(roomCredentials), logger });
 
+  const actorEvents = createWorkerActorEvents();
   const actor = createWorkerActor(
     options,
     { process: processLogic, loadSampler, registryLink: link.logic },
-    { logger, linkInput: link.input },
+    { logger, linkInput: link.input, actorEvents },
   );
   const startedAt = Date.now();
   describeSlots = () =>
@@ -177,6 +178,7 @@ export async function runWorker(definition: WorkerJobDefinition, settings: RunSe
             },
           }
         : {}),
+      actorEvents,
       ready: () => isReady(actor.getSnapshot(), options),
       worker: () => describeWorker(actor, options, tracker, startedAt),
       metrics: async () => {

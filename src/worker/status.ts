@@ -1,9 +1,10 @@
 import type { AnyActorRef, AnyMachineSnapshot, StateValue } from "xstate";
 import type { WorkerContext } from "../../machines/worker.ts";
-import { loadOf } from "../../machines/worker.ts";
+import { jobActorId, loadOf } from "../../machines/worker.ts";
 import { stateText } from "../observability/state-text.ts";
 import type { Options } from "../options.ts";
 import type { ProcessTracker } from "./process-tracker.ts";
+import { WORKER_ACTOR_ID } from "./worker-actor.ts";
 
 /**
  * A state value as text: every active region's full path from the root (`active.lifecycle.running.available
@@ -79,7 +80,10 @@ export function describeWorker(actor: AnyActorRef, options: Options, tracker: Pr
   };
 }
 
-/** The worker's own view, shaped for the dashboard: itself, its slots and its jobs with machine states. */
+/**
+ * The worker's own view, shaped for the dashboard: itself, its slots and its jobs with machine states,
+ * each with `actor`, the id its recent events are kept under (`/dashboard/actor-events?actor=`).
+ */
 export function workerDashboard(view: ReturnType<typeof describeWorker>) {
   const workerId = `${view.agentId} (this worker)`;
   return {
@@ -88,6 +92,7 @@ export function workerDashboard(view: ReturnType<typeof describeWorker>) {
         id: workerId,
         agentName: view.agentId,
         machine: "worker",
+        actor: WORKER_ACTOR_ID,
         state: view.state,
         status: view.ready ? "available" : view.status === "active" ? "not ready" : view.status,
         load: view.load,
@@ -95,10 +100,11 @@ export function workerDashboard(view: ReturnType<typeof describeWorker>) {
         maxProcesses: view.options.maxProcesses,
       },
     ],
-    slots: view.slots.map((slot) => ({ ...slot, workerId })),
+    slots: view.slots.map((slot) => ({ ...slot, workerId, actor: slot.id })),
     jobs: view.jobs.map((job) => ({
       id: job.id,
       machine: "job",
+      actor: jobActorId(job.id),
       state: job.state,
       status: job.state.split(".")[0],
       roomId: job.roomId,

@@ -1,10 +1,11 @@
-import { type ActorOptions, type AnyActorLogic, createActor, fromPromise } from "xstate";
+import { type ActorOptions, type AnyActorLogic, type AnyActorRef, createActor, fromPromise } from "xstate";
 import { jobMachine } from "../../machines/job.ts";
 import type { JobSpec } from "../../machines/shared.ts";
 import type { ProcessCommand, ProcessEvent, ProcessInput } from "../../machines/slot.ts";
 import { slotMachine } from "../../machines/slot.ts";
 import { workerMachine } from "../../machines/worker.ts";
-import { inspectorFor } from "../observability/inspect.ts";
+import { ActorEventLog, type FollowedActor } from "../observability/actor-events.ts";
+import { combineInspectors, inspectorFor } from "../observability/inspect.ts";
 import type { Logger } from "../observability/logger.ts";
 import type { Options } from "../options.ts";
 import { workerInputFrom } from "./machine-input.ts";
@@ -24,6 +25,29 @@ export interface WorkerActorSettings {
   clock?: ActorOptions<AnyActorLogic>["clock"];
   random?: () => number;
   linkInput?: unknown;
+  /** Keeps the recent events of the root, its slots and its jobs for the worker's dashboard. */
+  actorEvents?: ActorEventLog;
+}
+
+/** The worker root's id: the name its events are kept under and the dashboard asks for. */
+export const WORKER_ACTOR_ID = "worker";
+
+/** A slot's or a job's actor id, as the worker machine names its children. */
+export const WORKER_CHILD_ID = /^(slot\.\d+|job\.\S+)$/;
+
+/**
+ * The actors a worker's dashboard lists: the root and its slot and job children, by id. Their own
+ * children (a slot's process, a job's offer decision) and the registry link are left out.
+ */
+export const workerDashboardActors: FollowedActor = (actor, rootId) => {
+  if (actor.sessionId === rootId) return actor.id;
+  const parent = (actor as AnyActorRef & { _parent?: AnyActorRef })._parent;
+  return parent?.sessionId === rootId && WORKER_CHILD_ID.test(actor.id) ? actor.id : undefined;
+};
+
+/** A log of the worker's own actors' recent events, bounded as ActorEventLog's defaults say. */
+export function createWorkerActorEvents(now: () => number = Date.now): ActorEventLog {
+  return new ActorEventLog(now, {}, workerDashboardActors);
 }
 
 /** The user's requestFn as the job machine's decideOffer actor: only a literal `true` accepts. */
@@ -46,6 +70,7 @@ function decideWith(options: Options) {
  * from the options, and `options.inspect` attached: `true` logs every transition at debug level, an
  * observer gets every inspection event. XState inspects at the level of the actor system, so the
  * root's inspector also sees every slot, job and registry link the worker spawns or invokes.
+ * `settings.actorEvents`, when given, is fed from the same events (the dashboard's event lists).
  */
 export function createWorkerActor(options: Options, impl: WorkerImplementations, settings: WorkerActorSettings) {
   const machine = workerMachine.provide({
@@ -56,9 +81,14 @@ export function createWorkerActor(options: Options, impl: WorkerImplementations,
       ...(impl.loadSampler ? { loadSampler: impl.loadSampler as never } : {}),
     },
   });
-  const inspect = inspectorFor(options.inspect, settings.logger);
+  // The dashboard's log and the user's inspect option each see every event; neither changes the other.
+  const inspect = combineInspectors(
+    settings.logger,
+    settings.actorEvents?.observer,
+    inspectorFor(options.inspect, settings.logger),
+  );
   return createActor(machine, {
-    id: "worker",
+    id: WORKER_ACTOR_ID,
     systemId: "worker",
     input: workerInputFrom(options, settings.random ?? Math.random, settings.linkInput),
     ...(settings.clock ? { clock: settings.clock } : {}),

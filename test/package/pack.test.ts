@@ -1,7 +1,7 @@
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { cp, mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -23,6 +23,20 @@ const run = promisify(execFile);
 const REPO = fileURLToPath(new URL("../../", import.meta.url));
 const TSC = join(REPO, "node_modules", ".bin", "tsc");
 const SECRET = "0123456789abcdef0123456789abcdef";
+/** What `npm pack` needs from the repository: the manifest, what the build compiles, what `files` ships. */
+const PACKED_FROM = [
+  "package.json",
+  "tsconfig.json",
+  "tsconfig.build.json",
+  "README.md",
+  "bin",
+  "scripts",
+  "machines",
+  "src",
+  "web",
+  "visualizations",
+  "docs",
+];
 
 /** npm's own variables (from `npm test`) would point a nested npm at this repository; the cache stays. */
 function npmEnv(): NodeJS.ProcessEnv {
@@ -86,8 +100,13 @@ function projectLock(tarball: string): object {
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), "troupe-pack-"));
   project = join(work, "project");
+  // Packed from a copy: prepack rebuilds dist/ from scratch, which must not pull the repository's own
+  // dist/ from under anything else using it while the suite runs.
+  const source = join(work, "source");
+  for (const entry of PACKED_FROM) await cp(join(REPO, entry), join(source, entry), { recursive: true });
+  await symlink(join(REPO, "node_modules"), join(source, "node_modules"), "dir");
   await run("npm", ["pack", "--pack-destination", work, "--silent"], {
-    cwd: REPO,
+    cwd: source,
     env: npmEnv(),
     maxBuffer: 64 * 1024 * 1024,
   });

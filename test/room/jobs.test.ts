@@ -10,7 +10,7 @@ import { mintRoomToken } from "../../src/room/room-auth.ts";
 import { runWorker, type WorkerHandle } from "../../src/worker/runtime.ts";
 import { fixture } from "../integration/helpers/in-process.ts";
 import { Recorder } from "../integration/helpers/recorder.ts";
-import { within } from "../support/wait.ts";
+import { until, within } from "../support/wait.ts";
 
 /**
  * A job is an agent in a room, the same way in local mode (the worker hosts the room) and in
@@ -19,6 +19,7 @@ import { within } from "../support/wait.ts";
  * RoomOptions give.
  */
 
+const FINAL: readonly string[] = ["completed", "failed", "cancelled", "lost", "rejected"];
 const CREDS = { apiKey: "room-test-key", apiSecret: "room-test-secret-0123456789abcdef0123" };
 const AGENT = fixture("room-echo");
 
@@ -161,13 +162,14 @@ describe("a dispatched job lives in a room on the registry", { timeout: 60_000 }
     return { status: res.status, json: (await res.json()) as Record<string, unknown> };
   }
 
-  async function finalRecord(registry: Registry, jobId: string) {
-    for (;;) {
-      const record = await registryInternals(registry).core.store.get(jobId);
-      if (record && ["completed", "failed", "cancelled", "lost", "rejected"].includes(record.status)) return record;
-      // Polls a condition (bounded by the caller's `within`), never a guess at how long it takes.
-      await new Promise((resolve) => setTimeout(resolve, 25));
-    }
+  async function finalRecord(registry: Registry, jobId: string, timeoutMs: number) {
+    return until(
+      async () => {
+        const record = await registryInternals(registry).core.store.get(jobId);
+        return record && FINAL.includes(record.status) ? record : undefined;
+      },
+      { label: "the job record to be final", timeoutMs, intervalMs: 25 },
+    );
   }
 
   it("the agent joins the room the dispatch named; the record ends completed, session_ended", async () => {
@@ -183,7 +185,7 @@ describe("a dispatched job lives in a room on the registry", { timeout: 60_000 }
     const minted = await api(registry, "POST", "/v1/rooms/support-42/tokens", { name: "Tess" });
     expect(minted.status).toBe(201);
     await converse(registry.url, "support-42", minted.json.token as string);
-    const record = await within("the job record to be final", finalRecord(registry, jobId), 15_000);
+    const record = await finalRecord(registry, jobId, 15_000);
     expect(record).toMatchObject({ status: "completed", reason: "session_ended", roomId: "support-42" });
   });
 
@@ -196,7 +198,7 @@ describe("a dispatched job lives in a room on the registry", { timeout: 60_000 }
     });
     const job = created.json.job as { id: string; roomId?: string };
     expect(job.roomId).toMatch(/^room-/);
-    const record = await within("the job record to be final", finalRecord(registry, job.id), 30_000);
+    const record = await finalRecord(registry, job.id, 30_000);
     expect(record).toMatchObject({ status: "completed", reason: "no_participant" });
   });
 

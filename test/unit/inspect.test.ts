@@ -3,7 +3,7 @@ import { describe, expect, it } from "vitest";
 import { createActor, createMachine, SimulatedClock } from "xstate";
 import { createLogger } from "../../src/observability/logger.ts";
 import { Options } from "../../src/options.ts";
-import { ActorEventLog } from "../../src/registry/actor-events.ts";
+import { ActorEventLog } from "../../src/observability/actor-events.ts";
 import { createWorkerActor } from "../../src/worker/worker-actor.ts";
 import { cooperativeBehaviour, FakeProcesses } from "../support/fake-process.ts";
 

@@ -42,7 +42,8 @@ describe("the public API is the documented API (docs/api.md)", () => {
     });
     const loaded = JSON.parse(stdout) as string[];
     expect(loaded).toContain(SOURCES.troupe.href);
-    const heavy = /\/src\/registry\/|\/src\/worker\/runtime\.ts|\/src\/room\/hub\.ts|\/node_modules\/(ioredis|prom-client|pidusage)\//;
+    const heavy =
+      /\/src\/registry\/|\/src\/worker\/runtime\.ts|\/src\/room\/hub\.ts|\/node_modules\/(ioredis|prom-client|pidusage)\//;
     expect(loaded.filter((url) => heavy.test(url))).toEqual([]);
   }, 90_000);
 });

@@ -1,5 +1,5 @@
-import type { InspectionEvent } from "xstate";
-import { stateText } from "../observability/state-text.ts";
+import type { AnyActorRef, InspectionEvent } from "xstate";
+import { stateText } from "./state-text.ts";
 
 /**
  * What happened to one actor: an event it took and the state it went from and to. Event types and
@@ -38,37 +38,58 @@ export const DEFAULT_ACTOR_EVENT_LIMITS: ActorEventLogLimits = { perActor: 50, m
 /** The longest event type kept; machine event types are short, this only bounds the unexpected. */
 const MAX_EVENT_TYPE = 100;
 
+/** The path both dashboards (the registry's and a worker's own) ask for one actor's recent events (`?actor=<id>`). */
+export const ACTOR_EVENTS_PATH = "/dashboard/actor-events";
+
+/**
+ * Which actors a log follows and the name each is kept under; undefined leaves the actor out.
+ * `rootId` is the session id of the root of the actor's system.
+ */
+export type FollowedActor = (actor: AnyActorRef, rootId: string) => string | undefined;
+
+/** Root actors only, by id: the registry's sessions and dispatches (each the root of its own system). */
+export const rootActors: FollowedActor = (actor, rootId) =>
+  actor.sessionId === rootId ? ((actor as { id?: string }).id ?? actor.sessionId) : undefined;
+
 interface Track {
+  /** The actor instance: an id used again by a later actor (a job offered again) starts a new list. */
+  sessionId: string;
   ended: boolean;
   events: ActorEventEntry[];
 }
 
 /**
- * The recent events of the registry's root actors (its sessions and dispatches), for the dashboard:
- * fed by `observer`, an XState inspection observer given to each of them. Bounded three ways (per
- * actor, actors in all, ended actors) so neither workers nor dispatchers can grow it without limit;
- * each map's insertion order is its eviction order.
+ * The recent events of some actors, for a dashboard: the registry's sessions and dispatches, or a
+ * worker's root with its slots and jobs. Fed by `observer`, an XState inspection observer given to
+ * the actors (XState hands it every actor of their systems; `follow` picks which are kept). Bounded
+ * three ways (per actor, actors in all, ended actors) so neither peers nor a long-running worker can
+ * grow it without limit; each map's insertion order is its eviction order.
  */
 export class ActorEventLog {
   readonly #limits: ActorEventLogLimits;
   readonly #now: () => number;
+  readonly #follow: FollowedActor;
   /** Every followed actor, least recently updated first. */
   readonly #tracks = new Map<string, Track>();
   /** Ended actors' ids, ended longest ago first. */
   readonly #ended = new Set<string>();
 
-  constructor(now: () => number, limits: Partial<ActorEventLogLimits> = {}) {
+  constructor(now: () => number, limits: Partial<ActorEventLogLimits> = {}, follow: FollowedActor = rootActors) {
     this.#now = now;
     this.#limits = { ...DEFAULT_ACTOR_EVENT_LIMITS, ...limits };
+    this.#follow = follow;
   }
 
-  /** The inspection observer: records each snapshot of a root actor (children, if any, are not followed). */
+  /** The inspection observer: records each snapshot of a followed actor that has states. */
   readonly observer = (event: InspectionEvent): void => {
-    if (event.type !== "@xstate.snapshot" || event.actorRef.sessionId !== event.rootId) return;
+    if (event.type !== "@xstate.snapshot") return;
     const snapshot = event.snapshot as { status?: string; value?: unknown };
     if (snapshot.value === undefined) return;
+    const actor = this.#follow(event.actorRef as AnyActorRef, event.rootId);
+    if (actor === undefined) return;
     this.#record(
-      (event.actorRef as { id?: string }).id ?? event.actorRef.sessionId,
+      actor,
+      event.actorRef.sessionId,
       event.event.type,
       stateText(snapshot.value),
       snapshot.status !== undefined && snapshot.status !== "active",
@@ -91,12 +112,17 @@ export class ActorEventLog {
     return this.#tracks.size;
   }
 
-  #record(actor: string, eventType: string, to: string, ended: boolean): void {
+  #record(actor: string, sessionId: string, eventType: string, to: string, ended: boolean): void {
     const event = eventType.length > MAX_EVENT_TYPE ? `${eventType.slice(0, MAX_EVENT_TYPE)}…` : eventType;
     const at = this.#now();
     let track = this.#tracks.get(actor);
+    if (track && track.sessionId !== sessionId) {
+      this.#forget(actor);
+      track = undefined;
+    }
+    // Re-inserted: the map's order is least recently updated first.
     if (track) this.#tracks.delete(actor);
-    else track = { ended: false, events: [] };
+    else track = { sessionId, ended: false, events: [] };
     this.#tracks.set(actor, track);
     const last = track.events.at(-1);
     const from = last ? last.to : null;
