@@ -1,6 +1,7 @@
 // The dashboard: one server-sent event stream of snapshots, rendered into tables and a diagram of
-// the chosen machine with every active state marked; on the registry's page, beside it, the recent
-// events of the chosen machine's actor, polled while it is shown. No framework: the page stays small.
+// the chosen machine with every active state marked and, beside it, the recent events of the chosen
+// machine's actor, polled while it is shown (a worker's page keeps them for its root, slots and jobs;
+// the registry's for its sessions and dispatches). No framework: the page stays small.
 const params = new URLSearchParams(location.search);
 const token = params.get("token") ?? sessionStorage.getItem("troupe.token") ?? "";
 if (token) sessionStorage.setItem("troupe.token", token);
@@ -123,6 +124,8 @@ function instances() {
       kind: "slot",
       state: s.state,
       label: `slot ${s.id} of ${workerLabel(s.workerId)}`,
+      // A slot on the registry's page is a worker's report: its events are kept by that worker only.
+      ...(s.actor ? { actor: s.actor } : { eventsElsewhere: "events for this actor are on its worker's page" }),
     });
   for (const j of latest.jobs) {
     if (!j.machine) continue;
@@ -228,24 +231,28 @@ function showChosen() {
 // ------------------------------------------------------------ the chosen actor's recent events
 
 const EVENTS_POLL_MS = 1000;
-let eventsActor = null;
+/** What the panel shows now: an actor's list, or a note saying where its events are; null hides it. */
+let eventsShown = null;
 let eventsBusy = false;
 
-/** The actor whose events the registry keeps for the chosen machine (sessions and dispatches only). */
-function chosenActor() {
-  return instances().find((c) => c.key === $("machine").value)?.actor ?? null;
+/** The chosen machine's actor whose events this server keeps, or a note saying where they are instead. */
+function chosenEvents() {
+  const chosen = instances().find((c) => c.key === $("machine").value);
+  if (chosen?.actor) return { key: `actor:${chosen.actor}`, actor: chosen.actor };
+  if (chosen?.eventsElsewhere) return { key: `elsewhere:${chosen.key}`, actor: null, note: chosen.eventsElsewhere };
+  return null;
 }
 
 const clockTime = (ms) => new Date(ms).toLocaleTimeString();
 
-function renderEvents(actor, body, note) {
+function renderEvents(actor, body, note, shown = Boolean(actor)) {
   const panel = $("actor-events");
-  panel.hidden = !actor;
+  panel.hidden = !shown;
   panel.dataset.actor = actor ?? "";
   $("actor-events-note").textContent = note;
   const list = $("actor-events-list");
   const events = body?.events ?? [];
-  // Newest first; event types and states only (the registry keeps no payloads).
+  // Newest first; event types and states only (neither server keeps payloads).
   list.replaceChildren(
     ...events
       .slice()
@@ -273,10 +280,12 @@ function renderEvents(actor, body, note) {
 
 /** Fetches the chosen actor's recent events (skipped while a request is out) and shows them. */
 async function refreshEvents() {
-  const actor = chosenActor();
-  if (actor !== eventsActor) {
-    eventsActor = actor;
-    renderEvents(actor, null, actor ? "loading…" : "");
+  const wanted = chosenEvents();
+  const key = wanted?.key ?? null;
+  const actor = wanted?.actor ?? null;
+  if (key !== eventsShown) {
+    eventsShown = key;
+    renderEvents(actor, null, actor ? "loading…" : (wanted?.note ?? ""), Boolean(wanted));
   }
   if (!actor || eventsBusy) return;
   eventsBusy = true;
@@ -284,7 +293,7 @@ async function refreshEvents() {
     const query = new URLSearchParams({ actor });
     if (token) query.set("token", token);
     const res = await fetch(`/dashboard/actor-events?${query}`, { cache: "no-store" });
-    if (actor !== eventsActor) return;
+    if (key !== eventsShown) return;
     if (res.ok) {
       const body = await res.json();
       renderEvents(actor, body, body.known === false ? "(none kept for it here)" : body.ended ? "(ended)" : "");
@@ -293,7 +302,7 @@ async function refreshEvents() {
       renderEvents(actor, null, said);
     }
   } catch {
-    if (actor === eventsActor) $("actor-events-note").textContent = "(not reachable; retrying)";
+    if (key === eventsShown) $("actor-events-note").textContent = "(not reachable; retrying)";
   } finally {
     eventsBusy = false;
   }
@@ -303,9 +312,12 @@ setInterval(() => {
 }, EVENTS_POLL_MS);
 
 $("machine").addEventListener("change", showChosen);
-// A row of a table stands for its machine: a click shows that machine's diagram and events.
+// A row of a table stands for its machine: pressing it shows that machine's diagram and events. The
+// press, not the click: each snapshot renders the rows anew, and a browser fires no click when the
+// row pressed was replaced before the button came up (a busy worker's rows change every second).
 for (const table of ["workers", "slots", "jobs"]) {
-  document.querySelector(`#${table} tbody`).addEventListener("click", (event) => {
+  document.querySelector(`#${table} tbody`).addEventListener("pointerdown", (event) => {
+    if (event.button !== 0) return;
     const key = event.target.closest("tr[data-choice]")?.getAttribute("data-choice");
     if (!key || !instances().some((c) => c.key === key)) return;
     $("machine").value = key;

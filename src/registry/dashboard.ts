@@ -2,9 +2,9 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { z } from "zod";
 import { bearerToken } from "../auth/tokens.ts";
 import { HttpError, send } from "../http/respond.ts";
+import type { ActorEventLog } from "../observability/actor-events.ts";
 import { stateText } from "../observability/state-text.ts";
 import type { DashboardSnapshot } from "../web/routes.ts";
-import type { ActorEventLog } from "../observability/actor-events.ts";
 import type { RegistryCore } from "./core/registry-core.ts";
 
 /** How many job records the registry's dashboard shows (newest first). */

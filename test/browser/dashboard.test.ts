@@ -19,7 +19,9 @@ import { chromiumAvailable, launchChromium } from "./chromium.ts";
  * memory sampler, memory), each worker's registry session (two regions), and a worker's own root
  * machine (two regions). Every active region is marked, the two `slot.0` are two choices, a marked
  * state is inside the visible diagram, and a bad token is said plainly. A job's row, clicked, shows
- * its dispatch machine and that actor's recent events, updated as they happen.
+ * its dispatch machine and that actor's recent events, updated as they happen; on a worker's own
+ * page, a slot's, a job's and the root's rows do the same with the worker's events, and a slot's
+ * row on the registry's page says its events are on its worker's page.
  */
 
 /** What the page marked in its diagram: the titles of the current states and of the active clusters. */
@@ -209,6 +211,59 @@ describe.runIf(chromiumAvailable)("dashboard marks in a real browser", { timeout
     expect(await panel.textContent()).not.toContain("not-for-the-list");
     await registry.store.untilFinal(job.id, 30_000);
     await page.close();
+  });
+
+  it("lists the events of a slot, a job and the root clicked on a worker's own page, as they happen", async () => {
+    const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+    await page.goto(`http://127.0.0.1:${workers[1]?.port}/dashboard`);
+    const panel = page.locator("#actor-events");
+    const listed = () =>
+      page.locator("#actor-events-list li").evaluateAll((items) => items.map((li) => li.getAttribute("data-event")));
+
+    // The warm slot, chosen while idle (its oldest entries may have made way for memory samples).
+    const slotRow = page.locator("#slots tbody tr").first();
+    await slotRow.waitFor({ timeout: 15_000 });
+    const slotId = await slotRow.getAttribute("data-slot");
+    await slotRow.click();
+    expect(await panel.getAttribute("data-actor")).toBe(slotId);
+    await expect.poll(async () => (await listed()).length, { timeout: 15_000 }).toBeGreaterThan(0);
+    expect(await listed()).not.toContain("slot.assign");
+
+    // Live: a job dispatched to this worker shows up in the slot's list without a reload.
+    const job = await dispatch(registry, { agent_name: "marks-b", metadata: { hang: true, note: "not-for-the-list" } });
+    await registry.store.until(job.id, (record) => record.status === "running", 60_000, "running");
+    await expect.poll(listed, { timeout: 15_000 }).toContain("slot.assign");
+
+    const jobRow = page.locator(`#jobs tbody tr[data-job="${job.id}"]`);
+    await jobRow.waitFor({ timeout: 15_000 });
+    await jobRow.click();
+    expect(await page.locator("#machine").inputValue()).toBe(`job:${job.id}`);
+    expect(await panel.getAttribute("data-actor")).toBe(`job.${job.id}`);
+    await expect.poll(listed, { timeout: 15_000 }).toEqual(expect.arrayContaining(["job.launching", "xstate.init"]));
+    expect((await listed()).at(-1)).toBe("xstate.init");
+    expect(await panel.textContent()).not.toContain("not-for-the-list");
+
+    await page.locator("#workers tbody tr").first().click();
+    expect(await panel.getAttribute("data-actor")).toBe("worker");
+    await expect.poll(async () => (await listed()).length, { timeout: 15_000 }).toBeGreaterThan(0);
+    await page.close();
+
+    // The registry knows a slot only from its worker's reports: it says where the events are.
+    const registryPage = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+    await registryPage.goto(`${registry.url}/dashboard?token=${registry.dispatcher}`);
+    const registrySlot = registryPage.locator("#slots tbody tr").first();
+    await registrySlot.waitFor({ timeout: 15_000 });
+    await registrySlot.click();
+    const registryPanel = registryPage.locator("#actor-events");
+    await registryPanel.waitFor({ state: "visible", timeout: 15_000 });
+    expect(await registryPage.locator("#actor-events-note").textContent()).toBe(
+      "events for this actor are on its worker's page",
+    );
+    expect(await registryPage.locator("#actor-events-list li").count()).toBe(0);
+    await registryPage.close();
+
+    await registry.registry.cancel(job.id, "the test is done with it");
+    await registry.store.untilFinal(job.id, 30_000);
   });
 
   it("says a bad or missing token is not valid instead of reconnecting forever", async () => {

@@ -1,9 +1,9 @@
 import { Writable } from "node:stream";
 import { describe, expect, it } from "vitest";
 import { createActor, createMachine, SimulatedClock } from "xstate";
+import { ActorEventLog } from "../../src/observability/actor-events.ts";
 import { createLogger } from "../../src/observability/logger.ts";
 import { Options } from "../../src/options.ts";
-import { ActorEventLog } from "../../src/observability/actor-events.ts";
 import { createWorkerActor } from "../../src/worker/worker-actor.ts";
 import { cooperativeBehaviour, FakeProcesses } from "../support/fake-process.ts";
 

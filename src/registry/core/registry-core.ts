@@ -1,7 +1,7 @@
+import { ActorEventLog } from "../../observability/actor-events.ts";
 import { combineInspectors } from "../../observability/inspect.ts";
 import type { WorkerMessage } from "../../protocol/registry.ts";
 import { PROTOCOL_VERSION } from "../../protocol/registry.ts";
-import { ActorEventLog } from "../../observability/actor-events.ts";
 import type { ClusterHost } from "../cluster/cluster.ts";
 import type { NodeMessage, WorkerView } from "../cluster/messages.ts";
 import { spareOf } from "../picker.ts";
