@@ -2,16 +2,13 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { z } from "zod";
 import { bearerToken } from "../auth/tokens.ts";
 import { HttpError, send } from "../http/respond.ts";
-import type { ActorEventLog } from "../observability/actor-events.ts";
+import { ACTOR_EVENTS_PATH, type ActorEventLog } from "../observability/actor-events.ts";
 import { stateText } from "../observability/state-text.ts";
 import type { DashboardSnapshot } from "../web/routes.ts";
 import type { RegistryCore } from "./core/registry-core.ts";
 
 /** How many job records the registry's dashboard shows (newest first). */
 const DASHBOARD_JOBS = 100;
-
-/** The path the dashboard asks for one actor's recent events (`?actor=<id>`). */
-export const ACTOR_EVENTS_PATH = "/dashboard/actor-events";
 
 /** Actor ids are `session.<connection id>` and `dispatch.<job id>`; anything else is not ours. */
 const actorQuery = z.object({

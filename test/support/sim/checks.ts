@@ -1,0 +1,160 @@
+import { isFinal, type JobStatus } from "../../../src/registry/store.ts";
+import type { SimContext } from "./context.ts";
+import type { SimNode } from "./node.ts";
+import type { RecordWrite } from "./store.ts";
+import type { JobHolder, JobStarts, SimWorker } from "./worker.ts";
+
+/** What the checks read from the world. */
+export interface Observed {
+  readonly sim: SimContext;
+  readonly nodes: (SimNode | undefined)[];
+  /** The current incarnation in each worker slot. */
+  readonly workers: (SimWorker | undefined)[];
+  /** Every incarnation that ever ran. */
+  readonly allWorkers: SimWorker[];
+  readonly starts: JobStarts;
+  /** How long no node has heard from the worker known by this registry id. */
+  silenceOf(workerId: string): number;
+}
+
+interface LedgerEntry {
+  status: JobStatus;
+  /** Every status the record had, in order. */
+  history: JobStatus[];
+  /** The node that owns the job now, and the nodes it was claimed from. */
+  node: string | undefined;
+  workerId: string | undefined;
+  claimedFrom: string[];
+  /** Each time the record went from a bound status back to `pending`: the reason, and how long its worker had been silent. */
+  requeued: { reason: string; silentMs: number }[];
+  redispatch: boolean;
+  idempotencyKey: string | undefined;
+}
+
+/**
+ * The safety invariants, checked after every step (and, for records, on every write): they hold at
+ * every moment, faults or not. Each broken one is reported through `sim.violation`.
+ */
+export class Invariants {
+  /** Every job record ever written, as it is now. */
+  readonly ledger = new Map<string, LedgerEntry>();
+  /** Idempotency key → the job ids dispatches with it were answered with. */
+  readonly keys = new Map<string, Set<string>>();
+
+  constructor(private readonly world: Observed) {}
+
+  /** A write reached the shared records. */
+  onWrite({ op, by, record }: RecordWrite): void {
+    const { sim } = this.world;
+    const before = this.ledger.get(record.id);
+    if (!before) {
+      this.ledger.set(record.id, {
+        status: record.status,
+        history: [record.status],
+        requeued: [],
+        node: record.node,
+        workerId: record.workerId,
+        claimedFrom: [],
+        redispatch: record.redispatch,
+        idempotencyKey: record.idempotencyKey,
+      });
+      if (sim.tracing) sim.trace("store", `${record.id} created ${record.status} by ${by}`);
+      return;
+    }
+    if (op === "claim" && before.node !== record.node && before.node) before.claimedFrom.push(before.node);
+    before.node = record.node;
+    before.workerId = record.workerId;
+    if (before.status === record.status) return;
+    if (sim.tracing) {
+      sim.trace(
+        "store",
+        `${record.id} ${before.status} → ${record.status} (${op} by ${by}${record.reason ? `: ${record.reason}` : ""})`,
+      );
+    }
+    if (isFinal(before.status)) {
+      const corrected =
+        op === "correctLost" && before.status === "lost" && this.#reportedBy(record.workerId, record.id, record.status);
+      if (!corrected) {
+        sim.violation(
+          `record ${record.id} left its final status ${before.status} for ${record.status} (${op} by ${by})`,
+        );
+      }
+    }
+    if (record.status === "completed" && !this.#reportedBy(record.workerId, record.id, "completed")) {
+      sim.violation(
+        `record ${record.id} says completed on ${record.workerId ?? "no worker"}, whose job machine did not complete it`,
+      );
+    }
+    if (record.status === "pending" && (before.status === "assigned" || before.status === "running")) {
+      before.requeued.push({
+        reason: record.reason ?? "",
+        silentMs: record.workerId ? this.world.silenceOf(record.workerId) : Number.POSITIVE_INFINITY,
+      });
+    }
+    before.status = record.status;
+    before.history.push(record.status);
+  }
+
+  /** A dispatch call answered: one idempotency key, one job. */
+  onDispatched(key: string | undefined, jobId: string): void {
+    if (!key) return;
+    const ids = this.keys.get(key) ?? new Set<string>();
+    ids.add(jobId);
+    this.keys.set(key, ids);
+    if (ids.size > 1) this.world.sim.violation(`idempotency key ${key} answered with jobs ${[...ids].join(", ")}`);
+  }
+
+  /** A process was handed a job: never one running elsewhere, and a second start only with redispatch. */
+  onStart(started: JobHolder): void {
+    const { sim, starts } = this.world;
+    for (const other of starts.holders) {
+      if (other === started || other.jobId !== started.jobId || other.process.exited || other.process.disposed)
+        continue;
+      sim.violation(`job ${started.jobId} starts on ${started.worker.name} while it runs on ${other.worker.name}`);
+    }
+    const count = starts.counts.get(started.jobId) ?? 0;
+    if (count > 1 && !this.ledger.get(started.jobId)?.redispatch) {
+      sim.violation(`job ${started.jobId} started ${count} times, and its dispatch did not ask for redispatch`);
+    }
+  }
+
+  /** After every step: bounds on each worker, no actor broken. */
+  afterStep(): void {
+    const { sim, workers, nodes, starts } = this.world;
+    for (const worker of workers) {
+      if (!worker || worker.crashed) continue;
+      const snapshot = worker.actor.getSnapshot();
+      if (snapshot.status === "error") sim.violation(`${worker.name}'s root machine failed: ${String(snapshot.error)}`);
+      if (snapshot.status !== "active") continue;
+      const max = worker.shape.maxProcesses;
+      const jobs = Object.keys(snapshot.context.jobs).length;
+      if (jobs > max) sim.violation(`${worker.name} holds ${jobs} jobs, maxProcesses ${max}`);
+      const processes = worker.liveProcesses();
+      if (processes > max) sim.violation(`${worker.name} runs ${processes} processes, maxProcesses ${max}`);
+      if (worker.registered && worker.workerId) worker.registeredIds.add(worker.workerId);
+    }
+    for (const holder of starts.holders) {
+      if (holder.process.exited || holder.process.disposed) starts.holders.delete(holder);
+    }
+    for (const node of nodes) {
+      if (!node?.up || !node.core) continue;
+      for (const live of node.core.dispatcher.values()) {
+        if (live.actor.getSnapshot().status === "error") {
+          sim.violation(`${node.name}: the dispatch machine of ${live.record.id} failed`);
+        }
+      }
+      for (const link of node.core.directory.workers()) {
+        if (link.session.getSnapshot().status === "error") sim.violation(`${node.name}: a session machine failed`);
+      }
+    }
+  }
+
+  /** The worker (any incarnation registered under `workerId`) ended the job with this status. */
+  #reportedBy(workerId: string | undefined, jobId: string, status: string): boolean {
+    if (!workerId) return false;
+    return this.world.allWorkers.some(
+      (worker) =>
+        (worker.registeredIds.has(workerId) || worker.workerId === workerId) && worker.finished.get(jobId) === status,
+    );
+  }
+}
