@@ -71,7 +71,7 @@ function print(value: unknown) {
 
 /**
  * Lets this process import a TypeScript agent: tsx's loader, an optional peer dependency, loaded only
- * here. (Its job processes get their own, see src/job/exec-argv.ts.) Run from troupe's sources
+ * here. (Its job processes get their own, see src/worker/job-exec-argv.ts.) Run from troupe's sources
  * (bin/troupe.mjs) tsx is loaded already.
  */
 async function loadTypeScriptSupport(modulePath: string): Promise<void> {

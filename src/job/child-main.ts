@@ -5,7 +5,7 @@ import { captureJobMarker, killEscapedDescendants } from "./descendant-sweep.ts"
  * troupe) it makes sure the process does not outlive its worker: on IPC `disconnect`, and on finding
  * the channel already closed, it kills the job's descendants that left its process group, then the
  * group. That takes a free event loop; a job whose loop is blocked (`while (true) {}`) is killed from
- * outside, by its worker's orphan guardian (src/job/orphan-guardian.ts), which reads end-of-file
+ * outside, by its worker's orphan guardian (src/worker/orphan-guardian.ts), which reads end-of-file
  * from the worker the moment the worker is gone.
  */
 

@@ -20,7 +20,7 @@ export const SWEEP_MAX_ROUNDS = 5;
  * reused meanwhile is never hit. Returns how many were killed; 0 without /proc (non-Linux).
  *
  * Plain JavaScript in a string because the worker's orphan guardian, a plain Node process, runs it
- * too (see orphan-guardian.ts, where `selfPid` is the job process's); a job process compiles the
+ * too (see src/worker/orphan-guardian.ts, where `selfPid` is the job process's); a job process compiles the
  * same text.
  */
 export const SWEEP_FUNCTION_SOURCE = `(function sweepJobDescendants(require, marker, selfPid) {

@@ -2,16 +2,17 @@ import { type ChildProcess, fork } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { fromCallback } from "xstate";
 import type { ProcessCommand, ProcessEvent, ProcessInput } from "../../machines/slot.ts";
-import { jobProcessExecArgv } from "../job/exec-argv.ts";
 import { LOG_LINE_MAX_BYTES } from "../job/log-limits.ts";
-import { OrphanGuardian } from "../job/orphan-guardian.ts";
 import type { Logger } from "../observability/logger.ts";
 import type { LogLevel } from "../options.ts";
 import { type ChildConfig, toErrorInfo, toParent } from "../protocol/ipc.ts";
+import { RUNNING_FROM_SOURCES } from "../util/tsx-loader.ts";
 import { onBoundedLines } from "./bounded-lines.ts";
 import { killLeftovers, RememberedDescendants } from "./descendants.ts";
 import { jobProcessEnv } from "./job-env.ts";
+import { jobProcessExecArgv } from "./job-exec-argv.ts";
 import { JobLogGate } from "./job-log-gate.ts";
+import { OrphanGuardian } from "./orphan-guardian.ts";
 import { processTreeMemoryMb } from "./process-memory.ts";
 
 /** What the runtime wants to know about processes, for /worker and /metrics. */
@@ -33,9 +34,7 @@ export interface ProcessSettings {
   env?: NodeJS.ProcessEnv;
 }
 
-const here = fileURLToPath(import.meta.url);
-const runningFromTypeScript = here.endsWith(".ts");
-const childMain = fileURLToPath(new URL(`../job/child-main.${runningFromTypeScript ? "ts" : "js"}`, import.meta.url));
+const childMain = fileURLToPath(new URL(`../job/child-main.${RUNNING_FROM_SOURCES ? "ts" : "js"}`, import.meta.url));
 const bootGuard = fileURLToPath(new URL("../job/boot-guard.cjs", import.meta.url));
 
 /** How long a job just sent its start_job has before a new process is forked. */

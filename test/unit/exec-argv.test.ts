@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { jobProcessExecArgv, withoutTsxLoader } from "../../src/job/exec-argv.ts";
+import { jobProcessExecArgv, withoutTsxLoader } from "../../src/worker/job-exec-argv.ts";
 
 const compiled = { childMain: "/app/dist/src/job/child-main.js", bootGuard: "/app/boot-guard.cjs" };
 const fromSource = { childMain: "/app/src/job/child-main.ts", bootGuard: "/app/boot-guard.cjs" };

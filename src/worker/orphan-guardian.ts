@@ -1,6 +1,6 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { STRIPPED_ENV_NAMES } from "../worker/job-env.ts";
-import { SWEEP_FUNCTION_SOURCE } from "./descendant-sweep.ts";
+import { SWEEP_FUNCTION_SOURCE } from "../job/descendant-sweep.ts";
+import { STRIPPED_ENV_NAMES } from "./job-env.ts";
 
 /**
  * The orphan guardian: one small plain-Node process per worker that kills the worker's job processes

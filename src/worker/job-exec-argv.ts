@@ -1,6 +1,5 @@
-import { createRequire } from "node:module";
-import { pathToFileURL } from "node:url";
-import { withoutEnvFileFlags } from "../worker/job-env.ts";
+import { findTsxLoader, TYPESCRIPT_FILE, tsxMissing } from "../util/tsx-loader.ts";
+import { withoutEnvFileFlags } from "./job-env.ts";
 
 /**
  * The Node flags a job process starts with. A TypeScript loader (tsx) only when the process has
@@ -8,9 +7,6 @@ import { withoutEnvFileFlags } from "../worker/job-env.ts";
  * agent on compiled troupe runs on plain `node`, even under a worker started with tsx: loading tsx
  * costs a job process about twice its memory and its boot CPU.
  */
-
-/** Files Node cannot load without a TypeScript loader. */
-const TYPESCRIPT_FILE = /\.[cm]?tsx?$/;
 
 /** Flags whose value is a module to preload: `--import <url>`, `--require <path>`, `--loader <url>`. */
 const PRELOAD_FLAGS = new Set(["--import", "--require", "-r", "--loader", "--experimental-loader"]);
@@ -39,15 +35,9 @@ export function withoutTsxLoader(execArgv: readonly string[]): string[] {
 }
 
 function tsxLoaderUrl(agentModule: string): string {
-  try {
-    return pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href;
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== "MODULE_NOT_FOUND") throw error;
-    throw new Error(
-      `job processes need tsx to load TypeScript (${agentModule}), and it is not installed: ` +
-        "npm install --save-dev tsx, or compile the agent to JavaScript",
-    );
-  }
+  const loader = findTsxLoader(agentModule);
+  if (!loader) throw tsxMissing(agentModule, "a job process");
+  return loader;
 }
 
 export interface JobProcessFiles {
