@@ -138,7 +138,7 @@ describe.runIf(hasRedis)("two registry nodes on one Redis", () => {
     expect(exits.map((e) => e.code)).toEqual([0, 0, 0, 0]);
     nodeB.child.kill("SIGTERM");
     expect((await nodeB.exited).code).toBe(0);
-    expect(guard.leftovers()).toEqual([]);
+    expect(await guard.leftoversAfterExit()).toEqual([]);
   });
 });
 

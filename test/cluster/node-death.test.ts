@@ -100,6 +100,6 @@ describe.runIf(hasRedis)("a registry node that dies with its worker", () => {
     expect((await stopWorker(rescuer, "SIGTERM")).code).toBe(0);
     for (const node of survivors) node.child.kill("SIGTERM");
     expect((await Promise.all(survivors.map((node) => node.exited))).map((exit) => exit.code)).toEqual([0, 0]);
-    expect(guard.leftovers()).toEqual([]);
+    expect(await guard.leftoversAfterExit()).toEqual([]);
   });
 });

@@ -86,6 +86,6 @@ describe("worker capacity", () => {
     }
 
     expect(await stopInProcessWorker(worker)).toBe(0);
-    expect(guard.leftovers()).toEqual([]);
+    expect(await guard.leftoversAfterExit()).toEqual([]);
   });
 });

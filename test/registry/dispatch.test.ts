@@ -100,7 +100,7 @@ describe("registry dispatch, with an in-process worker or a scripted one", () =>
     expect(await r.store.untilFinal(next.id, 15_000)).toMatchObject({ status: "completed", workerId });
 
     expect(await stopInProcessWorker(worker)).toBe(0);
-    expect(guard.leftovers()).toEqual([]);
+    expect(await guard.leftoversAfterExit()).toEqual([]);
   });
 
   it("DELETE /v1/jobs/:id stops a running job on its worker; the record ends cancelled", async () => {
@@ -145,7 +145,7 @@ describe("registry dispatch, with an in-process worker or a scripted one", () =>
     expect((await api(r.url, r.dispatcher, "DELETE", "/v1/jobs/job-nope")).status).toBe(404);
 
     expect(await stopInProcessWorker(worker)).toBe(0);
-    expect(guard.leftovers()).toEqual([]);
+    expect(await guard.leftoversAfterExit()).toEqual([]);
   });
 
   it("the same idempotency key returns the same job, and only one job runs", async () => {

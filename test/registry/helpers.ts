@@ -328,6 +328,17 @@ export class ProcessGuard {
     return [...candidates].filter(alive);
   }
 
+  /**
+   * What is still alive once the processes that end by themselves had the time to: a stopped worker's
+   * orphan guardian closes half a second after its last job process exited.
+   */
+  async leftoversAfterExit(timeoutMs = 5_000): Promise<number[]> {
+    await until(() => this.leftovers().length === 0, { label: "the file's processes to exit", timeoutMs }).catch(
+      () => undefined,
+    );
+    return this.leftovers();
+  }
+
   /** SIGKILLs whatever is left and waits until it is gone. Returns what had to be killed. */
   async killAll(): Promise<number[]> {
     const killed = this.leftovers();

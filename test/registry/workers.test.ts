@@ -112,7 +112,7 @@ describe.sequential("registry with worker processes", () => {
     // Drained workers exit cleanly and take their job processes with them.
     const exits = await Promise.all(workers.map((w) => stopWorker(w, "SIGTERM")));
     expect(exits.map((e) => e.code)).toEqual([0, 0, 0]);
-    expect(guard.leftovers()).toEqual([]);
+    expect(await guard.leftoversAfterExit()).toEqual([]);
   });
 
   it("a worker killed mid-job: its jobs end lost within the liveness deadline; a redispatch job completes elsewhere", {
@@ -186,7 +186,7 @@ describe.sequential("registry with worker processes", () => {
     });
 
     expect((await stopWorker(survivor, "SIGTERM")).code).toBe(0);
-    expect(guard.leftovers()).toEqual([]);
+    expect(await guard.leftoversAfterExit()).toEqual([]);
   });
 
   it("SIGTERM drains a worker: its session goes draining, new jobs go elsewhere, its running job completes", {
@@ -250,7 +250,7 @@ describe.sequential("registry with worker processes", () => {
     // Drained, it stops by itself.
     expect((await within("the drained worker to exit", drained.exited, 10_000)).code).toBe(0);
     expect((await stopWorker(other, "SIGTERM")).code).toBe(0);
-    expect(guard.leftovers()).toEqual([]);
+    expect(await guard.leftoversAfterExit()).toEqual([]);
   });
 
   it("a registry restarted mid-run adopts the running jobs its workers report; they complete once", {
@@ -322,6 +322,6 @@ describe.sequential("registry with worker processes", () => {
 
     const exits = await Promise.all(workers.map((w) => stopWorker(w, "SIGTERM")));
     expect(exits.map((e) => e.code)).toEqual([0, 0]);
-    expect(guard.leftovers()).toEqual([]);
+    expect(await guard.leftoversAfterExit()).toEqual([]);
   });
 });
