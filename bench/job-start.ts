@@ -8,7 +8,8 @@
  * the worker spent before `start_job` left it. Per agent kind (a TypeScript agent run with tsx, and
  * the same agent compiled to JavaScript and run with plain `node`), each in its own process:
  *
- * - warm start: an idle process takes the job (pool of 4, 2 kept warm, each job on a settled pool);
+ * - warm start: an idle process takes the job (pool of 4, 2 kept warm, each job on a pool left
+ *   alone for 200 ms after it settled);
  * - cold start: no idle process (maxProcesses 1, numIdleProcesses 0);
  * - the idle job process: PSS, RSS and private memory (/proc/<pid>/smaps_rollup), CPU from fork to
  *   idle (utime + stime from /proc/<pid>/stat);
@@ -22,14 +23,15 @@
  * BENCH_AGENTS=ts,js (default both), BENCH_JOBS (warm, default 150), BENCH_COLD_JOBS (20),
  * BENCH_SUSTAINED_JOBS (60). The compiled agent is built with tsc into a temporary directory.
  */
-import { type ChildProcess, execFileSync, fork, spawn } from "node:child_process";
-import { cpSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { type ChildProcess, fork, spawn } from "node:child_process";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { createRequire, syncBuiltinESMExports } from "node:module";
 import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { Writable } from "node:stream";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { type AnyActorRef, fromCallback } from "xstate";
+import { compileToTemp } from "../scripts/compile-to-temp.ts";
 import { createLogger } from "../src/observability/logger.ts";
 import { Options } from "../src/options.ts";
 import { runWorker, type WorkerHandle } from "../src/worker/runtime.ts";
@@ -39,6 +41,8 @@ const JOBS = Number(process.env.BENCH_JOBS ?? 150);
 const COLD_JOBS = Number(process.env.BENCH_COLD_JOBS ?? 20);
 const SUSTAINED_JOBS = Number(process.env.BENCH_SUSTAINED_JOBS ?? 60);
 const SUSTAINED_DEPTH = 4;
+/** How long the warm pool is left alone between two warm starts. */
+const SETTLE_MS = 200;
 const here = fileURLToPath(import.meta.url);
 const compiled = here.endsWith(".js");
 const bareChild = fileURLToPath(new URL("./bare-child.mjs", import.meta.url));
@@ -80,6 +84,26 @@ function idleChildFigures(pids: number[]) {
     private_mb: median(readings.map((r) => r.private)),
     cpu_fork_to_idle_s: median(readings.map((r) => r.cpu)),
   };
+}
+
+/** This process's child that is a troupe orphan guardian, if any. */
+function guardianPid(): number | undefined {
+  for (const task of readdirSync(`/proc/${process.pid}/task`)) {
+    let children: string[] = [];
+    try {
+      children = readFileSync(`/proc/${process.pid}/task/${task}/children`, "latin1").split(" ").filter(Boolean);
+    } catch {
+      continue;
+    }
+    for (const pid of children.map(Number)) {
+      try {
+        if (readFileSync(`/proc/${pid}/cmdline`, "latin1").includes("troupe orphan guardian")) return pid;
+      } catch {
+        // gone
+      }
+    }
+  }
+  return undefined;
 }
 
 // ---- the floor ----
@@ -168,8 +192,8 @@ interface Harness {
   onFinished?: (jobId: string, status: string) => void;
 }
 
-const entryFile = join(mkdtempSync(join(tmpdir(), "troupe-bench-entry-")), "entries.txt");
-process.env.TROUPE_BENCH_ENTRY_FILE = entryFile;
+/** Where the agent notes its entries (bench/agents/entry-clock.ts); set in the scenario's process. */
+let entryFile = "";
 
 /** When each job's entrypoint ran its first line, as the agent noted it. */
 function entryTimes(): Map<string, bigint> {
@@ -296,6 +320,7 @@ async function warm() {
   await until(() => slotsIn(handle, "idle").length >= 2);
   await sleep(1_000);
   const idle = idleChildFigures(slotsIn(handle, "idle").map((id) => pidOf(handle, id) as number));
+  const guardian = guardianPid();
   const jobIds: string[] = [];
   for (let i = 0; i < JOBS; i++) {
     const jobId = `warm-${i}`;
@@ -305,11 +330,19 @@ async function warm() {
     });
     harness.assign(jobId);
     await finished;
-    // the next job only on a settled pool: two idle processes, none booting
+    // the next job only on a settled pool: two idle processes, none booting, and the worker done
+    // with the last job (its exit, the sweep for its leftovers), as a worker between calls would be
     await until(() => slotsIn(handle, "idle").length >= 2 && slotsIn(handle, "warming").length === 0);
+    await sleep(SETTLE_MS);
   }
   await stop(handle);
-  return { idle_job_process: idle, ...latencies(harness, jobIds) };
+  return {
+    idle_job_process: idle,
+    // one per worker, not per process (see docs/process-model.md, "Orphans"); absent before it existed
+    orphan_guardian:
+      guardian === undefined ? null : { pss_mb: memoryMb(guardian).pss, private_mb: memoryMb(guardian).private },
+    ...latencies(harness, jobIds),
+  };
 }
 
 async function cold() {
@@ -410,6 +443,8 @@ function recordStartJobSends(): void {
 }
 
 async function scenario(kind: string) {
+  entryFile = join(mkdtempSync(join(tmpdir(), "troupe-bench-entry-")), "entries.txt");
+  process.env.TROUPE_BENCH_ENTRY_FILE = entryFile;
   recordStartJobSends();
   const result = {
     agent: kind,
@@ -423,37 +458,6 @@ async function scenario(kind: string) {
 }
 
 // ---- the orchestrator ----
-
-const root = fileURLToPath(new URL("..", import.meta.url));
-
-/** Compiles machines/, src/ and this bench to JavaScript in a temporary directory. */
-function buildCompiled(): string {
-  const out = mkdtempSync(join(tmpdir(), "troupe-bench-build-"));
-  const tsconfig = {
-    compilerOptions: {
-      target: "ES2022",
-      module: "NodeNext",
-      moduleResolution: "NodeNext",
-      rewriteRelativeImportExtensions: true,
-      verbatimModuleSyntax: true,
-      resolveJsonModule: true,
-      skipLibCheck: true,
-      noCheck: true,
-      types: ["node"],
-      rootDir: root,
-      outDir: out,
-    },
-    include: ["machines", "src", "bench/job-start.ts", "bench/stats.ts", "bench/agents"].map((p) => join(root, p)),
-  };
-  writeFileSync(join(out, "tsconfig.json"), JSON.stringify(tsconfig));
-  writeFileSync(join(out, "package.json"), JSON.stringify({ type: "module" }));
-  symlinkSync(join(root, "node_modules"), join(out, "node_modules"));
-  const tsc = join(createRequire(join(root, "package.json")).resolve("typescript/package.json"), "../bin/tsc");
-  execFileSync(process.execPath, [tsc, "-p", join(out, "tsconfig.json")], { stdio: "inherit" });
-  cpSync(join(root, "src/job"), join(out, "src/job"), { recursive: true, filter: (p) => !p.endsWith(".ts") });
-  cpSync(bareChild, join(out, "bench/bare-child.mjs"));
-  return out;
-}
 
 function runScenario(kind: "ts" | "js", build: string | undefined): Promise<unknown> {
   const args =
@@ -477,12 +481,18 @@ function runScenario(kind: "ts" | "js", build: string | undefined): Promise<unkn
 
 async function orchestrate() {
   const kinds = (process.env.BENCH_AGENTS ?? "ts,js").split(",") as ("ts" | "js")[];
-  const build = kinds.includes("js") ? buildCompiled() : undefined;
+  const build = kinds.includes("js")
+    ? await compileToTemp(
+        "troupe-bench-build-",
+        ["bench/job-start.ts", "bench/stats.ts", "bench/agents", "scripts/compile-to-temp.ts"],
+        ["bench/bare-child.mjs"],
+      )
+    : undefined;
   const loadBefore = loadavg().map((l) => round(l, 2));
   const floorFigures = await floor();
   const results: Record<string, unknown> = {};
-  for (const kind of kinds) results[kind] = await runScenario(kind, build);
-  if (build) rmSync(build, { recursive: true, force: true });
+  for (const kind of kinds) results[kind] = await runScenario(kind, build?.dir);
+  build?.remove();
   console.log(
     JSON.stringify(
       {

@@ -1,5 +1,5 @@
 import { EventEmitter } from "node:events";
-import WebSocket from "ws";
+import type WebSocket from "ws";
 import { type HubFrame, hubFrame, type ParticipantInfo, type RoomMessage } from "../protocol/room.ts";
 
 export class RoomError extends Error {
@@ -45,12 +45,15 @@ export class RoomConnection extends EventEmitter<RoomEvents> {
   }
 
   /** Joins `/rooms/<id>` on a hub (`http://host:port` or `ws://…`). */
-  static connect(hubUrl: string, roomId: string, token: string, options: RoomConnectOptions = {}) {
+  static async connect(hubUrl: string, roomId: string, token: string, options: RoomConnectOptions = {}) {
+    // Loaded on the first connect, not with the module: every job process imports this module
+    // (through `import "troupe"`), and ws brings Node's http, https and tls (about 6 MB) with it.
+    const { WebSocket: WebSocketClient } = await import("ws");
     const url = new URL(`/rooms/${encodeURIComponent(roomId)}`, hubUrl.replace(/^http/, "ws"));
     url.searchParams.set("token", token);
     if (options.name) url.searchParams.set("name", options.name);
     return new Promise<RoomConnection>((resolve, reject) => {
-      const ws = new WebSocket(url, { perMessageDeflate: false });
+      const ws = new WebSocketClient(url, { perMessageDeflate: false });
       const timer = setTimeout(() => {
         ws.terminate();
         reject(new RoomError(`room ${roomId}: no welcome within ${options.timeoutMs ?? 10_000} ms`));
@@ -141,7 +144,7 @@ export class RoomConnection extends EventEmitter<RoomEvents> {
   }
 
   send(message: string | { data: unknown }, options: SendOptions = {}): void {
-    if (this.ws.readyState !== WebSocket.OPEN) throw new RoomError(`room ${this.id} is not connected`);
+    if (this.ws.readyState !== this.ws.OPEN) throw new RoomError(`room ${this.id} is not connected`);
     const body = typeof message === "string" ? { text: message } : { data: message.data };
     this.ws.send(JSON.stringify({ type: "message", ...body, ...(options.to ? { to: options.to } : {}) }));
   }
@@ -179,17 +182,17 @@ export class RoomConnection extends EventEmitter<RoomEvents> {
 
   /** Ends the room for everyone (agents only); resolves when the connection is closed. */
   end(reason = "ended_by_agent"): Promise<void> {
-    if (this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ type: "end", reason }));
+    if (this.ws.readyState === this.ws.OPEN) this.ws.send(JSON.stringify({ type: "end", reason }));
     return this.#closed();
   }
 
   leave(): Promise<void> {
-    if (this.ws.readyState === WebSocket.OPEN) this.ws.close(1000, "left");
+    if (this.ws.readyState === this.ws.OPEN) this.ws.close(1000, "left");
     return this.#closed();
   }
 
   #closed(): Promise<void> {
-    if (this.ws.readyState === WebSocket.CLOSED) return Promise.resolve();
+    if (this.ws.readyState === this.ws.CLOSED) return Promise.resolve();
     return new Promise((resolve) => this.ws.once("close", () => resolve()));
   }
 

@@ -8,7 +8,7 @@ import { JOB_MARKER_VARIABLE, SWEEP_MAX_ROUNDS } from "../job/descendant-sweep.t
  * elsewhere every function finds nothing and the process-group kill is all there is.
  *
  * The job process runs the same sweep itself when it ends normally or is orphaned
- * (src/job/descendant-sweep.ts, synchronous, in plain JavaScript for its watchdog thread); this one is
+ * (src/job/descendant-sweep.ts, synchronous, in plain JavaScript for the orphan guardian); this one is
  * asynchronous so that the worker's event loop keeps serving the other jobs while it reads /proc.
  */
 

@@ -2,7 +2,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, it, type TestContext } from "vitest";
-import { type CompiledTroupe, compileTroupe } from "../support/compiled-troupe.ts";
+import { compileToTemp, type TempBuild } from "../../scripts/compile-to-temp.ts";
 import { until, within } from "../support/wait.ts";
 import { FAST_LOCAL_OPTIONS } from "./helpers/out-of-process.ts";
 import { cpuTicks, isAlive, killHard, MARKER_VARIABLE, ProcessScope } from "./helpers/processes.ts";
@@ -14,9 +14,15 @@ import { cpuTicks, isAlive, killHard, MARKER_VARIABLE, ProcessScope } from "./he
  * killed by the worker's orphan guardian alone.
  */
 
-let build: CompiledTroupe | undefined;
+let build: TempBuild | undefined;
 beforeAll(async () => {
-  build = await compileTroupe();
+  // The fixtures' TypeScript probe is copied, never compiled, so a fixture can find out whether its
+  // process could load TypeScript.
+  build = await compileToTemp(
+    "troupe-compiled-",
+    ["test/fixtures/agents"],
+    ["test/fixtures/agents/typescript-probe.ts"],
+  );
 }, 180_000);
 afterAll(() => build?.remove());
 
@@ -33,7 +39,7 @@ interface CompiledWorker {
 function startCompiledWorker(ctx: TestContext, metadata: Record<string, unknown>, options = {}): CompiledWorker {
   const marker = `${process.pid}-compiled-${randomUUID()}`;
   const scope = new ProcessScope(marker);
-  const agent = join((build as CompiledTroupe).dir, "test/fixtures/agents/loader-probe.js");
+  const agent = join((build as TempBuild).dir, "test/fixtures/agents/loader-probe.js");
   const child = spawn(process.execPath, [agent], {
     env: {
       ...process.env,

@@ -33,7 +33,7 @@ describe("the public API is the documented API (docs/api.md)", () => {
     expect(all.filter((name, i) => all.indexOf(name) !== i)).toEqual([]);
   });
 
-  it("importing troupe (as every job process does) loads neither the registry nor the worker runtime", async () => {
+  it("importing troupe (as every job process does) loads neither the registry, the worker runtime nor ws", async () => {
     const probe = fileURLToPath(new URL("../package/loaded-modules.mjs", import.meta.url));
     const { stdout } = await run(process.execPath, ["--import", "tsx", probe, SOURCES.troupe.href], {
       cwd: REPO,
@@ -43,7 +43,7 @@ describe("the public API is the documented API (docs/api.md)", () => {
     const loaded = JSON.parse(stdout) as string[];
     expect(loaded).toContain(SOURCES.troupe.href);
     const heavy =
-      /\/src\/registry\/|\/src\/worker\/runtime\.ts|\/src\/room\/hub\.ts|\/node_modules\/(ioredis|prom-client|pidusage)\//;
+      /\/src\/registry\/|\/src\/worker\/runtime\.ts|\/src\/room\/hub\.ts|\/node_modules\/(ioredis|prom-client|pidusage|ws)\//;
     expect(loaded.filter((url) => heavy.test(url))).toEqual([]);
   }, 90_000);
 });

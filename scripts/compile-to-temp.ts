@@ -1,3 +1,8 @@
+/**
+ * troupe compiled to JavaScript (tsc, types not checked) in a temporary directory that resolves
+ * packages from this repository's node_modules: a production-like install whose job processes run
+ * on plain `node`. Used by the compiled-agent tests and by bench/job-start's compiled scenario.
+ */
 import { execFile } from "node:child_process";
 import { cpSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -6,22 +11,20 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 
-const REPO_ROOT = fileURLToPath(new URL("../../", import.meta.url));
+const REPO_ROOT = fileURLToPath(new URL("../", import.meta.url));
 
-export interface CompiledTroupe {
-  /** The build's root: `<dir>/src/...`, `<dir>/test/fixtures/agents/<name>.js`, as in the repository. */
+export interface TempBuild {
+  /** The build's root, laid out as the repository: `<dir>/src/...`, `<dir>/bench/...`. */
   dir: string;
   remove(): void;
 }
 
 /**
- * troupe and the fixture agents compiled to JavaScript (tsc, types not checked) in a temporary
- * directory that resolves packages from this repository's node_modules: a production-like install
- * whose job processes run on plain `node`. The fixtures' TypeScript files are copied too (never
- * compiled), so a fixture can find out whether its process could load one.
+ * Compiles `machines/`, `src/` and the repository-relative `include` paths into a new temporary
+ * directory, and copies what tsc does not emit: the job processes' boot guard and the `copied` files.
  */
-export async function compileTroupe(): Promise<CompiledTroupe> {
-  const dir = mkdtempSync(join(tmpdir(), "troupe-compiled-"));
+export async function compileToTemp(prefix: string, include: string[], copied: string[] = []): Promise<TempBuild> {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
   const tsconfig = {
     compilerOptions: {
       target: "ES2022",
@@ -36,7 +39,7 @@ export async function compileTroupe(): Promise<CompiledTroupe> {
       rootDir: REPO_ROOT,
       outDir: dir,
     },
-    include: ["machines", "src", "test/fixtures/agents"].map((path) => join(REPO_ROOT, path)),
+    include: ["machines", "src", ...include].map((path) => join(REPO_ROOT, path)),
   };
   writeFileSync(join(dir, "tsconfig.json"), JSON.stringify(tsconfig));
   writeFileSync(join(dir, "package.json"), JSON.stringify({ type: "module" }));
@@ -44,9 +47,6 @@ export async function compileTroupe(): Promise<CompiledTroupe> {
   const tsc = join(dirname(createRequire(REPO_ROOT).resolve("typescript/package.json")), "bin", "tsc");
   await promisify(execFile)(process.execPath, [tsc, "-p", join(dir, "tsconfig.json")]);
   cpSync(join(REPO_ROOT, "src/job"), join(dir, "src/job"), { recursive: true, filter: (p) => !p.endsWith(".ts") });
-  cpSync(
-    join(REPO_ROOT, "test/fixtures/agents/typescript-probe.ts"),
-    join(dir, "test/fixtures/agents/typescript-probe.ts"),
-  );
+  for (const path of copied) cpSync(join(REPO_ROOT, path), join(dir, path));
   return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) };
 }
