@@ -3,7 +3,7 @@ import { type AnyStateMachine, assign, fromPromise, type SnapshotFrom, setup } f
 import { createTestModel } from "xstate/graph";
 import { type JobInput, type JobNotification, type JobOutput, type JobTiming, jobMachine } from "../../machines/job.ts";
 import type { FailureReason, JobSpec } from "../../machines/shared.ts";
-import { hostChild } from "../support/host.ts";
+import { deferred, hostChild } from "../support/machine-harness.ts";
 
 const OFFER_TTL = 10_000;
 const LAUNCH_TIMEOUT = 5_000;
@@ -131,22 +131,6 @@ const jobModel = setup({
     expired: { type: "final" },
   },
 });
-
-interface Deferred<T> {
-  promise: Promise<T>;
-  resolve: (value: T) => void;
-  reject: (error: unknown) => void;
-}
-
-function deferred<T>(): Deferred<T> {
-  let resolve!: (value: T) => void;
-  let reject!: (error: unknown) => void;
-  const promise = new Promise<T>((res, rej) => {
-    resolve = res;
-    reject = rej;
-  });
-  return { promise, resolve, reject };
-}
 
 /** Lets an already-settled requestFn promise reach the machine. Never waits on time. */
 const settle = () => new Promise<void>((resolve) => setImmediate(resolve));

@@ -1,42 +1,13 @@
-import { Writable } from "node:stream";
 import { describe, expect, it } from "vitest";
-import { type InspectionEvent, SimulatedClock } from "xstate";
-import { createLogger } from "../../src/observability/logger.ts";
+import type { InspectionEvent } from "xstate";
 import { Options, OptionsError } from "../../src/options.ts";
 import { createRegistry } from "../../src/registry/server.ts";
-import { createWorkerActor } from "../../src/worker/worker-actor.ts";
-import { cooperativeBehaviour, FakeProcesses } from "../support/fake-process.ts";
+import { runOneJob } from "../support/inspected-worker.ts";
 
 /**
  * `inspect` as an XState inspection observer: Options takes a function or an object with next(),
  * refuses anything else plainly, and the observer sees the worker root and every actor it spawns.
  */
-
-function memoryLogger() {
-  const lines: Record<string, unknown>[] = [];
-  const stream = new Writable({
-    write(chunk, _encoding, done) {
-      for (const line of String(chunk).split("\n").filter(Boolean)) lines.push(JSON.parse(line));
-      done();
-    },
-  });
-  return { logger: createLogger("DEBUG", stream), lines };
-}
-
-/** Runs one job on a worker with fake processes to the worker's end, on a simulated clock. */
-async function runOneJob(options: Options) {
-  const { logger, lines } = memoryLogger();
-  const fakes = new FakeProcesses(cooperativeBehaviour());
-  const clock = new SimulatedClock();
-  const actor = createWorkerActor(options, { process: fakes.logic }, { logger, clock, random: () => 0.5 });
-  actor.start();
-  actor.send({ type: "worker.run", spec: { jobId: "j1" } });
-  clock.increment(1_000);
-  actor.send({ type: "worker.stop" });
-  clock.increment(120_000);
-  await new Promise((resolve) => setImmediate(resolve));
-  return { actor, lines };
-}
 
 /** Actor ids seen per inspection event type. */
 function actorsByType(events: InspectionEvent[]): Record<string, Set<string>> {

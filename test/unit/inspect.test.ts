@@ -1,40 +1,12 @@
-import { Writable } from "node:stream";
 import { describe, expect, it } from "vitest";
-import { createActor, createMachine, SimulatedClock } from "xstate";
+import { createActor, createMachine } from "xstate";
 import { ActorEventLog } from "../../src/observability/actor-events.ts";
-import { createLogger } from "../../src/observability/logger.ts";
 import { Options } from "../../src/options.ts";
-import { createWorkerActor } from "../../src/worker/worker-actor.ts";
-import { cooperativeBehaviour, FakeProcesses } from "../support/fake-process.ts";
-
-function memoryLogger(level: "DEBUG" | "INFO") {
-  const lines: Record<string, unknown>[] = [];
-  const stream = new Writable({
-    write(chunk, _encoding, done) {
-      for (const line of String(chunk).split("\n").filter(Boolean)) lines.push(JSON.parse(line));
-      done();
-    },
-  });
-  return { logger: createLogger(level, stream), lines };
-}
-
-async function runWorker(options: Options, level: "DEBUG" | "INFO") {
-  const { logger, lines } = memoryLogger(level);
-  const fakes = new FakeProcesses(cooperativeBehaviour());
-  const clock = new SimulatedClock();
-  const actor = createWorkerActor(options, { process: fakes.logic }, { logger, clock, random: () => 0.5 });
-  actor.start();
-  actor.send({ type: "worker.run", spec: { jobId: "j1" } });
-  clock.increment(1_000);
-  actor.send({ type: "worker.stop" });
-  clock.increment(120_000);
-  await new Promise((resolve) => setImmediate(resolve));
-  return { actor, lines };
-}
+import { runOneJob } from "../support/inspected-worker.ts";
 
 describe("inspect option", () => {
   it("logs every transition with actor id, from, event and to at debug level", async () => {
-    const { actor, lines } = await runWorker(new Options({ inspect: true, logLevel: "DEBUG" }, {}), "DEBUG");
+    const { actor, lines } = await runOneJob(new Options({ inspect: true, logLevel: "DEBUG" }, {}), "DEBUG");
     expect(actor.getSnapshot().status).toBe("done");
     const transitions = lines.filter((l) => l.msg === "transition");
     expect(transitions.length).toBeGreaterThan(5);
@@ -56,12 +28,12 @@ describe("inspect option", () => {
   });
 
   it("logs nothing when inspect is off", async () => {
-    const { lines } = await runWorker(new Options({ inspect: false, logLevel: "DEBUG" }, {}), "DEBUG");
+    const { lines } = await runOneJob(new Options({ inspect: false, logLevel: "DEBUG" }, {}), "DEBUG");
     expect(lines.filter((l) => l.msg === "transition")).toEqual([]);
   });
 
   it("logs nothing below debug level even when inspect is on", async () => {
-    const { lines } = await runWorker(new Options({ inspect: true }, {}), "INFO");
+    const { lines } = await runOneJob(new Options({ inspect: true }, {}), "INFO");
     expect(lines.filter((l) => l.msg === "transition")).toEqual([]);
   });
 });
