@@ -122,7 +122,9 @@ describe.concurrent("a job's descendants die with it", { timeout: 60_000 }, () =
 
   // Retried: each attempt keeps the 2 s bound, but on a CI box at load 20+ the starved job process
   // has missed it once in a run (it never did on a quiet machine).
-  it("when the worker is SIGKILLed mid-job: the job process or the orphan guardian kills them", { retry: 2 }, async (ctx) => {
+  it("when the worker is SIGKILLed mid-job: the job process or the orphan guardian kills them", {
+    retry: 2,
+  }, async (ctx) => {
     const { expect } = ctx;
     const worker = spawnWorker(ctx, "spawns-detached", { metadata: { mode: "wait" } });
     const started = await worker.line("job started", 30_000);
