@@ -46,6 +46,9 @@ export interface JobSpec {
   roomOptions?: Record<string, unknown>;
   /** Milliseconds; overrides the worker's maxJobDuration when set. 0 = unlimited. */
   maxDurationMs?: number;
+  /** W3C trace context the job's spans continue (the registry's assign span, then the worker's hand-out). */
+  traceparent?: string;
+  tracestate?: string;
 }
 
 export interface ProcessExit {

@@ -27,6 +27,12 @@ export interface DispatchInput {
   timing: DispatchTiming;
   /** A job adopted from a worker's inventory (a registry restart, a dead node) starts as running there. */
   adoptedBy?: string;
+  /**
+   * `assigned`: the adopted job's record says assigned and its worker has not said it runs it (it
+   * may be starting it, or never have got the assignment): it must report running within the
+   * running deadline like a job just assigned, but nothing is sent to it. Default `running`.
+   */
+  adoptedAs?: "running" | "assigned";
   /** A worker to ask first: the one another node picked before it handed the dispatch here. */
   prefer?: string;
   /** How often the dispatch has moved between registry nodes. */
@@ -53,6 +59,11 @@ export type DispatchEvent =
     }
   | { type: "worker_gone"; workerId: string }
   | { type: "cancel"; reason?: string }
+  /**
+   * The store confirmed the record says `assigned` to this worker (see `assign`): the assignment may
+   * go out now, if the dispatch still wants it.
+   */
+  | { type: "assignment_fenced"; workerId: string }
   /** Another registry node took the job over: this node's dispatch lets go without recording anything. */
   | { type: "taken_over" };
 
@@ -74,7 +85,10 @@ export type DispatchEmitted =
   | { type: "bind"; jobId: string; workerId: string }
   /** ...until leaving it, whichever way. */
   | { type: "unbind"; jobId: string; workerId: string }
+  /** Make the assignment safe (record it as this node's, assigned to the worker); answered by `assignment_fenced`. */
   | { type: "assign"; jobId: string; workerId: string }
+  /** Send the job to the worker. */
+  | { type: "send_assignment"; jobId: string; workerId: string }
   | { type: "terminate"; jobId: string; workerId: string; reason: string }
   | { type: "status"; jobId: string; status: DispatchStatus; workerId: string | null; attempts: number }
   | { type: "finished"; jobId: string; output: DispatchOutput }
@@ -105,6 +119,8 @@ export interface DispatchContext {
   hops: number;
   candidate: { workerId: string; epoch: number } | null;
   workerId: string | null;
+  /** How an adopted job starts (see DispatchInput); null when not adopted. */
+  adoptedAs: "running" | "assigned" | null;
   /** The bound worker's availability epoch when it said yes (0 for an adopted job). */
   boundEpoch: number;
   attempts: number;
@@ -139,6 +155,7 @@ export const dispatchMachine = setup({
   },
   guards: {
     isAdopted: ({ context }) => context.workerId !== null,
+    isAdoptedUnconfirmed: ({ context }) => context.adoptedAs === "assigned",
     isRemote: ({ event }) => event.type === "candidate" && event.remote === true,
     fromCandidate: ({ context, event }) => "workerId" in event && event.workerId === context.candidate?.workerId,
     candidateSaidYes: ({ context, event }) =>
@@ -220,6 +237,11 @@ export const dispatchMachine = setup({
       jobId: context.jobId,
       workerId: context.workerId ?? "",
     })),
+    sendAssignment: emit(({ context }) => ({
+      type: "send_assignment" as const,
+      jobId: context.jobId,
+      workerId: context.workerId ?? "",
+    })),
     terminateBound: emit(({ context }, params: { reason: string }) => ({
       type: "terminate" as const,
       jobId: context.jobId,
@@ -278,6 +300,7 @@ export const dispatchMachine = setup({
     hops: input.hops ?? 0,
     candidate: null,
     workerId: input.adoptedBy ?? null,
+    adoptedAs: input.adoptedBy ? (input.adoptedAs ?? "running") : null,
     boundEpoch: 0,
     attempts: input.adoptedBy ? 1 : 0,
     cause: null,
@@ -292,11 +315,17 @@ export const dispatchMachine = setup({
     answer: {},
     job_update: {},
     worker_gone: {},
+    // A fencing write that came back too late: the running deadline passed, or the job was cancelled.
+    assignment_fenced: {},
     taken_over: ".handedOver",
   },
   states: {
     start: {
-      always: [{ guard: "isAdopted", target: "bound.running" }, { target: "unassigned" }],
+      always: [
+        { guard: "isAdoptedUnconfirmed", target: "bound.unconfirmed" },
+        { guard: "isAdopted", target: "bound.running" },
+        { target: "unassigned" },
+      ],
     },
     unassigned: {
       after: { dispatchTimeout: { target: "rejected", actions: "rejectWithCause" } },
@@ -360,6 +389,25 @@ export const dispatchMachine = setup({
           entry: [{ type: "publish", params: { status: "assigned" } }, "assign"],
           after: {
             // Never reported running: it must let go before the job may go anywhere else.
+            runningTimeout: {
+              target: "releasing",
+              actions: { type: "terminateBound", params: { reason: "did not start in time" } },
+            },
+          },
+          on: {
+            job_update: { guard: "reportsRunning", target: "running" },
+            // Only from here: once the deadline passed and the worker was told to let go, an
+            // assignment arriving after that termination would start the job behind its back.
+            assignment_fenced: { guard: "fromBound", actions: "sendAssignment" },
+          },
+        },
+        /**
+         * Adopted from a node that died while the job was assigned, before its worker said it runs
+         * it: the worker may be starting it, or may never have got the assignment. Nothing is sent;
+         * the running deadline decides as for a job just assigned.
+         */
+        unconfirmed: {
+          after: {
             runningTimeout: {
               target: "releasing",
               actions: { type: "terminateBound", params: { reason: "did not start in time" } },

@@ -1,3 +1,4 @@
+import { type Context, ROOT_CONTEXT } from "@opentelemetry/api";
 import type { Logger } from "pino";
 import type { JobSpec } from "../../machines/shared.ts";
 import { RoomOptions, type RoomOptionsInput } from "../options.ts";
@@ -28,6 +29,8 @@ interface AttachedJob {
   logger: () => Logger;
   /** Asks the job process to end the job (runs the shutdown callbacks, reports, exits). */
   requestShutdown: (reason: string) => void;
+  /** The job's trace, with its `troupe.entrypoint` span active. */
+  traceContext?: Context;
 }
 
 interface RegisteredCallback {
@@ -94,6 +97,17 @@ export class JobContext {
     const attached = this.#job();
     this.#logger ??= attached.logger();
     return this.#logger;
+  }
+
+  /**
+   * The job's OpenTelemetry context: the trace the dispatch started (or continued from the caller's
+   * `traceparent`), with the job's `troupe.entrypoint` span active. The entrypoint already runs in
+   * it, so `tracer.startActiveSpan(...)` joins the trace; pass it explicitly where the active context
+   * is lost (callbacks of libraries that do not propagate it): `tracer.startSpan(name, {}, ctx.traceContext)`.
+   * Without a registered TracerProvider it carries the trace ids through and records nothing.
+   */
+  get traceContext(): Context {
+    return this.#job().traceContext ?? ROOT_CONTEXT;
   }
 
   /** Set once the job is ending; the reason it ends with. */

@@ -1,4 +1,5 @@
 import { pathToFileURL } from "node:url";
+import { context } from "@opentelemetry/api";
 import { type DestinationStream, pino } from "pino";
 import type { JobSpec } from "../../machines/shared.ts";
 import { REDACTED_PATHS } from "../observability/logger.ts";
@@ -7,6 +8,7 @@ import { killEscapedDescendants } from "./descendant-sweep.ts";
 import { installJobProcessHook } from "./hook.ts";
 import { JobContext } from "./job-context.ts";
 import type { WorkerJobDefinition } from "./job-definition.ts";
+import { flushTraces, JobTrace, shutdownEnded } from "./job-tracing.ts";
 import { CHILD_DROPPED_LINES_FIELD, LOG_DROP_NOTICE_INTERVAL_MS, LogRateLimiter } from "./log-limits.ts";
 
 /**
@@ -85,13 +87,14 @@ function flushed(stream: NodeJS.WriteStream): Promise<void> {
 }
 
 /**
- * Exits once stdout and stderr are flushed (or after a short cap): over the worker's pipe they are
- * asynchronous, and process.exit() would silently drop the job's last lines.
+ * Exits once stdout and stderr are flushed and the job's spans handed to their exporter (or after a
+ * short cap): over the worker's pipe output is asynchronous, and process.exit() would silently drop
+ * the job's last lines, and the last spans a batching exporter holds.
  */
 async function exitWith(code: number): Promise<never> {
   let cap: NodeJS.Timeout | undefined;
   await Promise.race([
-    Promise.all([flushed(process.stdout), flushed(process.stderr)]),
+    Promise.all([flushed(process.stdout), flushed(process.stderr), flushTraces()]),
     new Promise((resolve) => {
       cap = setTimeout(resolve, OUTPUT_FLUSH_CAP_MS);
     }),
@@ -176,6 +179,8 @@ class JobRunner {
   #ctxError: unknown;
   /** The job's context, once attached. */
   #ctx: JobContext | undefined;
+  /** The job's spans, from its start. */
+  #trace: JobTrace | undefined;
   #ending = false;
   #started = false;
 
@@ -213,6 +218,8 @@ class JobRunner {
     if (this.#started || this.#ending) return;
     this.#started = true;
     const ctx = this.#preparedCtx;
+    const jobTrace = new JobTrace(job);
+    this.#trace = jobTrace;
     let returned: unknown;
     try {
       if (!ctx) throw this.#ctxError;
@@ -220,11 +227,14 @@ class JobRunner {
         job,
         logger: () => this.logger.child({ jobId: job.jobId }),
         requestShutdown: (reason) => this.guard(this.end({ ok: true, reason })),
+        traceContext: jobTrace.context,
       });
       this.#ctx = ctx;
       post({ type: "job_status", status: "running" });
-      returned = this.agent.entrypoint(ctx);
+      // In the job's trace context: an agent's `startActiveSpan` (and what its awaits lead to) joins it.
+      returned = context.with(jobTrace.context, this.agent.entrypoint, this.agent, ctx);
     } catch (error) {
+      jobTrace.entrypointEnded(error);
       this.guard(this.end({ ok: false, error: toErrorInfo(error) }));
       return;
     }
@@ -234,6 +244,7 @@ class JobRunner {
   async #afterEntrypoint(ctx: JobContext, returned: unknown): Promise<void> {
     try {
       await returned;
+      this.#trace?.entrypointEnded();
       // An agent in its room lives on after its entrypoint set it up: the session ends the job.
       if (ctx.inRoom) {
         this.logger.debug({ jobId: ctx.jobId }, "entrypoint returned; the job stays in its room");
@@ -241,6 +252,7 @@ class JobRunner {
       }
       await this.end({ ok: true });
     } catch (error) {
+      this.#trace?.entrypointEnded(error);
       await this.end({ ok: false, error: toErrorInfo(error) });
     }
   }
@@ -262,17 +274,22 @@ class JobRunner {
     if (this.#ending) return;
     this.#ending = true;
     if (!this.#started) return exitWith(0);
-    await send({ type: "job_status", status: "ending" });
     const reason = result.ok ? (result.reason ?? "entrypoint returned") : "entrypoint_error";
+    const shutdown = this.#trace?.shutdownStarted(reason);
+    await send({ type: "job_status", status: "ending" });
     if (this.#ctx) {
-      const report = await this.#ctx.runShutdownCallbacks(reason);
+      const ctx = this.#ctx;
+      // Spans an agent starts in its shutdown callbacks join the shutdown span.
+      const report = await context.with(shutdown?.context ?? context.active(), () => ctx.runShutdownCallbacks(reason));
       if (report.failed.length > 0 || report.timedOut > 0) {
-        this.logger.warn({ jobId: this.#ctx.job.jobId, ...report }, "shutdown callbacks did not all finish");
+        this.logger.warn({ jobId: ctx.job.jobId, ...report }, "shutdown callbacks did not all finish");
       }
-      await this.#ctx.leaveRoom().catch(() => {});
+      await ctx.leaveRoom().catch(() => {});
     }
     this.#killDescendants(reason);
     await this.logStream.reportDropped();
+    // Ended before `done`: the job's spans are complete by the time the registry records its outcome.
+    if (shutdown) shutdownEnded(shutdown.span, result.ok, reason);
     await send({ type: "done", result });
     return exitWith(result.ok ? 0 : 1);
   }

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { traceparentField, tracestateField } from "../observability/tracing/traceparent.ts";
 
 /**
  * Worker ⇄ job process messages over Node's IPC channel (child_process.fork, JSON serialization).
@@ -19,6 +20,8 @@ export const jobSpec = z.object({
   metadata: z.record(z.string(), z.unknown()).optional(),
   roomOptions: z.record(z.string(), z.unknown()).optional(),
   maxDurationMs: z.number().min(0).optional(),
+  traceparent: traceparentField,
+  tracestate: tracestateField,
 });
 
 // ---- worker → job process ----

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { traceparentField, tracestateField } from "../observability/tracing/traceparent.ts";
 
 /**
  * The worker ⇄ registry wire protocol: JSON text frames over WebSocket at `<registry>/agent`.
@@ -139,6 +140,9 @@ export const jobAssignment = z.object({
   metadata: z.record(z.string(), z.unknown()).optional(),
   /** Seconds; 0 or absent = the worker's own maxJobDuration. */
   max_duration: z.number().min(0).optional(),
+  /** W3C trace context of the registry's assign span; an invalid value is dropped, not the assignment. */
+  traceparent: traceparentField,
+  tracestate: tracestateField,
 });
 
 export const jobTermination = z.object({

@@ -24,6 +24,15 @@ const listQuery = z.object({
   limit: z.coerce.number().int().min(1).max(10_000).optional(),
 });
 
+/** The W3C trace context headers, when present as single strings (repeated headers are not). */
+function traceHeaders(req: IncomingMessage): { traceparent?: string; tracestate?: string } {
+  const { traceparent, tracestate } = req.headers;
+  return {
+    ...(typeof traceparent === "string" ? { traceparent } : {}),
+    ...(typeof tracestate === "string" ? { tracestate } : {}),
+  };
+}
+
 /** The registry's HTTP API. Returns false when the path is not one of its routes. */
 export function createHttpApi(core: RegistryCore, credentials: Credentials, metrics: RegistryMetrics) {
   const authorize = bearerAuthorizer(credentials);
@@ -61,6 +70,8 @@ export function createHttpApi(core: RegistryCore, credentials: Credentials, metr
         ...(body.max_duration !== undefined ? { maxDuration: body.max_duration } : {}),
         ...(key ? { idempotencyKey: key } : {}),
         ...(body.redispatch !== undefined ? { redispatch: body.redispatch } : {}),
+        // Passed as sent: the dispatch's trace parses them strictly and starts a new trace when they are bad.
+        ...traceHeaders(req),
       });
       send(res, created ? 201 : 200, { job: record, created });
       return true;

@@ -1,5 +1,6 @@
-import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { Counter, Histogram, Registry } from "prom-client";
 import { collectProcessMetrics, MACHINE_REASONS, reasonLabel } from "../observability/metrics.ts";
+import { AgentLabels } from "./autoscaling-metrics.ts";
 
 /**
  * How a dispatch came to run on this node. Every dispatch a node runs is counted once under one of
@@ -32,16 +33,17 @@ const DISPATCH_REASONS = [
 /** A final dispatch's reason as a bounded label value (a worker or a placement can say anything). */
 export const dispatchReasonLabel = (reason: string | undefined) => reasonLabel(reason, DISPATCH_REASONS);
 
+/**
+ * The registry's counters and histograms, which the core updates as things happen. The gauges of
+ * workers, free slots and waiting dispatches are read from the core at scrape time instead
+ * (autoscaling-metrics.ts); `agentLabels` bounds the agent label of both.
+ */
 export function createRegistryMetrics() {
   const registry = new Registry();
   collectProcessMetrics(registry, "troupe_registry_");
   const metrics = {
     registry,
-    workers: new Gauge({
-      name: "troupe_registry_workers",
-      help: "Workers known to the registry",
-      registers: [registry],
-    }),
+    agentLabels: new AgentLabels(),
     dispatches: new Counter({
       name: "troupe_registry_dispatches_total",
       help: "Dispatches this node started running, by origin (created, forwarded, adopted, resumed)",
@@ -56,8 +58,14 @@ export function createRegistryMetrics() {
     }),
     offers: new Counter({
       name: "troupe_registry_offers_total",
-      help: "Availability answers from workers",
-      labelNames: ["answer"] as const,
+      help: "Availability answers from workers, by the worker's agent and answer (yes, no)",
+      labelNames: ["agent", "answer"] as const,
+      registers: [registry],
+    }),
+    rejections: new Counter({
+      name: "troupe_registry_dispatches_rejected_total",
+      help: "Dispatches of this node rejected (no worker took them in time), by agent and cause",
+      labelNames: ["agent", "cause"] as const,
       registers: [registry],
     }),
     protocolErrors: new Counter({

@@ -10,6 +10,7 @@ import { RoomHub } from "../room/hub.ts";
 import type { RoomHubLimits } from "../room/limits.ts";
 import { mintRoomToken, roomAuthorizer } from "../room/room-auth.ts";
 import { createWebRoutes } from "../web/routes.ts";
+import { registerAutoscalingGauges } from "./autoscaling-metrics.ts";
 import { RegistryCluster } from "./cluster/cluster.ts";
 import { type DispatchRequest, systemClock, uuidIds } from "./core/ports.ts";
 import { RegistryCore, type WorkerSummary } from "./core/registry-core.ts";
@@ -160,6 +161,17 @@ export async function createRegistry(options: RegistryOptions): Promise<Registry
   });
   gateway.attach(core, timing.pingIntervalMs);
   cluster?.attach(core);
+  // Read from the core at each scrape: this node's workers and waiting dispatches, and which agents
+  // the other nodes' workers serve (so a dispatch waiting for one of those keeps its agent label).
+  registerAutoscalingGauges(
+    metrics.registry,
+    {
+      workers: () => core.directory.workers(),
+      remoteAgents: () => (cluster?.remoteViews() ?? []).map((view) => view.agentName),
+      waitingByAgent: () => core.dispatcher.waitingByAgent(),
+    },
+    metrics.agentLabels,
+  );
   const api = createHttpApi(core, credentials, metrics);
   const roomApi = createRoomApi(rooms, credentials, hubUrl);
   const authorizeDashboard = async (token: string | undefined) => {

@@ -40,6 +40,12 @@ export interface JobRecord {
   createdAt: number;
   updatedAt: number;
   endedAt?: number;
+  /**
+   * W3C trace context of the job's `troupe.dispatch` span (when tracing is on, or the request carried
+   * one): a node that takes the dispatch over continues the same trace under it.
+   */
+  traceparent?: string;
+  tracestate?: string;
   /** Earlier outcomes this record was corrected from (a `lost` job whose worker later reported its end). */
   history?: { status: JobStatus; reason?: string; at: number }[];
 }
@@ -60,9 +66,10 @@ export interface JobStore {
   get(id: string): Promise<JobRecord | undefined>;
   /**
    * Applies the patch unless the record is already final (a final status is never overwritten) or,
-   * with `ifNode`, unless the job belongs to another node by now. Returns the record as it is after.
+   * with `ifNode`, unless the job belongs to another node by now, or, with `ifWorker`, unless it is
+   * bound to another worker by now. Returns the record as it is after.
    */
-  update(id: string, patch: Partial<JobRecord>, ifNode?: string): Promise<JobRecord | undefined>;
+  update(id: string, patch: Partial<JobRecord>, ifNode?: string, ifWorker?: string): Promise<JobRecord | undefined>;
   /**
    * The one exception to "a final status is never overwritten": a record marked `lost` whose worker
    * turns out to have finished the job takes the worker's outcome. Applied only while the record is
@@ -170,10 +177,12 @@ export class MemoryJobStore implements JobStore {
     return record ? { ...record } : undefined;
   }
 
-  async update(id: string, patch: Partial<JobRecord>, ifNode?: string) {
+  async update(id: string, patch: Partial<JobRecord>, ifNode?: string, ifWorker?: string) {
     const record = this.#jobs.get(id);
     if (!record) return undefined;
-    if (isFinal(record.status) || (ifNode !== undefined && record.node !== ifNode)) return { ...record };
+    const elsewhere =
+      (ifNode !== undefined && record.node !== ifNode) || (ifWorker !== undefined && record.workerId !== ifWorker);
+    if (isFinal(record.status) || elsewhere) return { ...record };
     const next = { ...record, ...patch, id: record.id, updatedAt: patch.updatedAt ?? Date.now() };
     if (isFinal(next.status)) next.endedAt ??= next.updatedAt;
     // Stored before retention runs, so a record evicted at once (over a limit on its own) is really gone.

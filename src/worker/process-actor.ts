@@ -9,6 +9,7 @@ import { type ChildConfig, toErrorInfo, toParent } from "../protocol/ipc.ts";
 import { RUNNING_FROM_SOURCES } from "../util/tsx-loader.ts";
 import { onBoundedLines } from "./bounded-lines.ts";
 import { killLeftovers, RememberedDescendants } from "./descendants.ts";
+import { handOut } from "./handout-tracing.ts";
 import { jobProcessEnv } from "./job-env.ts";
 import { jobProcessExecArgv } from "./job-exec-argv.ts";
 import { JobLogGate } from "./job-log-gate.ts";
@@ -272,7 +273,7 @@ function launchProcess(
           jobId = command.job.jobId;
           jobSentAt = performance.now();
           lastJobStart.at = jobSentAt;
-          sendToChild({ type: "start_job", job: command.job });
+          sendToChild({ type: "start_job", job: handOut(command.job, slotId, pid) });
           break;
         case "shutdown":
           shutdownReason = command.reason;

@@ -4,6 +4,7 @@ import { fromCallback } from "xstate";
 import type { ConnectionInput, SocketCommand, SocketEvent } from "../../machines/connection.ts";
 import type { Logger } from "../observability/logger.ts";
 import { MAX_FRAME_BYTES, type StatusUpdateMessage } from "../protocol/registry.ts";
+import { assignmentReceived, handoutAbandoned } from "./handout-tracing.ts";
 import { parseRegistryFrame, toWorkerMessage } from "./registry-wire.ts";
 
 export interface RegistrySocketSettings {
@@ -189,6 +190,7 @@ export function createRegistrySocket(settings: RegistrySocketSettings) {
         if (isBinary) return report({ type: "socket.invalid", error: "binary frame" });
         const { event, issues } = parseRegistryFrame(data.toString());
         if (issues) logger.warn({ issues }, "invalid frame from registry");
+        if (event.type === "registry.assigned") assignmentReceived(event.spec);
         report(event);
       });
       socket.on("close", (code, reason) => {
@@ -223,6 +225,9 @@ export function createRegistrySocket(settings: RegistrySocketSettings) {
       if (finished || !socket || socket.readyState !== WebSocket.OPEN) return;
       try {
         const message = toWorkerMessage(command, Date.now());
+        if (message.type === "job_update" && message.status !== "running") {
+          handoutAbandoned(message.job_id, message.status, message.reason);
+        }
         const decorated =
           message.type === "status_update" && settings.decorateStatus ? settings.decorateStatus(message) : message;
         socket.send(JSON.stringify(decorated));

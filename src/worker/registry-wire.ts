@@ -148,6 +148,8 @@ export function specFromAssignment(message: JobAssignment): JobSpec {
   if (message.metadata !== undefined) spec.metadata = message.metadata;
   if (message.room_options !== undefined) spec.roomOptions = message.room_options;
   if (message.max_duration) spec.maxDurationMs = message.max_duration * 1000;
+  if (message.traceparent !== undefined) spec.traceparent = message.traceparent;
+  if (message.tracestate !== undefined) spec.tracestate = message.tracestate;
   return spec;
 }
 

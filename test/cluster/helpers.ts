@@ -34,7 +34,16 @@ export interface RegistryNode {
 /** Starts a registry node process on the cluster and resolves once it listens. */
 export async function spawnNode(
   guard: ProcessGuard,
-  settings: { name: string; redisUrl: string; prefix: string; timing: Partial<RegistryTiming>; heartbeatMs: number },
+  settings: {
+    name: string;
+    redisUrl: string;
+    prefix: string;
+    timing: Partial<RegistryTiming>;
+    heartbeatMs: number;
+    sweepMs?: number;
+    /** Default 0 (any free port); a node restarted on its old port is where its workers look for it. */
+    port?: number;
+  },
 ): Promise<RegistryNode> {
   const child = spawn(process.execPath, ["--import", "tsx", NODE_FIXTURE], {
     env: {
@@ -47,6 +56,8 @@ export async function spawnNode(
       NODE_ID: settings.name,
       NODE_TIMING: JSON.stringify(settings.timing),
       NODE_HEARTBEAT_MS: String(settings.heartbeatMs),
+      NODE_PORT: String(settings.port ?? 0),
+      ...(settings.sweepMs ? { NODE_SWEEP_MS: String(settings.sweepMs) } : {}),
     },
     stdio: ["ignore", "pipe", "pipe"],
   });

@@ -13,7 +13,7 @@ afterAll(async () => {
 });
 
 const idleHost: ClusterHost = {
-  onNodeMessage: () => {},
+  onNodeMessage: async () => {},
   onRemoteView: () => {},
   hasWorker: () => false,
   hasDispatch: () => false,

@@ -1,3 +1,4 @@
+import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { RedisJobStore } from "../../src/registry/cluster/redis-store.ts";
 import {
@@ -111,6 +112,17 @@ for (const factory of factories) {
       expect(result.created).toBe(true);
       expect(result.record).toEqual(r);
       expect(await store.get(r.id)).toEqual(r);
+    });
+
+    it("keeps a record's W3C trace context", async () => {
+      const traced = {
+        traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        tracestate: "vendor=abc",
+      };
+      const r = record(traced);
+      await store.create(r);
+      await store.update(r.id, { status: "running", workerId: "w-1" });
+      expect(await store.get(r.id)).toMatchObject(traced);
     });
 
     it("returns undefined for an unknown id, on get, update and claim", async () => {
@@ -241,6 +253,18 @@ for (const factory of factories) {
       await store.claim(r.id, "node-a", "node-b");
       expect(await store.update(r.id, { status: "lost" }, "node-a")).toMatchObject({ status: "running" });
       expect(await store.update(r.id, { status: "completed" }, "node-b")).toMatchObject({ status: "completed" });
+    });
+
+    it("applies an update with ifWorker only while the job is still bound to that worker", async () => {
+      const r = record({ node: "node-a", workerId: "w-1", status: "running" });
+      await store.create(r);
+      expect(await store.update(r.id, { status: "completed" }, undefined, "w-2")).toMatchObject({ status: "running" });
+      await store.update(r.id, { status: "assigned", workerId: "w-2" });
+      expect(await store.update(r.id, { status: "completed" }, undefined, "w-1")).toMatchObject({
+        status: "assigned",
+        workerId: "w-2",
+      });
+      expect(await store.update(r.id, { status: "completed" }, "node-a", "w-2")).toMatchObject({ status: "completed" });
     });
 
     it("keeps at most `retain` final records, forgetting their idempotency keys with them", async () => {
@@ -381,6 +405,34 @@ for (const factory of factories) {
     });
   });
 }
+
+describe.runIf(hasRedis)("RedisJobStore trace context", () => {
+  it("drops trace context fields in Redis that are not valid W3C trace context, and keeps the record", async () => {
+    const prefix = testPrefix("trace");
+    const store = new RedisJobStore(REDIS_URL, { prefix });
+    const redis = new Redis(REDIS_URL);
+    const r = record();
+    try {
+      await store.create(r);
+      for (const [traceparent, tracestate] of [
+        [JSON.stringify("00-xyz"), JSON.stringify("a=1")],
+        ["42", JSON.stringify("a=1")],
+        [JSON.stringify({ nested: true }), "null"],
+        [JSON.stringify(`00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01`), JSON.stringify("A=1")],
+      ] as const) {
+        await redis.hset(`${prefix}job:${r.id}`, { traceparent, tracestate });
+        const read = await store.get(r.id);
+        expect(read?.id).toBe(r.id);
+        expect(read?.tracestate).toBeUndefined();
+        if (!traceparent.includes("4bf92f")) expect(read?.traceparent).toBeUndefined();
+      }
+    } finally {
+      redis.disconnect();
+      await store.close();
+      await dropPrefix(prefix);
+    }
+  });
+});
 
 describe.runIf(hasRedis)("RedisJobStore durability", () => {
   it("keeps records across a new connection (a registry restart)", async () => {

@@ -28,6 +28,7 @@ import {
   type TestRegistry,
   waitAvailableAgent,
 } from "../registry/helpers.ts";
+import { parseFamilies, type Sample, samplesOf, seriesValue, sumOf } from "../support/exposition.ts";
 import { until, within } from "../support/wait.ts";
 
 /**
@@ -46,54 +47,6 @@ if (!promtoolAvailable) {
 
 const DOC = fileURLToPath(new URL("../../docs/health-and-metrics.md", import.meta.url));
 const EXITS_AGENT = fileURLToPath(new URL("../fixtures/agents/exits.ts", import.meta.url));
-
-// ------------------------------------------------------------------ reading the exposition format
-
-interface Sample {
-  name: string;
-  labels: Record<string, string>;
-  value: number;
-}
-
-interface Family {
-  type: string;
-  labelNames: Set<string>;
-}
-
-function parseSamples(text: string): Sample[] {
-  const samples: Sample[] = [];
-  for (const line of text.split("\n")) {
-    if (!line || line.startsWith("#")) continue;
-    const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!match) throw new Error(`not a sample line: ${line}`);
-    const labels: Record<string, string> = {};
-    for (const [, key, value] of (match[2] ?? "").matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) {
-      labels[key as string] = value as string;
-    }
-    samples.push({ name: match[1] as string, labels, value: Number(match[3]) });
-  }
-  return samples;
-}
-
-/** Every metric family by name, with its type and the label names its samples carry (`le` aside). */
-function parseFamilies(text: string): Map<string, Family> {
-  const families = new Map<string, Family>();
-  for (const [, name, type] of text.matchAll(/^# TYPE (\S+) (\S+)$/gm)) {
-    families.set(name as string, { type: type as string, labelNames: new Set() });
-  }
-  for (const sample of parseSamples(text)) {
-    const base = families.has(sample.name) ? sample.name : sample.name.replace(/_(bucket|sum|count)$/, "");
-    const family = families.get(base);
-    if (!family) throw new Error(`sample ${sample.name} has no # TYPE line`);
-    for (const label of Object.keys(sample.labels)) if (label !== "le") family.labelNames.add(label);
-  }
-  return families;
-}
-
-const samplesOf = (text: string, name: string) => parseSamples(text).filter((s) => s.name === name);
-const sumOf = (text: string, name: string) => samplesOf(text, name).reduce((sum, s) => sum + s.value, 0);
-const seriesValue = (text: string, name: string, labels: Record<string, string>) =>
-  samplesOf(text, name).find((s) => Object.entries(labels).every(([k, v]) => s.labels[k] === v))?.value;
 
 interface DocumentedMetric {
   type: string;

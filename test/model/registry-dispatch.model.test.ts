@@ -34,6 +34,8 @@ type ModelEvent =
   | { type: "START_REDISPATCH" }
   | { type: "ADOPT" }
   | { type: "ADOPT_REDISPATCH" }
+  | { type: "ADOPT_ASSIGNED" }
+  | { type: "ADOPT_ASSIGNED_REDISPATCH" }
   | { type: "CANDIDATE" }
   | { type: "REMOTE_CANDIDATE" }
   | { type: "NO_CANDIDATE" }
@@ -52,7 +54,8 @@ type ModelEvent =
   | { type: "RELEASE_TIMEOUT" }
   | { type: "CANCEL_TIMEOUT" }
   | { type: "DISPATCH_TIMEOUT" }
-  | { type: "TAKEN_OVER" };
+  | { type: "TAKEN_OVER" }
+  | { type: "FENCED" };
 
 const end = (status: DispatchFinal, reason: string | null) => ({ type: "end", params: { status, reason } }) as const;
 /** The worker's own final report decides the outcome (its reason is the one the driver sends). */
@@ -63,6 +66,19 @@ const reports = {
 } as const;
 const NOT_STARTED = "did not start in time";
 const redispatch = ({ context }: { context: ModelContext }) => context.redispatch;
+
+/** What an assigned job's dispatch does, whether its assignment went out yet or not. */
+const boundToWorker = {
+  RUNNING: "running",
+  ...reports,
+  BOUND_GONE: [
+    { guard: redispatch, target: "pending" },
+    { target: "lost", actions: end("lost", "worker lost") },
+  ],
+  CANCEL: "cancelling",
+  RUNNING_TIMEOUT: "releasing",
+  TAKEN_OVER: "handedOver",
+} as const;
 
 /**
  * A dispatch as the registry sees it. No timers: each deadline, each worker's answer or report and
@@ -94,6 +110,8 @@ const dispatchModel = setup({
         START_REDISPATCH: { target: "pending", actions: assign({ redispatch: true }) },
         ADOPT: "running",
         ADOPT_REDISPATCH: { target: "running", actions: assign({ redispatch: true }) },
+        ADOPT_ASSIGNED: "unconfirmed",
+        ADOPT_ASSIGNED_REDISPATCH: { target: "unconfirmed", actions: assign({ redispatch: true }) },
       },
     },
     pending: {
@@ -126,18 +144,20 @@ const dispatchModel = setup({
         TAKEN_OVER: "handedOver",
       },
     },
+    /** Bound, the assignment not sent yet: the store has not confirmed the record says `assigned`. */
     assigned: {
       on: {
-        RUNNING: "running",
-        ...reports,
-        BOUND_GONE: [
-          { guard: redispatch, target: "pending" },
-          { target: "lost", actions: end("lost", "worker lost") },
-        ],
-        CANCEL: "cancelling",
-        RUNNING_TIMEOUT: "releasing",
-        TAKEN_OVER: "handedOver",
+        FENCED: "sent",
+        ...boundToWorker,
       },
+    },
+    /** The record says `assigned` to this worker and the assignment went out. */
+    sent: {
+      on: boundToWorker,
+    },
+    /** Adopted from a dead node as assigned, its worker silent about it: nothing is sent. */
+    unconfirmed: {
+      on: boundToWorker,
     },
     running: {
       on: {
@@ -226,10 +246,10 @@ function createDriver(path: { steps: { event: ModelEvent }[] }) {
     actor.on("*", (event) => emitted.push(event as DispatchEmitted));
     actor.start();
   };
-  const adopt = (redispatch: boolean) => {
+  const adopt = (redispatch: boolean, adoptedAs: "running" | "assigned" = "running") => {
     bound = { workerId: "w0", epoch: 0 };
     attempts = 1;
-    startDispatch({ redispatch, adoptedBy: "w0" });
+    startDispatch({ redispatch, adoptedBy: "w0", adoptedAs });
   };
   const searchAgain = () => {
     searches++;
@@ -349,7 +369,24 @@ function createDriver(path: { steps: { event: ModelEvent }[] }) {
         { type: "status", jobId: JOB_ID, status: "assigned", workerId, attempts },
         { type: "assign", jobId: JOB_ID, workerId },
       ]);
+      expect(of("send_assignment")).toEqual([]);
       expect(snap().context).toMatchObject({ workerId, boundEpoch: bound?.epoch, candidate: null });
+    },
+    sent: () => {
+      expectActive({ bound: "assigned" });
+      expectCommon({ bound: true });
+      const workerId = bound?.workerId;
+      expect(emitted.at(-1)).toEqual({ type: "send_assignment", jobId: JOB_ID, workerId });
+      expect(of("send_assignment")).toHaveLength(1);
+    },
+    unconfirmed: () => {
+      expectActive({ bound: "unconfirmed" });
+      expectCommon({ bound: true });
+      // Nothing goes to the worker: it may already be starting the job.
+      expect(of("assign")).toEqual([]);
+      expect(of("send_assignment")).toEqual([]);
+      expect(of("status")).toEqual([]);
+      expect(snap().context.workerId).toBe(bound?.workerId);
     },
     running: () => {
       expectActive({ bound: "running" });
@@ -397,6 +434,8 @@ function createDriver(path: { steps: { event: ModelEvent }[] }) {
     },
     ADOPT: () => adopt(false),
     ADOPT_REDISPATCH: () => adopt(true),
+    ADOPT_ASSIGNED: () => adopt(false, "assigned"),
+    ADOPT_ASSIGNED_REDISPATCH: () => adopt(true, "assigned"),
     CANDIDATE: (step: Step & { event: ModelEvent }) => {
       // An offer outlives the dispatch deadline only when it went out shortly before it: if the path
       // lets the deadline pass next, the search took until then.
@@ -442,7 +481,7 @@ function createDriver(path: { steps: { event: ModelEvent }[] }) {
     },
     RUNNING: () => {
       report("running", "w-other");
-      expect(snap().value).toEqual({ bound: "assigned" });
+      expect(snap().value).toEqual({ bound: from() === "unconfirmed" ? "unconfirmed" : "assigned" });
       report("running");
     },
     COMPLETED: () => report("completed"),
@@ -456,13 +495,13 @@ function createDriver(path: { steps: { event: ModelEvent }[] }) {
     },
     BOUND_GONE: ({ state }: Step) => {
       sut().send({ type: "worker_gone", workerId: "w-other" });
-      expect(snap().value).toEqual({ bound: from() });
+      expect(snap().value).toEqual({ bound: from() === "sent" ? "assigned" : from() });
       sut().send({ type: "worker_gone", workerId: bound?.workerId ?? "" });
       letGo(state);
     },
     CANCEL: () => {
       sut().send({ type: "cancel", reason: "user" });
-      if (from() === "assigned" || from() === "running") {
+      if (["assigned", "sent", "unconfirmed", "running"].includes(String(from()))) {
         terminations.push({ workerId: bound?.workerId ?? "", reason: "cancelled" });
       }
       candidate = null;
@@ -484,6 +523,12 @@ function createDriver(path: { steps: { event: ModelEvent }[] }) {
     TAKEN_OVER: () => {
       sut().send({ type: "taken_over" });
       candidate = null;
+    },
+    FENCED: () => {
+      // A confirmation for another worker's assignment sends nothing.
+      sut().send({ type: "assignment_fenced", workerId: "w-other" });
+      expect(of("send_assignment")).toEqual([]);
+      sut().send({ type: "assignment_fenced", workerId: bound?.workerId ?? "" });
     },
   };
 

@@ -68,6 +68,7 @@ function bus(views: WorkerView[]): NodeBus {
     remoteViews: () => views,
     isLive: () => true,
     send: () => {},
+    handOff: async () => undefined,
     publishView: () => {},
     publishGone: () => {},
   };

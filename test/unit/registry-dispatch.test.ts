@@ -162,6 +162,26 @@ describe("dispatch machine: finding a worker", () => {
     expectBalanced(t, { bound: "w1" });
   });
 
+  it("sends the assignment once the store confirmed it, and only while still assigned to that worker", () => {
+    const t = assigned();
+    t.fresh();
+    t.send({ type: "assignment_fenced", workerId: "w2" });
+    expect(t.fresh()).toEqual([]);
+    t.send({ type: "assignment_fenced", workerId: "w1" });
+    expect(t.value()).toEqual({ bound: "assigned" });
+    expect(t.fresh()).toEqual([ev("send_assignment")]);
+
+    // The write came back after the running deadline: the worker was told to let go, so the job
+    // must not reach it after that termination.
+    const late = assigned();
+    late.clock.increment(timing.runningTimeoutMs);
+    expect(late.value()).toEqual({ bound: "releasing" });
+    late.fresh();
+    late.send({ type: "assignment_fenced", workerId: "w1" });
+    expect(late.value()).toEqual({ bound: "releasing" });
+    expect(late.fresh()).toEqual([]);
+  });
+
   it("moves on after a no, an offer timeout or a lost candidate, remembering each with its epoch", () => {
     const t = offering({}, "w1", 3);
     t.send({ type: "answer", workerId: "w1", available: false, error: "busy" });
@@ -385,6 +405,30 @@ describe("dispatch machine: running and ending", () => {
     again.send({ type: "worker_gone", workerId: "w7" });
     expect(again.value()).toEqual({ unassigned: "pending" });
     expect(again.of("need_candidate").at(-1)).toEqual(needCandidate({ w7: 0 }));
+  });
+});
+
+describe("dispatch machine: adopted as assigned, unconfirmed", () => {
+  it("sends nothing to the worker, runs once it reports running", () => {
+    const t = dispatch({ adoptedBy: "w7", adoptedAs: "assigned" });
+    expect(t.value()).toEqual({ bound: "unconfirmed" });
+    expect(t.fresh()).toEqual([ev("bind", "w7")]);
+    t.send({ type: "assignment_fenced", workerId: "w7" });
+    expect(t.fresh()).toEqual([]);
+    t.send({ type: "job_update", workerId: "w7", status: "running" });
+    expect(t.value()).toEqual({ bound: "running" });
+    expect(t.fresh()).toEqual([status("running", "w7", 1)]);
+  });
+
+  it("a worker that never got the assignment is told to let go at the running deadline", () => {
+    const t = dispatch({ adoptedBy: "w7", adoptedAs: "assigned" });
+    t.clock.increment(timing.runningTimeoutMs - 1);
+    expect(t.value()).toEqual({ bound: "unconfirmed" });
+    t.clock.increment(1);
+    expect(t.value()).toEqual({ bound: "releasing" });
+    expect(t.of("terminate")).toEqual([{ ...ev("terminate", "w7"), reason: "did not start in time" }]);
+    t.clock.increment(timing.releaseTimeoutMs);
+    expectFinal(t, { status: "failed", reason: "did not start in time", workerId: "w7" });
   });
 });
 

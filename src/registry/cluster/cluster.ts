@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import { Redis } from "ioredis";
 import type { Logger } from "../../observability/logger.ts";
 import type { JobRecord, RetentionOptions } from "../store.ts";
+import { INBOX_LENGTH, NodeInbox } from "./inbox.ts";
 import { type NodeMessage, nodeMessage, type ViewMessage, viewMessage, type WorkerView } from "./messages.ts";
 import { RedisJobStore } from "./redis-store.ts";
 
@@ -27,7 +28,8 @@ export interface ClusterSettings {
 
 /** What the cluster needs from the registry core on its node. */
 export interface ClusterHost {
-  onNodeMessage(message: NodeMessage): void;
+  /** Resolves once handled; a rejection (the store failed) leaves the message to be read again. */
+  onNodeMessage(message: NodeMessage): Promise<void>;
   /** A worker elsewhere changed: dispatches waiting for capacity may try it. */
   onRemoteView(view: WorkerView): void;
   hasWorker(workerId: string): boolean;
@@ -46,8 +48,9 @@ return 0
 
 /**
  * One registry node's membership in a cluster sharing a Redis: its presence key, the shared view of
- * every worker (a hash, plus pub/sub so each node's copy stays current), a channel per node for
- * dispatch hand-offs, and the reaper that settles the jobs of dead nodes, once, by atomic claims.
+ * every worker (a hash, plus pub/sub so each node's copy stays current), an inbox per node for
+ * hand-offs, cancels and adoptions (a Redis Stream: acknowledged, so nothing sent is lost), and the
+ * reaper that settles the jobs of dead nodes, once, by atomic claims.
  */
 export class RegistryCluster {
   readonly nodeId: string;
@@ -56,6 +59,9 @@ export class RegistryCluster {
   readonly remote = new Map<string, WorkerView>();
   readonly #redis: Redis;
   readonly #sub: Redis;
+  /** Blocking reads of this node's inbox hold a connection of their own. */
+  readonly #reader: Redis;
+  readonly #inbox: NodeInbox;
   readonly #prefix: string;
   readonly #heartbeatMs: number;
   readonly #nodeTtlMs: number;
@@ -82,15 +88,24 @@ export class RegistryCluster {
     this.#nodeTtlMs = settings.nodeTtlMs ?? 3 * this.#heartbeatMs;
     this.#workerDeadlineMs = settings.workerDeadlineMs;
     this.#sweepMs = settings.sweepMs ?? 10_000;
-    const connect = () => {
-      const client = new Redis(settings.redisUrl, { maxRetriesPerRequest: 3, enableAutoPipelining: true });
+    const connect = (enableAutoPipelining = true) => {
+      const client = new Redis(settings.redisUrl, { maxRetriesPerRequest: 3, enableAutoPipelining });
       client.on("error", (error) => this.logger.warn({ err: error.message }, "redis connection error"));
       return client;
     };
     this.#redis = connect();
     this.#redis.defineCommand("troupeDropView", { numberOfKeys: 1, lua: DROP_VIEW });
     this.#sub = connect();
+    this.#reader = connect(false);
     this.store = new RedisJobStore(this.#redis, { prefix: this.#prefix, ...settings.retention });
+    this.#inbox = new NodeInbox({
+      key: this.#inboxKey(this.nodeId),
+      nodeId: this.nodeId,
+      reader: this.#reader,
+      commands: this.#redis,
+      onMessage: (text) => this.#onNodeMessage(text),
+      warn: (what) => this.#warn(what),
+    });
   }
 
   /** Connects, announces the node and loads the workers other nodes hold. */
@@ -109,15 +124,23 @@ export class RegistryCluster {
     return `${this.#prefix}${name}`;
   }
 
+  #inboxKey(nodeId: string) {
+    return this.#key(`inbox:${nodeId}`);
+  }
+
   async #start(): Promise<void> {
     this.#sub.on("message", (channel: string, text: string) => this.#onMessage(channel, text));
-    await this.#sub.subscribe(this.#key("workers"), this.#key(`node:${this.nodeId}`));
+    await this.#sub.subscribe(this.#key("workers"));
+    await this.#inbox.open();
     await this.#renew();
     await this.#refreshNodes();
     const views = await this.#redis.hgetall(this.#key("workers"));
     for (const text of Object.values(views)) {
       const parsed = viewMessage.safeParse({ type: "view", view: safeJson(text) });
-      if (parsed.success && parsed.data.type === "view") this.#takeView(parsed.data.view);
+      if (!parsed.success || parsed.data.type !== "view") continue;
+      const view = parsed.data.view;
+      if (view.nodeId === this.nodeId) await this.#forgetEarlierLife(view.workerId);
+      else this.#takeView(view);
     }
     this.logger.info({ nodeId: this.nodeId }, "joined the registry cluster");
   }
@@ -126,6 +149,7 @@ export class RegistryCluster {
     this.#host = host;
     this.#presenceTimer = setInterval(() => this.#renew().catch(this.#warn("presence renewal")), this.#heartbeatMs);
     this.#presenceTimer.unref();
+    this.#inbox.run();
     this.#scheduleHousekeeping();
   }
 
@@ -136,7 +160,9 @@ export class RegistryCluster {
 
   /** Both Redis connections (commands and subscriptions) are up: the node can serve the cluster. */
   get connected(): boolean {
-    return this.#redis.status === "ready" && this.#sub.status === "ready" && !this.#closed;
+    return (
+      this.#redis.status === "ready" && this.#sub.status === "ready" && this.#reader.status === "ready" && !this.#closed
+    );
   }
 
   publishView(view: WorkerView): void {
@@ -150,14 +176,32 @@ export class RegistryCluster {
     this.#publish(this.#key("workers"), { type: "gone", nodeId: this.nodeId, workerId });
   }
 
+  /**
+   * A worker view under this node's id, left by an earlier process that restarted under the same id
+   * before the others took it for dead: this process has no workers yet, so that worker is not
+   * here, and the other nodes must stop sending its jobs here.
+   */
+  async #forgetEarlierLife(workerId: string): Promise<void> {
+    await this.#dropView(workerId, this.nodeId);
+    this.#publish(this.#key("workers"), { type: "gone", nodeId: this.nodeId, workerId });
+  }
+
   /** Deletes the worker's shared view, but only while the given node still holds it. */
   #dropView(workerId: string, nodeId: string): Promise<number> {
     const redis = this.#redis as Redis & { troupeDropView(...args: string[]): Promise<number> };
     return redis.troupeDropView(this.#key("workers"), workerId, nodeId);
   }
 
+  /** Into the node's inbox: kept in Redis until that node has handled it (see NodeInbox). */
   send(nodeId: string, message: NodeMessage): void {
-    this.#publish(this.#key(`node:${nodeId}`), message);
+    this.#redis
+      .xadd(this.#inboxKey(nodeId), "MAXLEN", "~", INBOX_LENGTH, "*", "message", JSON.stringify(message))
+      .catch(this.#warn(`send to node ${nodeId}`));
+  }
+
+  /** Claims the job for `to` and puts the message in its inbox, in one step (see claimAndSend). */
+  async handOff(jobId: string, to: string, message: NodeMessage): Promise<JobRecord | undefined> {
+    return this.store.claimAndSend(jobId, this.nodeId, to, this.#inboxKey(to), JSON.stringify(message), INBOX_LENGTH);
   }
 
   isLive(nodeId: string): boolean {
@@ -169,13 +213,15 @@ export class RegistryCluster {
     this.#closed = true;
     clearInterval(this.#presenceTimer);
     clearTimeout(this.#housekeepingTimer);
+    this.#inbox.close();
     // Gone at once rather than after its TTL, so the other nodes start settling its jobs now.
     await this.#redis.del(this.#key(`nodeAlive:${this.nodeId}`)).catch(() => {});
     this.#sub.disconnect();
+    this.#reader.disconnect();
     await this.store.close();
   }
 
-  #publish(channel: string, message: NodeMessage | ViewMessage): void {
+  #publish(channel: string, message: ViewMessage): void {
     this.#redis.publish(channel, JSON.stringify(message)).catch(this.#warn(`publish to ${channel}`));
   }
 
@@ -186,30 +232,29 @@ export class RegistryCluster {
   }
 
   #onMessage(channel: string, text: string): void {
-    if (this.#closed) return;
-    const raw = safeJson(text);
-    if (channel === this.#key("workers")) {
-      const parsed = viewMessage.safeParse(raw);
-      if (!parsed.success) {
-        this.logger.warn({ channel }, "ignored a malformed worker view");
-        return;
-      }
-      const message = parsed.data;
-      if (message.type === "view") {
-        if (message.view.nodeId !== this.nodeId) this.#takeView(message.view);
-        // The worker moved here: whatever another node said of it is out of date.
-        else this.remote.delete(message.view.workerId);
-      } else if (this.remote.get(message.workerId)?.nodeId === message.nodeId) {
-        this.remote.delete(message.workerId);
-      }
-      return;
-    }
-    const parsed = nodeMessage.safeParse(raw);
+    if (this.#closed || channel !== this.#key("workers")) return;
+    const parsed = viewMessage.safeParse(safeJson(text));
     if (!parsed.success) {
-      this.logger.warn({ channel }, "ignored a malformed node message");
+      this.logger.warn({ channel }, "ignored a malformed worker view");
       return;
     }
-    this.#host?.onNodeMessage(parsed.data);
+    const message = parsed.data;
+    if (message.type === "view") {
+      if (message.view.nodeId !== this.nodeId) this.#takeView(message.view);
+      // The worker moved here: whatever another node said of it is out of date.
+      else this.remote.delete(message.view.workerId);
+    } else if (this.remote.get(message.workerId)?.nodeId === message.nodeId) {
+      this.remote.delete(message.workerId);
+    }
+  }
+
+  async #onNodeMessage(text: string): Promise<void> {
+    const parsed = nodeMessage.safeParse(safeJson(text));
+    if (!parsed.success) {
+      this.logger.warn({ inbox: this.#inboxKey(this.nodeId) }, "ignored a malformed node message");
+      return;
+    }
+    await this.#host?.onNodeMessage(parsed.data);
   }
 
   #takeView(view: WorkerView): void {
@@ -306,6 +351,8 @@ export class RegistryCluster {
         .multi()
         .srem(this.#key("nodes"), deadNode)
         .del(this.#key(`diedAt:${deadNode}`))
+        // What was still on its way to it: every job of it is settled, so nothing there is needed.
+        .del(this.#inboxKey(deadNode))
         .exec();
       this.logger.info({ deadNode }, "settled every job of a dead registry node");
       return;
@@ -328,9 +375,10 @@ export class RegistryCluster {
   }
 
   /**
-   * A job recorded as this node's with no dispatch running for it here: a hand-off message that
-   * pub/sub lost (it keeps nothing for a subscriber that missed it), or jobs of an earlier process
-   * under the same node id. Seen so on two sweeps in a row, it is settled as a dead node's job is.
+   * A job recorded as this node's with no dispatch running for it here: one whose hand-off message
+   * is still waiting in this node's inbox (it is seen on two sweeps before anything is done), one
+   * whose message handler failed, or a job of an earlier process under the same node id. Seen so on
+   * two sweeps in a row, it is settled as a dead node's job is.
    */
   async #sweepOwn(): Promise<void> {
     const host = this.#host;

@@ -1,4 +1,5 @@
 import { Redis } from "ioredis";
+import { traceparentField, tracestateField } from "../../observability/tracing/traceparent.ts";
 import {
   FINAL_STATUSES,
   type JobFilter,
@@ -46,7 +47,8 @@ return {1, redis.call('HGETALL', KEYS[1])}
 
 // KEYS: job, active, finals, jobs, finals:bytes, finals:total
 // ARGV: id, updatedAt (JSON), prefix, retainRecords, retainBytes (-1 = no limit),
-//       required owner (JSON, or '' for any), '1' to correct a lost record ('' otherwise), then field, value pairs
+//       required owner (JSON, or '' for any), '1' to correct a lost record ('' otherwise),
+//       required worker (JSON, or '' for any), then field, value pairs
 const UPDATE = `
 local FINAL = ${FINAL_SET}
 if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
@@ -55,7 +57,8 @@ if ARGV[7] == '1' then
   if status ~= '"lost"' then return redis.call('HGETALL', KEYS[1]) end
 elseif FINAL[status] then return redis.call('HGETALL', KEYS[1]) end
 if ARGV[6] ~= '' and (redis.call('HGET', KEYS[1], 'node') or '') ~= ARGV[6] then return redis.call('HGETALL', KEYS[1]) end
-for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[8] ~= '' and (redis.call('HGET', KEYS[1], 'workerId') or '') ~= ARGV[8] then return redis.call('HGETALL', KEYS[1]) end
+for i = 9, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', KEYS[1], 'updatedAt', ARGV[2])
 if not FINAL[redis.call('HGET', KEYS[1], 'status')] then return redis.call('HGETALL', KEYS[1]) end
 if redis.call('HEXISTS', KEYS[1], 'endedAt') == 0 then redis.call('HSET', KEYS[1], 'endedAt', ARGV[2]) end
@@ -131,10 +134,19 @@ redis.call('HSET', KEYS[1], 'node', ARGV[2])
 return redis.call('HGETALL', KEYS[1])
 `;
 
+// KEYS: job, inbox stream. ARGV: from (JSON, or ''), to (JSON), message text, inbox length bound.
+// The claim and the message to the new owner in one step: no moment where the record names a node
+// that has not been told (a sender dying between the two would leave the job to the sweep).
+const CLAIM_AND_SEND = `${CLAIM.replace("return redis.call('HGETALL', KEYS[1])", "")}
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'message', ARGV[3])
+return redis.call('HGETALL', KEYS[1])
+`;
+
 interface ScriptedRedis extends Redis {
   troupeCreate(...args: (string | number)[]): Promise<[number, string[]]>;
   troupeUpdate(...args: (string | number)[]): Promise<string[] | null>;
   troupeClaim(...args: (string | number)[]): Promise<string[] | null>;
+  troupeClaimAndSend(...args: (string | number)[]): Promise<string[] | null>;
   troupeRetained(...args: string[]): Promise<[number, string]>;
 }
 
@@ -162,6 +174,7 @@ export class RedisJobStore implements JobStore {
     client.defineCommand("troupeCreate", { numberOfKeys: 4, lua: CREATE });
     client.defineCommand("troupeUpdate", { numberOfKeys: 6, lua: UPDATE });
     client.defineCommand("troupeClaim", { numberOfKeys: 1, lua: CLAIM });
+    client.defineCommand("troupeClaimAndSend", { numberOfKeys: 2, lua: CLAIM_AND_SEND });
     client.defineCommand("troupeRetained", { numberOfKeys: 3, lua: RETAINED });
     this.redis = client as ScriptedRedis;
     this.prefix = options.prefix ?? "troupe:";
@@ -193,15 +206,21 @@ export class RedisJobStore implements JobStore {
     return decodeRecord(await this.redis.hgetall(this.#key(`job:${id}`)));
   }
 
-  async update(id: string, patch: Partial<JobRecord>, ifNode?: string) {
-    return this.#update(id, patch, ifNode, "");
+  async update(id: string, patch: Partial<JobRecord>, ifNode?: string, ifWorker?: string) {
+    return this.#update(id, patch, ifNode, "", ifWorker);
   }
 
   async correctLost(id: string, patch: Pick<JobRecord, "status" | "history"> & Partial<JobRecord>) {
     return this.#update(id, patch, undefined, "1");
   }
 
-  async #update(id: string, patch: Partial<JobRecord>, ifNode: string | undefined, correctLost: "" | "1") {
+  async #update(
+    id: string,
+    patch: Partial<JobRecord>,
+    ifNode: string | undefined,
+    correctLost: "" | "1",
+    ifWorker?: string,
+  ) {
     const { id: _ignored, updatedAt, ...rest } = patch;
     const fields = await this.redis.troupeUpdate(
       this.#key(`job:${id}`),
@@ -217,6 +236,7 @@ export class RedisJobStore implements JobStore {
       luaLimit(this.retention.retainBytes),
       ifNode === undefined ? "" : JSON.stringify(ifNode),
       correctLost,
+      ifWorker === undefined ? "" : JSON.stringify(ifWorker),
       ...encodeFields(rest),
     );
     return fields ? decodeRecord(fields) : undefined;
@@ -249,6 +269,29 @@ export class RedisJobStore implements JobStore {
       this.#key(`job:${id}`),
       from === undefined ? "" : JSON.stringify(from),
       JSON.stringify(to),
+    );
+    return fields ? decodeRecord(fields) : undefined;
+  }
+
+  /**
+   * Claims the job for `to` (as `claim`) and, only if the claim wins, appends `message` to the stream
+   * `inboxKey` (bounded to about `inboxLength` entries), atomically.
+   */
+  async claimAndSend(
+    id: string,
+    from: string | undefined,
+    to: string,
+    inboxKey: string,
+    message: string,
+    inboxLength: number,
+  ) {
+    const fields = await this.redis.troupeClaimAndSend(
+      this.#key(`job:${id}`),
+      inboxKey,
+      from === undefined ? "" : JSON.stringify(from),
+      JSON.stringify(to),
+      message,
+      inboxLength,
     );
     return fields ? decodeRecord(fields) : undefined;
   }
@@ -304,5 +347,17 @@ function decodeRecord(fields: Record<string, string> | string[]): JobRecord | un
   if (entries.length === 0) return undefined;
   const record: Record<string, unknown> = {};
   for (const [field, value] of entries) record[field] = JSON.parse(value);
+  dropInvalidTraceContext(record);
   return record as unknown as JobRecord;
+}
+
+/**
+ * The trace context fields as the dispatch span wrote them, or gone: whatever else sits in Redis
+ * under those names (another version's, a hand edit) must not reach an assignment or a span.
+ */
+function dropInvalidTraceContext(record: Record<string, unknown>): void {
+  const traceparent = traceparentField.parse(record.traceparent);
+  const tracestate = traceparent === undefined ? undefined : tracestateField.parse(record.tracestate);
+  if (traceparent === undefined) delete record.traceparent;
+  if (tracestate === undefined) delete record.tracestate;
 }

@@ -3,13 +3,16 @@ import {
   type DispatchEmitted,
   type DispatchEvent,
   type DispatchInput,
+  type DispatchOutput,
   dispatchMachine,
 } from "../../../machines/registry/dispatch.ts";
+import { DispatchTrace } from "../../observability/tracing/dispatch-trace.ts";
 import { type DispatchOrigin, dispatchReasonLabel } from "../metrics.ts";
 import type { JobRecord } from "../store.ts";
 import type { NodeStrategy } from "./node-strategy.ts";
 import { place } from "./placement.ts";
 import type { RegistryDeps, RoomAssignment } from "./ports.ts";
+import { retryWrite } from "./retry-write.ts";
 import type { WorkerDirectory } from "./worker-directory.ts";
 
 export interface LiveDispatch {
@@ -17,16 +20,22 @@ export interface LiveDispatch {
   record: JobRecord;
   /** The agent's token for the job's room, sent with the assignment (never stored in the record). */
   room: RoomAssignment | undefined;
+  /** Its OpenTelemetry spans, derived from what its machine emits. */
+  trace: DispatchTrace;
 }
 
 export interface DispatchStart {
   /** For troupe_registry_dispatches_total; default "adopted" with adoptedBy, else "created". */
   origin?: DispatchOrigin;
   adoptedBy?: string;
+  /** How the adopted job starts: running (its worker said so), or assigned and unconfirmed. */
+  adoptedAs?: "running" | "assigned";
   room?: RoomAssignment;
   prefer?: string;
   hops?: number;
   tried?: Record<string, number>;
+  /** The dispatch span opened with the request; absent: this node takes the job over (a child span). */
+  trace?: DispatchTrace;
 }
 
 /**
@@ -66,6 +75,7 @@ export class Dispatcher {
 
   send(jobId: string, event: DispatchEvent): boolean {
     const live = this.#live.get(jobId);
+    live?.trace.received(event);
     live?.actor.send(event);
     return live !== undefined;
   }
@@ -80,6 +90,7 @@ export class Dispatcher {
         releaseTimeoutMs: this.deps.timing.pingIntervalMs + this.deps.timing.pongTimeoutMs,
       },
       ...(start.adoptedBy ? { adoptedBy: start.adoptedBy } : {}),
+      ...(start.adoptedAs ? { adoptedAs: start.adoptedAs } : {}),
       ...(start.prefer ? { prefer: start.prefer } : {}),
       ...(start.hops ? { hops: start.hops } : {}),
       ...(start.tried ? { tried: start.tried } : {}),
@@ -90,7 +101,9 @@ export class Dispatcher {
       input,
       ...(this.deps.inspect ? { inspect: this.deps.inspect } : {}),
     });
-    const live: LiveDispatch = { actor, record, room: start.room };
+    const trace =
+      start.trace ?? DispatchTrace.resume(record, start.origin ?? (start.adoptedBy ? "adopted" : "created"));
+    const live: LiveDispatch = { actor, record, room: start.room, trace };
     this.#live.set(record.id, live);
     this.deps.metrics.dispatches.inc({ origin: start.origin ?? (start.adoptedBy ? "adopted" : "created") });
     actor.on("*", (event) => this.#perform(live, event as DispatchEmitted));
@@ -118,6 +131,11 @@ export class Dispatcher {
     return this.#waiting.size > 0;
   }
 
+  /** How many dispatches wait for a worker, by agent name (read at scrape time by the autoscaling gauges). */
+  waitingByAgent(): Map<string, number> {
+    return new Map([...this.#waiting].map(([agent, waiting]) => [agent, waiting.size]));
+  }
+
   /** Stops every dispatch quietly: records keep their last status for the next registry to reconcile. */
   close(): void {
     this.#closing = true;
@@ -129,6 +147,7 @@ export class Dispatcher {
   #perform(live: LiveDispatch, event: DispatchEmitted): void {
     const { record } = live;
     const { transport, store } = this.deps;
+    live.trace.observe(event);
     switch (event.type) {
       case "need_candidate": {
         // Decided now, against the registry as it is now: the answer reaches the machine right after
@@ -221,9 +240,12 @@ export class Dispatcher {
               live.actor.send({ type: "taken_over" });
               return;
             }
-            this.#sendAssignment(live, event.workerId);
+            live.actor.send({ type: "assignment_fenced", workerId: event.workerId });
           }),
         );
+        break;
+      case "send_assignment":
+        this.#sendAssignment(live, event.workerId);
         break;
       case "terminate": {
         const link = this.directory.get(event.workerId);
@@ -246,28 +268,11 @@ export class Dispatcher {
         break;
       case "finished": {
         const { output } = event;
-        this.#live.delete(record.id);
         this.deps.metrics.finished.inc({ status: output.status, reason: dispatchReasonLabel(output.reason) });
         this.deps.metrics.dispatchDuration.observe((this.deps.clock.now() - record.createdAt) / 1000);
         const log = output.status === "completed" ? "debug" : "info";
         this.deps.logger[log](output, `job ${output.status}`);
-        this.persist(
-          store
-            .update(
-              record.id,
-              {
-                status: output.status,
-                attempts: output.attempts,
-                ...(output.workerId ? { workerId: output.workerId } : {}),
-                ...(output.reason ? { reason: output.reason } : {}),
-                ...(output.error ? { error: output.error } : {}),
-                ...(output.exitCode !== undefined ? { exitCode: output.exitCode } : {}),
-                ...(output.signal !== undefined ? { signal: output.signal } : {}),
-              },
-              this.node.nodeId,
-            )
-            .then((after) => this.#forwardRefusedCancel(after, output.status, output.reason)),
-        );
+        this.#recordFinal(live, output);
         break;
       }
       case "handed_over":
@@ -275,6 +280,48 @@ export class Dispatcher {
         this.deps.logger.info({ jobId: record.id }, "job handed over to another node");
         break;
     }
+  }
+
+  /**
+   * Writes the dispatch's outcome until the store takes it (see retryWrite). Until then the
+   * dispatch stays among this node's, so a sweep never takes its job for one nobody runs.
+   */
+  #recordFinal(live: LiveDispatch, output: DispatchOutput): void {
+    const { record } = live;
+    const written = retryWrite({
+      write: () =>
+        this.deps.store.update(
+          record.id,
+          {
+            status: output.status,
+            attempts: output.attempts,
+            ...(output.workerId ? { workerId: output.workerId } : {}),
+            ...(output.reason ? { reason: output.reason } : {}),
+            ...(output.error ? { error: output.error } : {}),
+            ...(output.exitCode !== undefined ? { exitCode: output.exitCode } : {}),
+            ...(output.signal !== undefined ? { signal: output.signal } : {}),
+          },
+          this.node.nodeId,
+        ),
+      clock: this.deps.clock,
+      stopped: () => this.#closing,
+      onRefused: (error, retryInMs) =>
+        this.deps.logger.warn(
+          { jobId: record.id, status: output.status, err: error.message, retryInMs },
+          "recording a job's outcome failed; retrying",
+        ),
+    });
+    this.persist(
+      written.then((after) => {
+        if (this.#live.get(record.id) === live) this.#live.delete(record.id);
+        if (after) this.#forwardRefusedCancel(after, output.status, output.reason);
+      }),
+    );
+  }
+
+  /** Stopped: a closing node starts and records nothing more. */
+  get closed(): boolean {
+    return this.#closing;
   }
 
   /** Set by the core: capacity on this worker may have grown. */
@@ -304,6 +351,7 @@ export class Dispatcher {
       room_options: record.roomOptions,
       metadata: record.metadata,
       ...(record.maxDuration ? { max_duration: record.maxDuration } : {}),
+      ...live.trace.assignmentCarrier(),
     });
   }
 }

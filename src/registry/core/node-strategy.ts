@@ -57,19 +57,15 @@ export function clusterNode(bus: NodeBus, deps: Pick<RegistryDeps, "store" | "lo
     forward(record, view, tried, hops, room) {
       // Counted against it here until its node publishes its own count, so a burst spreads out.
       view.inflight++;
-      deps.store
-        .claim(record.id, nodeId, view.nodeId)
-        .then((claimed) => {
-          if (!claimed) return;
-          bus.send(view.nodeId, {
-            type: "dispatch",
-            jobId: record.id,
-            from: nodeId,
-            prefer: view.workerId,
-            tried: Object.entries(tried),
-            hops,
-            ...(room ? { room } : {}),
-          });
+      bus
+        .handOff(record.id, view.nodeId, {
+          type: "dispatch",
+          jobId: record.id,
+          from: nodeId,
+          prefer: view.workerId,
+          tried: Object.entries(tried),
+          hops,
+          ...(room ? { room } : {}),
         })
         .catch((error: Error) =>
           deps.logger.error({ err: error.message, jobId: record.id }, "forwarding a job failed"),

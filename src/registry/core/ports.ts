@@ -69,7 +69,13 @@ export interface NodeBus {
   /** Workers connected to other live nodes, as they last published them. */
   remoteViews(): WorkerView[];
   isLive(nodeId: string): boolean;
+  /** Into the node's inbox: kept until that node has handled it, even across its restart. */
   send(nodeId: string, message: NodeMessage): void;
+  /**
+   * Claims the job from this node for `to` and puts the message in `to`'s inbox, in one step;
+   * resolves with the claimed record, or undefined when the claim lost.
+   */
+  handOff(jobId: string, to: string, message: NodeMessage): Promise<JobRecord | undefined>;
   publishView(view: WorkerView): void;
   publishGone(workerId: string): void;
 }
@@ -97,6 +103,12 @@ export interface DispatchRequest {
   maxDuration?: number;
   idempotencyKey?: string;
   redispatch?: boolean;
+  /**
+   * W3C trace context of the caller (the `traceparent` and `tracestate` headers of `POST /v1/jobs`):
+   * the dispatch's spans join that trace. Invalid or absent: a new trace starts.
+   */
+  traceparent?: string;
+  tracestate?: string;
 }
 
 export type { JobRecord };

@@ -3,6 +3,7 @@ import { isFinal, type JobRecord } from "../store.ts";
 import type { Dispatcher } from "./dispatcher.ts";
 import type { NodeStrategy } from "./node-strategy.ts";
 import type { RegistryDeps } from "./ports.ts";
+import { retryWrite } from "./retry-write.ts";
 import type { WorkerLink } from "./worker-link.ts";
 
 interface FinalReport {
@@ -40,6 +41,7 @@ export class Reconciler {
   ) {}
 
   inventory(link: WorkerLink, inventory: JobInventoryEntry[]): void {
+    link.takeInventory(inventory);
     for (const entry of inventory) {
       if (entry.status === "running") this.#reportedRunning(link, entry.job_id, { fromInventory: true });
       else this.reportedFinal(link, entry as FinalReport);
@@ -64,15 +66,35 @@ export class Reconciler {
       ...outcomeOf(report),
     };
     if (this.dispatcher.send(report.job_id, update)) return;
+    // The worker reports an end once: when the store refuses it for a while, it is written again.
     this.persist(
-      this.deps.store.get(report.job_id).then(async (record) => {
-        if (!record || record.workerId !== link.workerId) return;
-        if (record.status === "lost") return this.#correctLost(record, report);
-        if (isFinal(record.status)) return;
-        await this.deps.store.update(report.job_id, { status: report.status, ...outcomeOf(report) });
-        this.node.tookOver(record.node, report.job_id);
+      retryWrite({
+        write: () => this.#recordFinalReport(link, report),
+        clock: this.deps.clock,
+        stopped: () => this.dispatcher.closed,
+        onRefused: (error, retryInMs) =>
+          this.deps.logger.warn(
+            { jobId: report.job_id, status: report.status, err: error.message, retryInMs },
+            "recording a worker's final report failed; retrying",
+          ),
       }),
     );
+  }
+
+  async #recordFinalReport(link: WorkerLink, report: FinalReport): Promise<void> {
+    const record = await this.deps.store.get(report.job_id);
+    if (!record || record.workerId !== link.workerId) return;
+    if (record.status === "lost") return this.#correctLost(record, report);
+    if (isFinal(record.status)) return;
+    // Only while the record still names this worker: the job may have gone to another one since the read.
+    const after = await this.deps.store.update(
+      report.job_id,
+      { status: report.status, ...outcomeOf(report) },
+      undefined,
+      link.workerId,
+    );
+    if (after?.status === report.status && after.workerId === link.workerId)
+      this.node.tookOver(record.node, report.job_id);
   }
 
   /** The worker was declared lost, but it ran the job to its end: that is the outcome, and both facts stay. */
@@ -160,8 +182,9 @@ export class Reconciler {
       ...(this.node.nodeId ? { node: this.node.nodeId } : {}),
     };
     if (!record) await this.deps.store.create(base);
-    // Another report of the same job may have adopted it while the store answered.
-    if (this.dispatcher.has(jobId)) return;
+    // Another report of the same job may have adopted it while the store answered, or the worker
+    // reported its end meanwhile (that report has written the record, or is writing it).
+    if (this.dispatcher.has(jobId) || link.reported(jobId)?.status !== "running") return;
     this.deps.logger.info({ jobId, workerId: link.workerId }, "adopted a running job its worker reported");
     this.dispatcher.start(base, { adoptedBy: link.workerId });
   }

@@ -1,7 +1,9 @@
 import { ActorEventLog } from "../../observability/actor-events.ts";
 import { combineInspectors } from "../../observability/inspect.ts";
+import { DispatchTrace } from "../../observability/tracing/dispatch-trace.ts";
 import type { WorkerMessage } from "../../protocol/registry.ts";
 import { PROTOCOL_VERSION } from "../../protocol/registry.ts";
+import { rejectionCause } from "../autoscaling-metrics.ts";
 import type { ClusterHost } from "../cluster/cluster.ts";
 import type { NodeMessage, WorkerView } from "../cluster/messages.ts";
 import { spareOf } from "../picker.ts";
@@ -141,7 +143,10 @@ export class RegistryCore implements ClusterHost {
       }
       case "availability_response":
         if (!this.dispatcher.has(message.job_id)) break;
-        this.deps.metrics.offers.inc({ answer: message.available ? "yes" : "no" });
+        this.deps.metrics.offers.inc({
+          agent: this.deps.metrics.agentLabels.of(link.context.agentName, true),
+          answer: message.available ? "yes" : "no",
+        });
         this.dispatcher.send(message.job_id, {
           type: "answer",
           workerId: link.workerId,
@@ -150,6 +155,7 @@ export class RegistryCore implements ClusterHost {
         });
         break;
       case "job_update": {
+        link.heardOfJob(message);
         const update = {
           type: "job_update" as const,
           workerId: link.workerId,
@@ -179,6 +185,8 @@ export class RegistryCore implements ClusterHost {
     const id = this.deps.newId("job");
     const roomId = request.roomId ?? this.deps.rooms?.newRoomId(id);
     const room = roomId ? await this.deps.rooms?.forAgent(roomId, id, request.agentName) : undefined;
+    // The record keeps the dispatch span's context: a node that takes the job over continues the trace.
+    const trace = DispatchTrace.open(id, request.agentName, request);
     const record: JobRecord = {
       id,
       agentName: request.agentName,
@@ -193,12 +201,34 @@ export class RegistryCore implements ClusterHost {
       ...(request.maxDuration !== undefined ? { maxDuration: request.maxDuration } : {}),
       ...(request.idempotencyKey ? { idempotencyKey: request.idempotencyKey } : {}),
       ...(this.#node.nodeId ? { node: this.#node.nodeId } : {}),
+      ...trace.carrier,
     };
     const result = await this.deps.store.create(record);
+    // A repeated idempotency key: the span opened here is dropped unended, so it is never exported.
     if (result.created) {
-      this.dispatcher.start(result.record, room ? { room } : {});
+      this.#start(result.record, room ? { room, trace } : { trace });
     }
     return result;
+  }
+
+  /**
+   * Starts a dispatch on this node and counts its rejection, should it come to that, by agent and
+   * cause: the autoscaling signal of demand no worker met. (The reconciler's adopted jobs start
+   * running on their worker and are never redispatched, so they cannot be rejected.)
+   */
+  #start(record: JobRecord, start: DispatchStart = {}): void {
+    const live = this.dispatcher.start(record, start);
+    live?.actor.on("finished", ({ output }) => {
+      if (output.status !== "rejected") return;
+      const agent = this.deps.metrics.agentLabels.of(record.agentName, this.servesAgent(record.agentName));
+      this.deps.metrics.rejections.inc({ agent, cause: rejectionCause(output.reason) });
+    });
+  }
+
+  /** Some worker, here or on another live node, serves this agent. */
+  servesAgent(agentName: string): boolean {
+    for (const link of this.directory.workers()) if (link.context.agentName === agentName) return true;
+    return this.deps.bus?.remoteViews().some((view) => view.agentName === agentName) ?? false;
   }
 
   async cancel(jobId: string, reason = "cancelled by request"): Promise<JobRecord | undefined> {
@@ -219,41 +249,37 @@ export class RegistryCore implements ClusterHost {
 
   // ---------------------------------------------------------------- the cluster
 
-  onNodeMessage(message: NodeMessage): void {
+  /** Resolves once the message is handled; rejects when the store failed it (it is read again). */
+  async onNodeMessage(message: NodeMessage): Promise<void> {
     if (this.#closing) return;
     switch (message.type) {
-      case "dispatch":
-        this.#persist(
-          this.deps.store.get(message.jobId).then((record) => {
-            const mine = record && !isFinal(record.status) && record.node === this.#node.nodeId;
-            if (!mine) return;
-            this.dispatcher.start(record, {
-              origin: "forwarded",
-              ...(message.prefer ? { prefer: message.prefer } : {}),
-              ...(message.room ? { room: message.room } : {}),
-              hops: message.hops,
-              tried: Object.fromEntries(message.tried),
-            });
-          }),
-        );
-        break;
+      case "dispatch": {
+        const record = await this.deps.store.get(message.jobId);
+        const mine = record && !isFinal(record.status) && record.node === this.#node.nodeId;
+        if (!mine || this.#closing) return;
+        this.#start(record, {
+          origin: "forwarded",
+          ...(message.prefer ? { prefer: message.prefer } : {}),
+          ...(message.room ? { room: message.room } : {}),
+          hops: message.hops,
+          tried: Object.fromEntries(message.tried),
+        });
+        return;
+      }
       case "cancel":
-        this.#persist(this.cancel(message.jobId, message.reason));
-        break;
+        await this.cancel(message.jobId, message.reason);
+        return;
       case "handover":
         this.dispatcher.send(message.jobId, { type: "taken_over" });
-        break;
+        return;
       case "adopt": {
         const nodeId = this.#node.nodeId;
-        if (!this.directory.get(message.workerId) || !nodeId || this.dispatcher.has(message.jobId)) break;
-        this.#persist(
-          this.deps.store.claim(message.jobId, message.from, nodeId).then((claimed) => {
-            if (!claimed) return;
-            this.#node.tookOver(message.from, message.jobId);
-            this.resume(claimed, message.workerId);
-          }),
-        );
-        break;
+        if (!this.directory.get(message.workerId) || !nodeId || this.dispatcher.has(message.jobId)) return;
+        const claimed = await this.deps.store.claim(message.jobId, message.from, nodeId);
+        if (!claimed || this.#closing) return;
+        this.#node.tookOver(message.from, message.jobId);
+        this.resume(claimed, message.workerId);
+        return;
       }
     }
   }
@@ -262,8 +288,7 @@ export class RegistryCore implements ClusterHost {
   resume(record: JobRecord, runningOn?: string): void {
     if (this.#closing || this.dispatcher.has(record.id)) return;
     if (runningOn) {
-      this.deps.logger.info({ jobId: record.id, workerId: runningOn }, "took over a running job from a dead node");
-      this.dispatcher.start(record, { adoptedBy: runningOn });
+      this.#resumeOnWorker(record, runningOn);
       return;
     }
     this.deps.logger.info({ jobId: record.id }, "dispatching a job again that a dead node had not placed");
@@ -271,12 +296,56 @@ export class RegistryCore implements ClusterHost {
     if (record.roomId && rooms) {
       this.#persist(
         rooms.forAgent(record.roomId, record.id, record.agentName).then((room) => {
-          if (!this.#closing) this.dispatcher.start(record, { origin: "resumed", room } satisfies DispatchStart);
+          if (!this.#closing) this.#start(record, { origin: "resumed", room } satisfies DispatchStart);
         }),
       );
       return;
     }
-    this.dispatcher.start(record, { origin: "resumed" });
+    this.#start(record, { origin: "resumed" });
+  }
+
+  /**
+   * A job recorded as bound to a worker connected here, taken on without its dispatch (a dead
+   * node's), checked against what the worker said of it since it registered: its inventory lists
+   * its running and last 100 ended jobs, but not one it is still starting.
+   */
+  #resumeOnWorker(record: JobRecord, workerId: string): void {
+    const said = this.directory.get(workerId)?.reported(record.id);
+    if (said && said.status !== "running") {
+      // It reported the job's end here, and that report did not reach the record (the dispatch that
+      // heard it lost the record to another node): the worker's word is written now.
+      const { status, reason, exit_code: exitCode, signal } = said;
+      const end = {
+        status,
+        ...(reason !== undefined ? { reason } : {}),
+        ...(exitCode !== undefined ? { exitCode } : {}),
+        ...(signal !== undefined ? { signal } : {}),
+      };
+      this.#persist(this.deps.store.update(record.id, end, this.#node.nodeId, workerId));
+      return;
+    }
+    if (said?.status === "running") {
+      this.deps.logger.info({ jobId: record.id, workerId }, "took over a running job from a dead node");
+      this.#start(record, { adoptedBy: workerId });
+      return;
+    }
+    if (record.status === "assigned") {
+      // It may be starting the job, or never have got the assignment: the running deadline decides.
+      this.deps.logger.info({ jobId: record.id, workerId }, "took over an assigned job from a dead node");
+      this.#start(record, { adoptedBy: workerId, adoptedAs: "assigned" });
+      return;
+    }
+    // It said it ran the job (the record says running) and no longer does: it ended unseen.
+    const reason = "its worker no longer runs it and its end was not heard";
+    this.deps.logger.warn({ jobId: record.id, workerId, reason }, "job not on the worker its record names");
+    const patch = record.redispatch
+      ? { status: "pending" as const, reason: `${reason}; dispatched again` }
+      : { status: "lost" as const, reason };
+    this.#persist(
+      this.deps.store.update(record.id, patch, this.#node.nodeId).then((after) => {
+        if (after?.status === "pending" && this.#node.owns(after)) this.resume(after);
+      }),
+    );
   }
 
   hasWorker(workerId: string): boolean {

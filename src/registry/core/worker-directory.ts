@@ -101,7 +101,6 @@ export class WorkerDirectory {
         "worker registered",
       );
     }
-    this.deps.metrics.workers.set(this.#byWorker.size);
     this.hooks.registered(link, message);
     return link;
   }
@@ -140,7 +139,6 @@ export class WorkerDirectory {
     for (const link of new Set([...this.#byConnection.values(), ...this.#byWorker.values()])) link.session.stop();
     this.#byConnection.clear();
     this.#byWorker.clear();
-    this.deps.metrics.workers.set(0);
   }
 
   /** Every epoch a session reaches is observed (availability_changed, or `status` below), so no scan. */
@@ -163,7 +161,6 @@ export class WorkerDirectory {
       if (this.#byWorker.get(link.workerId) === link) {
         this.#byWorker.delete(link.workerId);
         if (this.#byConnection.get(link.connectionId) === link) this.#byConnection.delete(link.connectionId);
-        this.deps.metrics.workers.set(this.#byWorker.size);
         this.deps.transport.close(link.connectionId, 4001, `session ended: ${reason}`);
         this.hooks.gone(link, reason);
         return;

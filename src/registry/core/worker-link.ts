@@ -1,7 +1,7 @@
 import { type Actor, createActor } from "xstate";
 import { sessionMachine } from "../../../machines/registry/session.ts";
 import type { InspectionObserver } from "../../observability/inspect.ts";
-import type { SlotSummary } from "../../protocol/registry.ts";
+import { type JobInventoryEntry, MAX_INVENTORY_ENTRIES, type SlotSummary } from "../../protocol/registry.ts";
 import type { RegistryTiming } from "../timing.ts";
 import type { RegistryClock } from "./ports.ts";
 
@@ -21,6 +21,13 @@ export class WorkerLink {
   lastHeardAt: number;
   /** Jobs bound to this worker: kept by the dispatch machines' bind/unbind, and only there. */
   readonly jobs = new Set<string>();
+  /**
+   * What the worker itself said of its jobs, on this connection's registration (its inventory) and
+   * in its reports since: a job taken on without its dispatch (from a dead node, or in a race of
+   * reports) is resumed as running here only if the worker said it runs it. Bounded like an
+   * inventory: the oldest ended entries go first.
+   */
+  readonly #reported = new Map<string, JobInventoryEntry>();
 
   constructor(
     connectionId: string,
@@ -37,6 +44,35 @@ export class WorkerLink {
       input: { workerId: connectionId, timing, epochFloor },
       ...(inspect ? { inspect } : {}),
     });
+  }
+
+  /** A registration (a new connection, maybe after a reconnect) says afresh what the worker has. */
+  takeInventory(inventory: JobInventoryEntry[]): void {
+    this.#reported.clear();
+    for (const entry of inventory) this.heardOfJob(entry);
+  }
+
+  /** The worker said this of a job (an inventory entry, or a job_update without its error details). */
+  heardOfJob(report: JobInventoryEntry): void {
+    const { job_id: jobId, status, reason, exit_code, signal } = report;
+    this.#reported.delete(jobId);
+    if (this.#reported.size >= MAX_INVENTORY_ENTRIES) {
+      const oldestEnded = [...this.#reported].find(([, said]) => said.status !== "running");
+      if (!oldestEnded) return;
+      this.#reported.delete(oldestEnded[0]);
+    }
+    this.#reported.set(jobId, {
+      job_id: jobId,
+      status,
+      ...(reason !== undefined ? { reason } : {}),
+      ...(exit_code !== undefined ? { exit_code } : {}),
+      ...(signal !== undefined ? { signal } : {}),
+    });
+  }
+
+  /** What the worker last said of the job on this connection, if anything. */
+  reported(jobId: string): JobInventoryEntry | undefined {
+    return this.#reported.get(jobId);
   }
 
   get context() {

@@ -4,30 +4,62 @@ import { runInThread } from "../../support/sim/pool.ts";
 import { replayCommand, type SeedResult } from "../../support/sim/run.ts";
 
 /**
- * Seeds pinned for the bugs the cluster simulation found in src/ (test/support/sim/known-bugs.ts
- * says what each one is). Each seed fails today: its `it.fails` turns red once the bug is fixed, and
- * then `.fails` and the bug's entry in KNOWN_BUGS go. Any change to the simulation reshuffles what a
- * seed does: if a pinned seed stops showing its bug for that reason, the main run lists others.
+ * Seeds pinned for the bugs the cluster simulation found in src/. A bug still open
+ * (test/support/sim/known-bugs.ts says what it is) has an `it.fails` that turns red once it is
+ * fixed; then `.fails` and its entry in KNOWN_BUGS go, and its seed moves to FIXED, where it must
+ * keep every invariant. Any change to the simulation reshuffles what a seed does: if a pinned seed
+ * stops showing its bug for that reason, the main run lists others.
  */
-const PINNED: Record<string, number> = {
-  "assignment-after-termination": 1666,
-  "reaped-while-alive": 3034,
+const OPEN: Record<string, number> = {
+  "reaped-while-alive": 2787,
   "redispatched-while-running": 4147,
-  "lost-final-write": 5,
-  "resumed-as-running": 85,
-  "stale-view-after-restart": 7903,
-  "adopt-after-final": 285,
 };
 
+/** Fixed: what each one was, and the seed that showed it. */
+const FIXED: Record<string, { seed: number; was: string }> = {
+  "assignment-after-termination": {
+    seed: 1666,
+    was: "the assignment went out once the store confirmed `assigned`, even after the running deadline had sent the termination",
+  },
+  "lost-final-write": {
+    seed: 5,
+    was: "a final status the store refused (Redis unavailable) was never written again",
+  },
+  "resumed-as-running": {
+    seed: 85,
+    was: "a dead node's job was resumed as running on its worker without the worker having said it runs it",
+  },
+  "stale-view-after-restart": {
+    seed: 7903,
+    was: "a node restarted under the same id left its earlier life's worker views in Redis",
+  },
+  "adopt-after-final": {
+    seed: 285,
+    was: "a worker's final report and its inventory's `running` raced, and the adoption started a dispatch after the end",
+  },
+  "unrecorded-final-report": {
+    seed: 3675,
+    was: "a worker's final report that the store refused was never written again (found after the fixes above)",
+  },
+  "final-report-onto-another-worker": {
+    seed: 159,
+    was: "a worker's late final report was written over a record whose job had gone to another worker since it was read",
+  },
+  "outcome-refused-after-a-claim": {
+    seed: 1412,
+    was: "a dispatch's outcome refused because a dying node had claimed the record was never written; its worker's report is now",
+  },
+};
+
+const ALL_SEEDS = [...Object.values(OPEN), ...Object.values(FIXED).map((fixed) => fixed.seed)];
 const results = new Map<number, SeedResult>();
 beforeAll(async () => {
-  const seeds = Object.values(PINNED);
-  for (const result of await runInThread(seeds, true)) results.set(result.seed, result);
+  for (const result of await runInThread(ALL_SEEDS, true)) results.set(result.seed, result);
 }, 120_000);
 
-describe("bugs the cluster simulation found", () => {
+describe("bugs the cluster simulation found and that are still open", () => {
   for (const bug of KNOWN_BUGS) {
-    const seed = PINNED[bug.id] as number;
+    const seed = OPEN[bug.id] as number;
     it(`seed ${seed} shows ${bug.id} today`, () => {
       const result = results.get(seed);
       expect(result?.knownBug, `${result?.failure}\nreplay: ${replayCommand(seed)}`).toBe(bug.id);
@@ -38,9 +70,17 @@ describe("bugs the cluster simulation found", () => {
   }
 });
 
+describe("bugs the cluster simulation found, fixed", () => {
+  for (const [id, { seed, was }] of Object.entries(FIXED)) {
+    it(`seed ${seed} keeps every invariant (${id}: ${was})`, () => {
+      expect(results.get(seed)?.failure, replayCommand(seed)).toBeUndefined();
+    });
+  }
+});
+
 describe("the cluster simulation is deterministic", () => {
   it("replays a seed step for step, in another thread, traced or not", { timeout: 120_000 }, async () => {
-    const seeds = Object.values(PINNED);
+    const seeds = ALL_SEEDS;
     const [again, untraced] = await Promise.all([runInThread(seeds, true), runInThread(seeds, false)]);
     for (const [i, seed] of seeds.entries()) {
       const first = results.get(seed);

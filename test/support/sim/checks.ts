@@ -15,7 +15,12 @@ export interface Observed {
   readonly starts: JobStarts;
   /** How long no node has heard from the worker known by this registry id. */
   silenceOf(workerId: string): number;
+  /** When the faults stopped and the slow Redis commands sent before that had run; +∞ until then. */
+  readonly healedAt: number;
 }
+
+/** A hand-off must reach its node and start its dispatch within this, counted from when the faults healed. */
+export const HAND_OFF_BOUND_MS = 2_000;
 
 interface LedgerEntry {
   status: JobStatus;
@@ -40,6 +45,10 @@ export class Invariants {
   readonly ledger = new Map<string, LedgerEntry>();
   /** Idempotency key → the job ids dispatches with it were answered with. */
   readonly keys = new Map<string, Set<string>>();
+  /** Hand-offs whose dispatch has not started on their node yet: job id → the node, and when. */
+  readonly handOffs = new Map<string, { to: string; at: number }>();
+  /** Per delivered hand-off sent before the faults healed, how long after that it started. */
+  readonly handOffDelaysAfterCalm: number[] = [];
 
   constructor(private readonly world: Observed) {}
 
@@ -61,7 +70,16 @@ export class Invariants {
       if (sim.tracing) sim.trace("store", `${record.id} created ${record.status} by ${by}`);
       return;
     }
-    if (op === "claim" && before.node !== record.node && before.node) before.claimedFrom.push(before.node);
+    if ((op === "claim" || op === "handOff") && before.node !== record.node && before.node) {
+      before.claimedFrom.push(before.node);
+    }
+    if (op === "handOff" && record.node) this.handOffs.set(record.id, { to: record.node, at: sim.clock.now() });
+    if (sim.tracing && before.node !== record.node) {
+      sim.trace(
+        "store",
+        `${record.id} now ${record.node ?? "no node"}'s (${op} by ${by}, was ${before.node ?? "no node"}'s)`,
+      );
+    }
     before.node = record.node;
     before.workerId = record.workerId;
     if (before.status === record.status) return;
@@ -118,9 +136,38 @@ export class Invariants {
     }
   }
 
-  /** After every step: bounds on each worker, no actor broken. */
+  /**
+   * Every hand-off starts its dispatch on its node (if that node is up under the same id and still
+   * owns the job) within HAND_OFF_BOUND_MS of the faults healing: messages delayed, a node cut off
+   * from Redis or restarted after it was handed the job, nothing is lost in an inbox.
+   */
+  #checkHandOffs(): void {
+    const { sim, nodes, healedAt } = this.world;
+    const now = sim.clock.now();
+    for (const [jobId, { to, at }] of this.handOffs) {
+      const entry = this.ledger.get(jobId);
+      const node = nodes.find((candidate) => candidate?.up && candidate.settings.nodeId === to);
+      if (!entry || isFinal(entry.status) || entry.node !== to || node?.core?.dispatcher.has(jobId)) {
+        if (node?.core?.dispatcher.has(jobId) && at < healedAt && now > healedAt) {
+          this.handOffDelaysAfterCalm.push(now - healedAt);
+        }
+        this.handOffs.delete(jobId);
+        continue;
+      }
+      if (node && now > Math.max(at, healedAt) + HAND_OFF_BOUND_MS) {
+        sim.violation(
+          `the hand-off of ${jobId} to ${to} has not started its dispatch ${now - Math.max(at, healedAt)} ms after ` +
+            `${at < healedAt ? "the faults healed" : "it was sent"}`,
+        );
+        this.handOffs.delete(jobId);
+      }
+    }
+  }
+
+  /** After every step: bounds on each worker, no actor broken, hand-offs delivered. */
   afterStep(): void {
     const { sim, workers, nodes, starts } = this.world;
+    if (this.handOffs.size > 0) this.#checkHandOffs();
     for (const worker of workers) {
       if (!worker || worker.crashed) continue;
       const snapshot = worker.actor.getSnapshot();

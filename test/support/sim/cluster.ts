@@ -1,4 +1,5 @@
 import type { ClusterHost } from "../../../src/registry/cluster/cluster.ts";
+import { READ_BLOCK_MS, RECLAIM_EVERY_MS, RECLAIM_IDLE_MS, RETRY_MS } from "../../../src/registry/cluster/inbox.ts";
 import {
   type NodeMessage,
   nodeMessage,
@@ -9,7 +10,7 @@ import {
 import type { NodeBus } from "../../../src/registry/core/ports.ts";
 import type { JobRecord } from "../../../src/registry/store.ts";
 import type { SimClock } from "./clock.ts";
-import type { RedisClient, SimRedis } from "./redis.ts";
+import { RedisClient, type SimRedis } from "./redis.ts";
 import type { SimStore } from "./store.ts";
 
 export interface ClusterTiming {
@@ -36,6 +37,8 @@ export class SimCluster implements NodeBus {
   #presenceTimer: number | undefined;
   #housekeepingTimer: number | undefined;
   #closed = false;
+  /** Blocking reads of the inbox hold a connection of their own, as in NodeInbox. */
+  readonly #reader: RedisClient;
 
   constructor(
     readonly nodeId: string,
@@ -51,20 +54,27 @@ export class SimCluster implements NodeBus {
     private readonly onReap: (deadNode: string) => void = () => {},
   ) {
     this.#lastSweep = clock.now();
+    this.#reader = new RedisClient(client.slot, `${client.name} inbox`);
   }
 
   /** RegistryCluster.join: subscribe, announce, learn the nodes and the workers other nodes hold. */
   async join(): Promise<void> {
-    await this.redis.subscribe(this.client, ["workers", `node:${this.nodeId}`], (channel, text) =>
-      this.#onMessage(channel, text),
-    );
+    await this.redis.subscribe(this.client, ["workers"], (channel, text) => this.#onMessage(channel, text));
     await this.#renew();
     await this.#refreshNodes();
     const views = await this.redis.call(this.client, "hgetall workers", () => [...this.redis.views.values()]);
     for (const text of views) {
       const parsed = viewMessage.safeParse({ type: "view", view: JSON.parse(text) });
-      if (parsed.success && parsed.data.type === "view") this.#takeView(parsed.data.view);
+      if (!parsed.success || parsed.data.type !== "view") continue;
+      const view = parsed.data.view;
+      if (view.nodeId === this.nodeId) await this.#forgetEarlierLife(view.workerId);
+      else this.#takeView(view);
     }
+  }
+
+  async #forgetEarlierLife(workerId: string): Promise<void> {
+    await this.#dropView(workerId, this.nodeId);
+    this.#publish("workers", { type: "gone", nodeId: this.nodeId, workerId });
   }
 
   attach(host: ClusterHost): void {
@@ -75,7 +85,67 @@ export class SimCluster implements NodeBus {
       this.#presenceTimer = this.clock.after(this.timing.heartbeatMs, renewLoop);
     };
     this.#presenceTimer = this.clock.after(this.timing.heartbeatMs, renewLoop);
+    this.#readInbox(0, Number.NEGATIVE_INFINITY);
     this.#scheduleHousekeeping();
+  }
+
+  /**
+   * NodeInbox's loop (src/registry/cluster/inbox.ts) on the simulated stream: every pending message
+   * taken at the start, then new ones, and those left pending for RECLAIM_IDLE_MS taken again.
+   */
+  #readInbox(reclaimIdleMs: number, lastReclaim: number): void {
+    if (this.#closed) return;
+    const reclaimNow = this.clock.now() - lastReclaim >= RECLAIM_EVERY_MS;
+    const read = async () => {
+      let entries: { id: number; text: string }[] = [];
+      if (reclaimNow) {
+        entries = await this.redis.call(this.client, "xautoclaim", () =>
+          this.redis.reclaimInbox(this.nodeId, reclaimIdleMs),
+        );
+      }
+      if (entries.length === 0) {
+        entries = await this.redis.call(this.#reader, "xreadgroup", () =>
+          this.redis.readInbox(this.nodeId, READ_BLOCK_MS, this.#reader),
+        );
+      }
+      return this.#handleAll(entries);
+    };
+    read().then(
+      (allHandled) => {
+        if (!allHandled) {
+          this.clock.after(RETRY_MS, () => this.#readInbox(0, Number.NEGATIVE_INFINITY));
+          return;
+        }
+        this.#readInbox(reclaimNow ? RECLAIM_IDLE_MS : reclaimIdleMs, reclaimNow ? this.clock.now() : lastReclaim);
+      },
+      (error: Error) => {
+        this.#warn("node inbox read")(error);
+        this.clock.after(RETRY_MS, () => this.#readInbox(reclaimIdleMs, lastReclaim));
+      },
+    );
+  }
+
+  async #handleAll(entries: { id: number; text: string }[]): Promise<boolean> {
+    if (entries.length === 0) return true;
+    const outcomes = await Promise.allSettled(entries.map((entry) => this.#onNodeMessage(entry.text)));
+    const handled = entries.filter((_, i) => outcomes[i]?.status === "fulfilled").map((entry) => entry.id);
+    for (const outcome of outcomes) {
+      if (outcome.status === "rejected") this.#warn("node message (it will be taken again)")(outcome.reason as Error);
+    }
+    if (handled.length > 0) {
+      await this.redis
+        .call(this.client, "xack", () => this.redis.ack(this.nodeId, handled))
+        .catch(this.#warn("node inbox acknowledgement"));
+    }
+    return handled.length === entries.length;
+  }
+
+  async #onNodeMessage(text: string): Promise<void> {
+    if (this.#closed) return;
+    const parsed = nodeMessage.safeParse(JSON.parse(text));
+    if (!parsed.success) return;
+    this.log(`inbox ← ${parsed.data.type} ${parsed.data.jobId}`);
+    await this.#host?.onNodeMessage(parsed.data);
   }
 
   remoteViews(): WorkerView[] {
@@ -111,7 +181,13 @@ export class SimCluster implements NodeBus {
   }
 
   send(nodeId: string, message: NodeMessage): void {
-    this.#publish(`node:${nodeId}`, message);
+    this.redis
+      .call(this.client, "xadd", () => this.redis.xadd(nodeId, JSON.stringify(message)))
+      .catch(this.#warn(`send to node ${nodeId}`));
+  }
+
+  handOff(jobId: string, to: string, message: NodeMessage): Promise<JobRecord | undefined> {
+    return this.store.claimAndSend(jobId, this.nodeId, to, JSON.stringify(message));
   }
 
   isLive(nodeId: string): boolean {
@@ -119,8 +195,10 @@ export class SimCluster implements NodeBus {
   }
 
   /** A crash: timers gone, subscriptions gone, nothing more heard or said. */
-  crash(): void {
+  crash(loud = true): void {
     this.#closed = true;
+    this.#reader.dead = true;
+    this.#reader.reset = loud;
     this.clock.clearTimeout(this.#presenceTimer);
     this.clock.clearTimeout(this.#housekeepingTimer);
     this.redis.unsubscribeAll(this.client);
@@ -130,13 +208,15 @@ export class SimCluster implements NodeBus {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#reader.dead = true;
+    this.#reader.reset = true;
     this.clock.clearTimeout(this.#presenceTimer);
     this.clock.clearTimeout(this.#housekeepingTimer);
     await this.redis.call(this.client, "del nodeAlive", () => this.redis.alive.delete(this.nodeId)).catch(() => {});
     this.redis.unsubscribeAll(this.client);
   }
 
-  #publish(channel: string, message: NodeMessage | ViewMessage): void {
+  #publish(channel: string, message: ViewMessage): void {
     this.redis.publish(this.client, channel, JSON.stringify(message)).catch(this.#warn(`publish to ${channel}`));
   }
 
@@ -147,27 +227,20 @@ export class SimCluster implements NodeBus {
   }
 
   #onMessage(channel: string, text: string): void {
-    if (this.#closed) return;
+    if (this.#closed || channel !== "workers") return;
     const raw = JSON.parse(text) as unknown;
-    if (channel === "workers") {
-      let message = raw as ViewMessage;
-      if (this.validateViews) {
-        const parsed = viewMessage.safeParse(raw);
-        if (!parsed.success) return;
-        message = parsed.data;
-      }
-      if (message.type === "view") {
-        if (message.view.nodeId !== this.nodeId) this.#takeView(message.view);
-        else this.remote.delete(message.view.workerId);
-      } else if (this.remote.get(message.workerId)?.nodeId === message.nodeId) {
-        this.remote.delete(message.workerId);
-      }
-      return;
+    let message = raw as ViewMessage;
+    if (this.validateViews) {
+      const parsed = viewMessage.safeParse(raw);
+      if (!parsed.success) return;
+      message = parsed.data;
     }
-    const parsed = nodeMessage.safeParse(raw);
-    if (!parsed.success) return;
-    this.log(`bus ← ${parsed.data.type} ${parsed.data.jobId}`);
-    this.#host?.onNodeMessage(parsed.data);
+    if (message.type === "view") {
+      if (message.view.nodeId !== this.nodeId) this.#takeView(message.view);
+      else this.remote.delete(message.view.workerId);
+    } else if (this.remote.get(message.workerId)?.nodeId === message.nodeId) {
+      this.remote.delete(message.workerId);
+    }
   }
 
   #takeView(view: WorkerView): void {
@@ -254,6 +327,7 @@ export class SimCluster implements NodeBus {
       await this.redis.call(this.client, "forget node", () => {
         this.redis.nodes.delete(deadNode);
         this.redis.diedAt.delete(deadNode);
+        this.redis.dropInbox(deadNode);
       });
       this.log(`settled every job of dead node ${deadNode}`);
       return;

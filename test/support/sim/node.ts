@@ -52,7 +52,6 @@ export interface NodeSettings {
   timing: RegistryTiming;
   cluster: ClusterTiming;
   onWrite(write: RecordWrite): void;
-  onFailedWrite(jobId: string, status: string | undefined): void;
   /** A dispatch machine gave up on its bound worker (to offer the job again), on this event. */
   onGiveUp(jobId: string, workerId: string, cause: string): void;
   /** A frame from this worker (by its simulation name) reached the node. */
@@ -96,7 +95,7 @@ export class SimNode implements NodeEndpoint {
   ) {
     this.name = settings.incarnation === 0 ? settings.nodeId : `${settings.nodeId}#${settings.incarnation}`;
     this.#client = new RedisClient(settings.slot, this.name);
-    this.#store = new SimStore(sim.redis, this.#client, sim.clock, settings.onWrite, settings.onFailedWrite);
+    this.#store = new SimStore(sim.redis, this.#client, sim.clock, settings.onWrite);
   }
 
   get slot(): number {
@@ -185,7 +184,7 @@ export class SimNode implements NodeEndpoint {
     this.up = false;
     this.#client.dead = true;
     this.sim.clock.clearTimeout(this.#sweepTimer);
-    this.cluster?.crash();
+    this.cluster?.crash(loud);
     this.sim.network.nodeDied(this, loud);
     // Its dispatches and sessions stop without a word: they were only this process's memory.
     this.core?.close();

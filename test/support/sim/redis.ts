@@ -16,9 +16,38 @@ export interface BusFaults {
   maxDelayMs: number;
 }
 
+/** A message in a node's inbox stream. */
+export interface InboxEntry {
+  id: number;
+  text: string;
+  /** When the reader can see it: the bus's delay (entries of one stream stay in order). */
+  visibleAt: number;
+  /** When it was last read (it is then in the consumer group's pending list until acknowledged). */
+  deliveredAt: number | undefined;
+}
+
+/** A node's inbox: a Redis Stream with one consumer group, as src/registry/cluster/inbox.ts reads it. */
+class SimInbox {
+  entries: InboxEntry[] = [];
+  nextId = 1;
+  lastVisibleAt = Number.NEGATIVE_INFINITY;
+  waiters: (() => void)[] = [];
+
+  wake(): void {
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const waiter of waiters) waiter();
+  }
+}
+
 /** One registry node's connection to Redis; a crashed node's client is dead and hears no replies. */
 export class RedisClient {
   dead = false;
+  /**
+   * Its process died loudly (the kernel reset its connections): Redis drops its blocked reads at
+   * once. A client that died silently keeps them until TCP notices, and they take what arrives.
+   */
+  reset = false;
   /** When its last command runs: one connection, so its commands run in the order sent. */
   lastAt = Number.NEGATIVE_INFINITY;
   constructor(
@@ -51,6 +80,8 @@ export class SimRedis {
   readonly nodes = new Set<string>();
   readonly diedAt = new Map<string, number>();
   readonly locks = new Map<string, { value: string; expiresAt: number }>();
+  readonly inboxes = new Map<string, SimInbox>();
+  readonly #clients = new Set<RedisClient>();
   readonly #subscribers = new Map<string, Subscriber[]>();
   outage: Outage | undefined;
   readonly linkOutages = new Map<number, Outage>();
@@ -64,6 +95,13 @@ export class SimRedis {
     private readonly clock: SimClock,
     private readonly rng: Rng,
   ) {}
+
+  /** When the last command already sent by a live client runs (a slow one holds up those behind it). */
+  backlogClearsAt(): number {
+    let at = this.clock.now();
+    for (const client of this.#clients) if (!client.dead) at = Math.max(at, client.lastAt);
+    return at;
+  }
 
   /** The outage this client meets now, if any. */
   downFor(client: RedisClient): Outage | undefined {
@@ -80,6 +118,7 @@ export class SimRedis {
 
   /** One command: sent now, run atomically when it arrives, answered there (a dead client hears nothing). */
   call<T>(client: RedisClient, label: string, op: () => T | Promise<T>): Promise<T> {
+    this.#clients.add(client);
     return new Promise<T>((resolve, reject) => {
       const attempt = () => {
         // Still in the client's queue when its process died: never sent.
@@ -172,6 +211,81 @@ export class SimRedis {
         subscriber.onMessage(channel, text);
       });
     }
+  }
+
+  #inbox(nodeId: string): SimInbox {
+    let inbox = this.inboxes.get(nodeId);
+    if (!inbox) {
+      inbox = new SimInbox();
+      this.inboxes.set(nodeId, inbox);
+    }
+    return inbox;
+  }
+
+  /**
+   * XADD to a node's inbox (run inside a call). A stream keeps what it is given: the bus's faults
+   * delay it (in order) and, as a sender retrying an XADD whose reply it missed would, add it twice;
+   * they never lose it.
+   */
+  xadd(nodeId: string, text: string): void {
+    const inbox = this.#inbox(nodeId);
+    const faults = this.busFaults;
+    const copies = faults && this.rng.chance(faults.duplicate) ? 2 : 1;
+    if (copies === 2) this.faultCounts.duplicated++;
+    for (let i = 0; i < copies; i++) {
+      const delay = faults ? this.rng.int(0, faults.maxDelayMs) : 0;
+      const visibleAt = Math.max(this.clock.now() + delay, inbox.lastVisibleAt);
+      inbox.lastVisibleAt = visibleAt;
+      inbox.entries.push({ id: inbox.nextId++, text, visibleAt, deliveredAt: undefined });
+      this.clock.at(visibleAt, () => inbox.wake());
+    }
+  }
+
+  /** XREADGROUP ... > (run inside a call): new visible entries, waiting up to `blockMs` for one. */
+  readInbox(nodeId: string, blockMs: number, reader: RedisClient): Promise<InboxEntry[]> {
+    const inbox = this.#inbox(nodeId);
+    const take = () => {
+      const now = this.clock.now();
+      const fresh = inbox.entries
+        .filter((entry) => entry.deliveredAt === undefined && entry.visibleAt <= now)
+        .slice(0, 100);
+      for (const entry of fresh) entry.deliveredAt = now;
+      return fresh;
+    };
+    const ready = take();
+    if (ready.length > 0) return Promise.resolve(ready);
+    return new Promise((resolve) => {
+      let done = false;
+      const finish = () => {
+        if (done) return;
+        done = true;
+        resolve(reader.reset ? [] : take());
+      };
+      inbox.waiters.push(finish);
+      this.clock.after(blockMs, finish);
+    });
+  }
+
+  /** XAUTOCLAIM (run inside a call): entries read at least `minIdleMs` ago and not acknowledged. */
+  reclaimInbox(nodeId: string, minIdleMs: number): InboxEntry[] {
+    const now = this.clock.now();
+    const idle = this.#inbox(nodeId)
+      .entries.filter((entry) => entry.deliveredAt !== undefined && now - entry.deliveredAt >= minIdleMs)
+      .slice(0, 100);
+    for (const entry of idle) entry.deliveredAt = now;
+    return idle;
+  }
+
+  /** XACK + XDEL. */
+  ack(nodeId: string, ids: number[]): void {
+    const inbox = this.#inbox(nodeId);
+    const acked = new Set(ids);
+    inbox.entries = inbox.entries.filter((entry) => !acked.has(entry.id));
+  }
+
+  /** DEL of a forgotten node's inbox. */
+  dropInbox(nodeId: string): void {
+    this.inboxes.delete(nodeId);
   }
 
   /** SET key PX ttl NX for locks: true when this client took it. */

@@ -4,7 +4,8 @@ import type { RedisClient, SimRedis } from "./redis.ts";
 
 /** A write that reached the shared records: which node, which operation, the record after it. */
 export interface RecordWrite {
-  op: "create" | "update" | "correctLost" | "claim";
+  /** `handOff`: a claim that put a dispatch message into the new owner's inbox in the same step. */
+  op: "create" | "update" | "correctLost" | "claim" | "handOff";
   by: string;
   record: JobRecord;
 }
@@ -21,8 +22,6 @@ export class SimStore implements JobStore {
     private readonly client: RedisClient,
     private readonly clock: SimClock,
     private readonly onWrite: (write: RecordWrite) => void,
-    /** A write that failed (Redis unavailable): which job, which status it meant to write. */
-    private readonly onFailedWrite: (jobId: string, status: string | undefined) => void,
   ) {}
 
   create(record: JobRecord) {
@@ -37,14 +36,12 @@ export class SimStore implements JobStore {
     return this.redis.call(this.client, "get", () => this.redis.records.get(id));
   }
 
-  update(id: string, patch: Partial<JobRecord>, ifNode?: string) {
-    const written = this.redis.call(this.client, "update", async () => {
-      const after = await this.redis.records.update(id, { updatedAt: this.clock.now(), ...patch }, ifNode);
+  update(id: string, patch: Partial<JobRecord>, ifNode?: string, ifWorker?: string) {
+    return this.redis.call(this.client, "update", async () => {
+      const after = await this.redis.records.update(id, { updatedAt: this.clock.now(), ...patch }, ifNode, ifWorker);
       if (after) this.onWrite({ op: "update", by: this.client.name, record: after });
       return after;
     });
-    written.catch(() => this.onFailedWrite(id, patch.status));
-    return written;
   }
 
   correctLost(id: string, patch: Pick<JobRecord, "status" | "history"> & Partial<JobRecord>) {
@@ -67,6 +64,18 @@ export class SimStore implements JobStore {
     return this.redis.call(this.client, "claim", async () => {
       const claimed = await this.redis.records.claim(id, from, to);
       if (claimed) this.onWrite({ op: "claim", by: this.client.name, record: claimed });
+      return claimed;
+    });
+  }
+
+  /** RedisJobStore.claimAndSend: the claim and, if it wins, the message into `to`'s inbox, atomically. */
+  claimAndSend(id: string, from: string | undefined, to: string, message: string) {
+    return this.redis.call(this.client, "claimAndSend", async () => {
+      const claimed = await this.redis.records.claim(id, from, to);
+      if (claimed) {
+        this.redis.xadd(to, message);
+        this.onWrite({ op: "handOff", by: this.client.name, record: claimed });
+      }
       return claimed;
     });
   }

@@ -1,5 +1,5 @@
 import type { DispatchRequest } from "../../../src/registry/core/ports.ts";
-import { isFinal, type JobStatus } from "../../../src/registry/store.ts";
+import { isFinal } from "../../../src/registry/store.ts";
 import { Invariants, type Observed } from "./checks.ts";
 import { SimClock } from "./clock.ts";
 import type { SimContext } from "./context.ts";
@@ -46,8 +46,6 @@ export class World implements SimContext, Observed {
   readonly pending = new Set<PendingCall>();
   /** Jobs the clients know of (dispatch answers), for cancels. */
   readonly knownJobs: string[] = [];
-  /** Jobs whose final status a node tried to write while Redis refused it. */
-  readonly failedFinalWrites = new Set<string>();
   /** Per job, each time a dispatch machine gave up on its worker: the event, and how long the worker had been silent. */
   readonly giveUps = new Map<string, { cause: string; silentMs: number }[]>();
   /** Nodes a reaper settled as dead while they were serving. */
@@ -113,9 +111,6 @@ export class World implements SimContext, Observed {
       timing: SIM_REGISTRY_TIMING,
       cluster: SIM_CLUSTER_TIMING,
       onWrite: (write) => this.checks.onWrite(write),
-      onFailedWrite: (jobId, status) => {
-        if (status && isFinal(status as JobStatus)) this.failedFinalWrites.add(jobId);
-      },
       onGiveUp: (jobId, workerId, cause) => {
         const silentMs = this.silenceOf(workerId);
         this.trace(node.name, `gives up on ${workerId} for ${jobId} (${cause}; silent for ${silentMs} ms)`);
@@ -173,6 +168,9 @@ export class World implements SimContext, Observed {
   }
 
   /** How long no node has heard from the worker known by this registry id (its latest incarnation under it). */
+  /** When the faults stopped and the slow Redis commands sent before that had run (see Observed). */
+  healedAt = Number.POSITIVE_INFINITY;
+
   silenceOf(workerId: string): number {
     let silent = Number.POSITIVE_INFINITY;
     for (const worker of this.allWorkers) {
@@ -234,10 +232,16 @@ export class World implements SimContext, Observed {
     this.calm = true;
     this.trace("world", "faults stop");
     this.network.healAll();
+    // Commands held by a hanging outage wait for its end, even now.
+    const hungUntil = Math.max(
+      this.redis.outage?.until ?? 0,
+      ...[...this.redis.linkOutages.values()].map((outage) => outage.until),
+    );
     this.redis.outage = undefined;
     this.redis.linkOutages.clear();
     this.redis.busFaults = undefined;
     this.redis.slowCommandChance = 0;
+    this.healedAt = Math.max(this.redis.backlogClearsAt(), hungUntil);
     this.network.slowFrameChance = 0;
     for (let slot = 0; slot < this.shape.nodes; slot++) if (!this.nodes[slot]?.up) this.startNode(slot, false);
     for (let slot = 0; slot < this.shape.workers.length; slot++) {
