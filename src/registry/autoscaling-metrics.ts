@@ -78,7 +78,7 @@ export interface AutoscalingSource {
 }
 
 interface AgentTally {
-  /** `maxProcesses` of the workers that take work: connected and not draining. */
+  /** `maxProcesses` of the workers that take work: connected, not draining and no longer starting. */
   slots: number;
   freeSlots: number;
   waiting: number;
@@ -97,6 +97,10 @@ const emptyTally = (): AgentTally => ({
  * full); free slots are those placement could use at once: on workers whose session is available,
  * what the picker sees as spare (jobs, assignments and offers out taken off). A full, draining or
  * disconnected worker has none free, so slots less free slots is the demand being served.
+ *
+ * A worker still starting (warming its pool) shows as full but serves nothing yet: its slots are
+ * left out of both, or every pod an autoscaler adds would raise the demand it scales on until the
+ * pod is warm, and the autoscaler would add another.
  */
 export function tallyByAgent(source: AutoscalingSource, labels: AgentLabels): Map<string, AgentTally> {
   const tally = new Map<string, AgentTally>();
@@ -113,7 +117,8 @@ export function tallyByAgent(source: AutoscalingSource, labels: AgentLabels): Ma
     served.add(agent);
     const counts = entry(labels.of(agent, true));
     counts.workers[status]++;
-    if (status === "available" || status === "full") counts.slots += link.context.maxProcesses;
+    const takesWork = status === "available" || (status === "full" && link.context.reportedStatus !== "starting");
+    if (takesWork) counts.slots += link.context.maxProcesses;
     if (link.available) counts.freeSlots += Math.max(0, spareOf(viewOf(link)));
   }
   for (const [agent, waiting] of source.waitingByAgent()) {
@@ -130,7 +135,7 @@ export function registerAutoscalingGauges(registry: Registry, source: Autoscalin
   const read = () => tallyByAgent(source, labels);
   new Gauge({
     name: "troupe_registry_slots",
-    help: "Job slots (maxProcesses) of the workers connected to this node that take work (not draining or disconnected), by agent",
+    help: "Job slots (maxProcesses) of the workers connected to this node that take work (not starting, draining or disconnected), by agent",
     labelNames: ["agent"] as const,
     registers: [registry],
     collect() {

@@ -1,5 +1,6 @@
 import { Counter, Histogram, Registry } from "prom-client";
 import { collectProcessMetrics, MACHINE_REASONS, reasonLabel } from "../observability/metrics.ts";
+import type { OfferEnding } from "../observability/tracing/dispatch-trace.ts";
 import { AgentLabels } from "./autoscaling-metrics.ts";
 
 /**
@@ -33,6 +34,13 @@ const DISPATCH_REASONS = [
 /** A final dispatch's reason as a bounded label value (a worker or a placement can say anything). */
 export const dispatchReasonLabel = (reason: string | undefined) => reasonLabel(reason, DISPATCH_REASONS);
 
+/** How an offer ended, as the `answer` label of troupe_registry_offers_total. */
+export const OFFER_ANSWER_LABELS: Record<OfferEnding, string> = {
+  accepted: "yes",
+  declined: "no",
+  no_answer: "no_answer",
+};
+
 /**
  * The registry's counters and histograms, which the core updates as things happen. The gauges of
  * workers, free slots and waiting dispatches are read from the core at scrape time instead
@@ -58,7 +66,7 @@ export function createRegistryMetrics() {
     }),
     offers: new Counter({
       name: "troupe_registry_offers_total",
-      help: "Availability answers from workers, by the worker's agent and answer (yes, no)",
+      help: "Offers made to workers, by the worker's agent and how they ended (yes, no, no_answer)",
       labelNames: ["agent", "answer"] as const,
       registers: [registry],
     }),
@@ -72,6 +80,12 @@ export function createRegistryMetrics() {
       name: "troupe_registry_protocol_errors_total",
       help: "Frames from workers answered with an error frame, by code",
       labelNames: ["code"] as const,
+      registers: [registry],
+    }),
+    dispatchLatency: new Histogram({
+      name: "troupe_registry_dispatch_latency_seconds",
+      help: "Dispatch created to its job reported running on a worker, on the node where it runs (adopted jobs not counted)",
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
       registers: [registry],
     }),
     dispatchDuration: new Histogram({

@@ -13,11 +13,14 @@ import { ATTR, carrierOf, contextFrom, endWithOutcome, SPAN, tracer } from "../o
 const pending = new Map<string, Span>();
 const MAX_PENDING = 2_048;
 
-/** The registry assigned a job: its hand-out starts now. Only recording spans are kept. */
-export function assignmentReceived(spec: JobSpec): void {
+/**
+ * The registry assigned a job to this worker (`workerId`, as the registry knows it): its hand-out
+ * starts now. Only recording spans are kept.
+ */
+export function assignmentReceived(spec: JobSpec, workerId: string | undefined): void {
   pending.get(spec.jobId)?.end();
   pending.delete(spec.jobId);
-  const span = startHandout(spec);
+  const span = startHandout(spec, workerId);
   if (!span.isRecording()) return;
   if (pending.size >= MAX_PENDING) {
     const [oldestId, oldest] = pending.entries().next().value as [string, Span];
@@ -54,12 +57,16 @@ export function handoutAbandoned(jobId: string, status: string, reason: string |
   endWithOutcome(span, status, reason);
 }
 
-function startHandout(job: JobSpec): Span {
+function startHandout(job: JobSpec, workerId?: string): Span {
   return tracer.startSpan(
     SPAN.processHandout,
     {
       kind: SpanKind.CONSUMER,
-      attributes: { [ATTR.jobId]: job.jobId, ...(job.agentName ? { [ATTR.agentName]: job.agentName } : {}) },
+      attributes: {
+        [ATTR.jobId]: job.jobId,
+        ...(job.agentName ? { [ATTR.agentName]: job.agentName } : {}),
+        ...(workerId ? { [ATTR.workerId]: workerId } : {}),
+      },
     },
     contextFrom(job),
   );

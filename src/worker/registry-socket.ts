@@ -98,6 +98,8 @@ export function createRegistrySocket(settings: RegistrySocketSettings) {
     /** Stopped by the machine, or ended (socket.closed sent): this generation says nothing more. */
     let finished = false;
     let opened = false;
+    /** The worker id the registry confirmed on this socket, for the hand-out spans of its assignments. */
+    let registeredAs: string | undefined;
     let connectTimer: NodeJS.Timeout | undefined;
 
     const report = (event: SocketEvent) => {
@@ -190,7 +192,8 @@ export function createRegistrySocket(settings: RegistrySocketSettings) {
         if (isBinary) return report({ type: "socket.invalid", error: "binary frame" });
         const { event, issues } = parseRegistryFrame(data.toString());
         if (issues) logger.warn({ issues }, "invalid frame from registry");
-        if (event.type === "registry.assigned") assignmentReceived(event.spec);
+        if (event.type === "registry.registered" && event.workerId) registeredAs = event.workerId;
+        if (event.type === "registry.assigned") assignmentReceived(event.spec, registeredAs);
         report(event);
       });
       socket.on("close", (code, reason) => {

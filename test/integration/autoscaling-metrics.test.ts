@@ -19,6 +19,8 @@ import type { WorkerHandle } from "../../src/worker/runtime.ts";
 import {
   closeRegistries,
   dispatch,
+  RawConnection,
+  registerMessage,
   startInProcessWorker,
   startRegistry,
   stopInProcessWorkers,
@@ -84,6 +86,19 @@ describe("autoscaling signals from the registry's state", () => {
       workers: { available: 1, full: 1, draining: 1, disconnected: 0 },
     });
     expect(tally.get("B")).toMatchObject({ slots: 2, freeSlots: 2 });
+  });
+
+  it("a worker still starting counts as full but adds no slots, so slots less free slots stays the work served", () => {
+    const tally = tallyByAgent(
+      source([link("w1", "A", { jobCount: 1 }), link("w2", "A", { status: "starting" })]),
+      new AgentLabels(),
+    );
+    expect(tally.get("A")).toEqual({
+      slots: 4,
+      freeSlots: 3,
+      waiting: 0,
+      workers: { available: 1, full: 1, draining: 0, disconnected: 0 },
+    });
   });
 
   it("a dispatch waiting for an agent no worker serves counts as (unserved); one served elsewhere keeps its name", () => {
@@ -200,6 +215,8 @@ describe("the gauges of a real registry as a worker with two processes fills, dr
     const text = await metricsText();
     expect(sumOf(text, "troupe_registry_dispatches_rejected_total")).toBe(0);
     expect(seriesValue(text, "troupe_registry_offers_total", { ...agent, answer: "yes" })).toBe(3);
+    // Each of the three counted once, when its job ran.
+    expect(sumOf(text, "troupe_registry_dispatch_latency_seconds_count")).toBe(3);
   }, 180_000);
 
   it("a draining worker has no free slots and shows as draining until it leaves", async () => {
@@ -247,6 +264,36 @@ describe("a dispatch for an agent no worker serves", () => {
       seriesValue(text, "troupe_registry_dispatches_rejected_total", { agent: UNSERVED_AGENT, cause: "no_worker" }),
     ).toBe(1);
     expect(text).not.toContain("nobody-serves-this");
+  });
+});
+
+describe("an offer its worker does not answer in time", () => {
+  afterEach(closeRegistries);
+
+  it("is counted once as no_answer when it times out; the worker's late answer is not counted", async () => {
+    const r = await startRegistry({ offerTimeoutMs: 300, dispatchTimeoutMs: 3_000, pingIntervalMs: 30_000 });
+    const agent = "slow-to-answer";
+    const c = await RawConnection.open(r);
+    let from = c.frames.length;
+    c.send(registerMessage(agent, 1));
+    const workerId = (await c.next(from, (f) => f.type === "register", "the register answer")).worker_id as string;
+    c.send(JSON.stringify({ type: "status_update", worker_id: workerId, status: "available", load: 0, job_count: 0 }));
+    await waitAvailableAgent(r, agent);
+
+    from = c.frames.length;
+    const job = await dispatch(r, { agent_name: agent });
+    await c.next(from, (f) => f.type === "availability_request" && f.job_id === job.id, "the offer");
+    const offers = async (answer: string) =>
+      seriesValue(await scrape(`${r.url}/metrics`), "troupe_registry_offers_total", { agent, answer });
+    await until(async () => (await offers("no_answer")) === 1, { label: "the offer to time out" });
+
+    c.send(JSON.stringify({ type: "availability_response", job_id: job.id, available: true }));
+    await c.sync("after_the_late_answer");
+    expect(await offers("yes")).toBeUndefined();
+    expect(await offers("no_answer")).toBe(1);
+    expect((await r.store.untilFinal(job.id, 10_000)).status).toBe("rejected");
+    expect(sumOf(await scrape(`${r.url}/metrics`), "troupe_registry_dispatch_latency_seconds_count")).toBe(0);
+    c.close();
   });
 });
 

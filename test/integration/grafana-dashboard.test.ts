@@ -89,6 +89,39 @@ function operatingRules(): string {
   return block;
 }
 
+/**
+ * The autoscalers' queries in docs/operating.md's ```yaml blocks: KEDA's `query:` and
+ * prometheus-adapter's `metricsQuery:`, folded scalars (`>-`) joined into one line. The adapter's
+ * templates become what it would put there: `<<.Series>>` the metric its rule's `seriesQuery`
+ * selects, `<<.LabelMatchers>>` an agent's matcher, `<<.GroupBy>>` the agent label.
+ */
+function autoscalerExpressions(markdown: string): { where: string; expr: string }[] {
+  const found: { where: string; expr: string }[] = [];
+  for (const [, block] of markdown.matchAll(/```yaml\n([\s\S]*?)```/g)) {
+    const lines = (block as string).split("\n");
+    let series = "";
+    lines.forEach((line, i) => {
+      const seriesQuery = /^\s*(?:-\s+)?seriesQuery: '(.+)'$/.exec(line);
+      if (seriesQuery) series = metricNamesIn(seriesQuery[1] as string)[0] ?? "";
+      const start = /^(\s*(?:-\s+)?)(query|metricsQuery): (>-?|\|-?)?\s*(.*)$/.exec(line);
+      if (!start) return;
+      const [, indent = "", key = "", folded, inline = ""] = start;
+      const parts = folded ? [] : [inline];
+      for (const next of lines.slice(i + 1)) {
+        if (!folded || next.trim() === "" || next.length - next.trimStart().length <= indent.length) break;
+        if (!next.trim().startsWith("#")) parts.push(next.trim());
+      }
+      const expr = parts
+        .join(" ")
+        .replace(/<<\.Series>>/g, series)
+        .replace(/<<\.LabelMatchers>>/g, 'agent="support-agent"')
+        .replace(/<<\.GroupBy>>/g, "agent");
+      found.push({ where: `operating.md ${key}`, expr });
+    });
+  }
+  return found;
+}
+
 /** The PromQL of docs/operating.md: its ```promql blocks (one expression a line) and its rules' `expr:`. */
 function operatingExpressions(): { where: string; expr: string }[] {
   const text = readFileSync(OPERATING, "utf8");
@@ -101,7 +134,7 @@ function operatingExpressions(): { where: string; expr: string }[] {
   for (const [, expr] of operatingRules().matchAll(/^\s+expr: (.+)$/gm)) {
     found.push({ where: "operating.md rules", expr: expr as string });
   }
-  return found;
+  return [...found, ...autoscalerExpressions(text)];
 }
 
 /** promtool's verdict on rules: the expressions as recording rules, or a rules file as it is. */
@@ -125,6 +158,31 @@ describe("extracting metric names from PromQL", () => {
     expect(metricNamesIn("topk(10, e) unless on(job) up == 0")).toEqual(["e", "up"]);
     expect(selectorOfVariableQuery("label_values(f{job='x'}, agent)")).toBe("f{job='x'}");
     expect(withGrafanaVariables('g{a=~"$agent"}[$__rate_interval]')).toBe('g{a=~".*"}[5m]');
+  });
+
+  it("finds KEDA's and prometheus-adapter's queries in YAML, folded, with the adapter's templates filled in", () => {
+    const markdown = [
+      "```yaml",
+      "triggers:",
+      "  - metadata:",
+      "      query: >-",
+      '        sum(h{agent="x"})',
+      "        + 4",
+      "      threshold: '4'",
+      "rules:",
+      "  - seriesQuery: 'i{agent!=\"\"}'",
+      "    metricsQuery: sum by (<<.GroupBy>>) (<<.Series>>{<<.LabelMatchers>>})",
+      "```",
+    ].join("\n");
+    expect(autoscalerExpressions(markdown)).toEqual([
+      { where: "operating.md query", expr: 'sum(h{agent="x"}) + 4' },
+      { where: "operating.md metricsQuery", expr: 'sum by (agent) (i{agent="support-agent"})' },
+    ]);
+  });
+
+  it("docs/operating.md gives both autoscalers' queries", () => {
+    const wheres = autoscalerExpressions(readFileSync(OPERATING, "utf8")).map((found) => found.where);
+    expect(wheres).toEqual(expect.arrayContaining(["operating.md query", "operating.md metricsQuery"]));
   });
 });
 
@@ -209,12 +267,12 @@ describe("the Grafana dashboard and the PromQL of docs/operating.md against a re
     }
   });
 
-  it.skipIf(!promtoolAvailable)("promtool accepts every dashboard query and operating.md's rules file", () => {
+  it.skipIf(!promtoolAvailable)("promtool accepts every dashboard and operating.md query and its rules file", () => {
     const asRules = [
       "groups:",
       "  - name: dashboard",
       "    rules:",
-      ...dashboardExpressions().flatMap(({ expr }, i) => [
+      ...[...dashboardExpressions(), ...operatingExpressions()].flatMap(({ expr }, i) => [
         `      - record: dashboard:query_${i}`,
         `        expr: ${JSON.stringify(withGrafanaVariables(expr))}`,
       ]),

@@ -149,17 +149,26 @@ describe("tracing one dispatch across registry, worker and job process", { timeo
     expect(offer.parentSpanId).toBe(dispatch.spanId);
     expect(offer.attributes).toMatchObject({
       "troupe.job.id": jobId,
+      "troupe.agent.name": "Traced",
       "troupe.worker.id": record.workerId,
       "troupe.offer.answer": "accepted",
     });
 
     const assign = only(here, "troupe.assign");
     expect(assign.parentSpanId).toBe(dispatch.spanId);
-    expect(assign.attributes).toMatchObject({ "troupe.job.id": jobId, "troupe.worker.id": record.workerId });
+    expect(assign.attributes).toMatchObject({
+      "troupe.job.id": jobId,
+      "troupe.agent.name": "Traced",
+      "troupe.worker.id": record.workerId,
+    });
 
     const handout = only(here, "troupe.process_handout");
     expect(handout.parentSpanId).toBe(assign.spanId);
-    expect(handout.attributes).toMatchObject({ "troupe.job.id": jobId, "troupe.agent.name": "Traced" });
+    expect(handout.attributes).toMatchObject({
+      "troupe.job.id": jobId,
+      "troupe.agent.name": "Traced",
+      "troupe.worker.id": record.workerId,
+    });
     expect(handout.attributes["troupe.slot.id"]).toMatch(/^slot\.\d+$/);
     const jobPid = handout.attributes["process.pid"];
     expect(jobPid).toBeTypeOf("number");

@@ -15,27 +15,25 @@ const spans = (name: string) => exporter.getFinishedSpans().filter((span) => spa
 const CALLER = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 describe("DispatchTrace", () => {
-  it("records each offer's answer: accepted, declined with the worker's reason, or none", () => {
+  it("records each offer's answer: accepted, declined with the worker's reason, or none; and says how each ended", () => {
     const dispatch = DispatchTrace.open("job-1", "Agent", { traceparent: CALLER });
-    dispatch.observe({ type: "offer", jobId: "job-1", workerId: "w-1" });
+    expect(dispatch.observe({ type: "offer", jobId: "job-1", workerId: "w-1" })).toBeUndefined();
     dispatch.received({ type: "answer", workerId: "w-1", available: false, error: "full" });
-    dispatch.observe({ type: "release", jobId: "job-1", workerId: "w-1" });
+    expect(dispatch.observe({ type: "release", jobId: "job-1", workerId: "w-1" })).toBe("declined");
     dispatch.observe({ type: "offer", jobId: "job-1", workerId: "w-2" });
     // An answer from a worker not asked now changes nothing.
     dispatch.received({ type: "answer", workerId: "w-1", available: true });
-    dispatch.observe({ type: "release", jobId: "job-1", workerId: "w-2" });
+    expect(dispatch.observe({ type: "release", jobId: "job-1", workerId: "w-2" })).toBe("no_answer");
     dispatch.observe({ type: "offer", jobId: "job-1", workerId: "w-3" });
     dispatch.received({ type: "answer", workerId: "w-3", available: true });
-    dispatch.observe({ type: "release", jobId: "job-1", workerId: "w-3" });
+    expect(dispatch.observe({ type: "release", jobId: "job-1", workerId: "w-3" })).toBe("accepted");
+    // No offer open: nothing ended.
+    expect(dispatch.observe({ type: "release", jobId: "job-1", workerId: "w-3" })).toBeUndefined();
+    const agent = { "troupe.job.id": "job-1", "troupe.agent.name": "Agent" };
     expect(spans("troupe.offer").map((span) => span.attributes)).toEqual([
-      {
-        "troupe.job.id": "job-1",
-        "troupe.worker.id": "w-1",
-        "troupe.offer.answer": "declined",
-        "troupe.offer.error": "full",
-      },
-      { "troupe.job.id": "job-1", "troupe.worker.id": "w-2", "troupe.offer.answer": "no_answer" },
-      { "troupe.job.id": "job-1", "troupe.worker.id": "w-3", "troupe.offer.answer": "accepted" },
+      { ...agent, "troupe.worker.id": "w-1", "troupe.offer.answer": "declined", "troupe.offer.error": "full" },
+      { ...agent, "troupe.worker.id": "w-2", "troupe.offer.answer": "no_answer" },
+      { ...agent, "troupe.worker.id": "w-3", "troupe.offer.answer": "accepted" },
     ]);
     expect(spans("troupe.offer").every((span) => span.status.code === SpanStatusCode.UNSET)).toBe(true);
   });
@@ -50,7 +48,11 @@ describe("DispatchTrace", () => {
     expect(toWorker.traceparent).not.toBe(dispatch.carrier.traceparent);
     dispatch.observe({ type: "status", jobId: "job-2", status: "running", workerId: "w-1", attempts: 1 });
     const [assign] = spans("troupe.assign");
-    expect(assign?.attributes).toMatchObject({ "troupe.worker.id": "w-1", "troupe.outcome.status": "running" });
+    expect(assign?.attributes).toMatchObject({
+      "troupe.agent.name": "Agent",
+      "troupe.worker.id": "w-1",
+      "troupe.outcome.status": "running",
+    });
     expect(toWorker.traceparent).toContain(assign?.spanContext().spanId);
     dispatch.observe({
       type: "finished",
@@ -87,5 +89,36 @@ describe("DispatchTrace", () => {
     expect(resumed?.spanContext().traceId).toBe(handedOver?.spanContext().traceId);
     expect(resumed?.parentSpanContext?.spanId).toBe(handedOver?.spanContext().spanId);
     expect(resumed?.attributes["troupe.dispatch.origin"]).toBe("forwarded");
+  });
+
+  it("a registry closing ends the open offer, assign and dispatch spans once, as abandoned, not as errors", () => {
+    const offering = DispatchTrace.open("job-4", "Agent", undefined);
+    offering.observe({ type: "offer", jobId: "job-4", workerId: "w-1" });
+    const assigned = DispatchTrace.open("job-5", "Agent", undefined);
+    assigned.observe({ type: "assign", jobId: "job-5", workerId: "w-1" });
+    const finished = DispatchTrace.open("job-6", "Agent", undefined);
+    finished.observe({
+      type: "finished",
+      jobId: "job-6",
+      output: { jobId: "job-6", status: "completed", workerId: "w-1", attempts: 1 },
+    });
+    for (const dispatch of [offering, assigned, finished]) {
+      dispatch.abandon("registry closing");
+      dispatch.abandon("registry closing");
+    }
+    expect(spans("troupe.offer").map((span) => span.attributes["troupe.offer.answer"])).toEqual(["no_answer"]);
+    const abandoned = [...spans("troupe.assign"), ...spans("troupe.dispatch")].filter(
+      (span) => span.attributes["troupe.outcome.status"] === "abandoned",
+    );
+    expect(abandoned.map((span) => `${span.name} ${span.attributes["troupe.job.id"]}`).sort()).toEqual([
+      "troupe.assign job-5",
+      "troupe.dispatch job-4",
+      "troupe.dispatch job-5",
+    ]);
+    for (const span of abandoned) {
+      expect(span.attributes["troupe.outcome.reason"]).toBe("registry closing");
+      expect(span.status.code).toBe(SpanStatusCode.UNSET);
+    }
+    expect(spans("troupe.dispatch").filter((span) => span.attributes["troupe.job.id"] === "job-6")).toHaveLength(1);
   });
 });

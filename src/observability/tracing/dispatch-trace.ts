@@ -3,6 +3,9 @@ import type { DispatchEmitted, DispatchEvent } from "../../../machines/registry/
 import { ATTR, carrierOf, contextFrom, endWithOutcome, SPAN, tracer } from "./spans.ts";
 import type { TraceCarrier } from "./traceparent.ts";
 
+/** How an offer ended: the worker's answer, or none (its timeout, its loss, or it could not be asked). */
+export type OfferEnding = "accepted" | "declined" | "no_answer";
+
 interface OpenOffer {
   span: Span;
   workerId: string;
@@ -20,12 +23,16 @@ interface OpenOffer {
 export class DispatchTrace {
   readonly #span: Span;
   readonly #context: Context;
+  readonly #agentName: string;
   #offer: OpenOffer | undefined;
   #assign: Span | undefined;
+  /** The dispatch span ended (the dispatch finished or moved to another node). */
+  #ended = false;
 
   private constructor(name: string, parent: Context, attributes: Record<string, string>, kind: SpanKind) {
     this.#span = tracer.startSpan(name, { kind, attributes }, parent);
     this.#context = trace.setSpan(parent, this.#span);
+    this.#agentName = attributes[ATTR.agentName] ?? "";
   }
 
   /**
@@ -72,23 +79,26 @@ export class DispatchTrace {
     if (event.error !== undefined) offer.span.setAttribute(ATTR.answerError, event.error);
   }
 
-  /** Something the dispatch machine emitted. */
-  observe(event: DispatchEmitted): void {
+  /**
+   * Something the dispatch machine emitted. Returns how an offer ended when this event ended one
+   * (the registry counts offers by it), so an offer's outcome is decided in this one place.
+   */
+  observe(event: DispatchEmitted): OfferEnding | undefined {
     switch (event.type) {
-      case "offer":
-        this.#endOffer();
+      case "offer": {
+        const ended = this.#endOffer();
         this.#offer = {
           workerId: event.workerId,
           span: tracer.startSpan(
             SPAN.offer,
-            { kind: SpanKind.CLIENT, attributes: { [ATTR.jobId]: event.jobId, [ATTR.workerId]: event.workerId } },
+            { kind: SpanKind.CLIENT, attributes: this.#stepAttributes(event.jobId, event.workerId) },
             this.#context,
           ),
         };
-        break;
+        return ended;
+      }
       case "release":
-        this.#endOffer();
-        break;
+        return this.#endOffer();
       case "waiting":
         this.#span.addEvent("waiting for a worker");
         break;
@@ -99,7 +109,7 @@ export class DispatchTrace {
         this.#assign?.end();
         this.#assign = tracer.startSpan(
           SPAN.assign,
-          { kind: SpanKind.PRODUCER, attributes: { [ATTR.jobId]: event.jobId, [ATTR.workerId]: event.workerId } },
+          { kind: SpanKind.PRODUCER, attributes: this.#stepAttributes(event.jobId, event.workerId) },
           this.#context,
         );
         this.#span.setAttribute(ATTR.workerId, event.workerId);
@@ -118,29 +128,54 @@ export class DispatchTrace {
         break;
       case "finished": {
         const { output } = event;
-        this.#endOffer();
+        const ended = this.#endOffer();
         if (this.#assign) endWithOutcome(this.#assign, output.status, output.reason);
         this.#assign = undefined;
         if (output.workerId) this.#span.setAttribute(ATTR.workerId, output.workerId);
         this.#span.setAttribute(ATTR.attempt, output.attempts);
         endWithOutcome(this.#span, output.status, output.reason);
-        break;
+        this.#ended = true;
+        return ended;
       }
-      case "handed_over":
-        this.#endOffer();
+      case "handed_over": {
+        const ended = this.#endOffer();
         this.#assign?.end();
         this.#assign = undefined;
         endWithOutcome(this.#span, "handed_over", "another node runs the dispatch", true);
-        break;
+        this.#ended = true;
+        return ended;
+      }
     }
+    return undefined;
   }
 
-  #endOffer(): void {
+  /**
+   * The registry is closing with this dispatch still open: its spans end now, so the exporter gets
+   * them before the process exits (the next registry reconciles the job and traces it on).
+   */
+  abandon(reason: string): void {
+    if (this.#ended) return;
+    this.#ended = true;
+    this.#endOffer();
+    // Not an error of the dispatch: the job goes on, recorded as it was, under the next registry.
+    if (this.#assign) endWithOutcome(this.#assign, "abandoned", reason, true);
+    this.#assign = undefined;
+    endWithOutcome(this.#span, "abandoned", reason, true);
+  }
+
+  /** The attributes of an offer or assign span: the job, its agent and the worker asked. */
+  #stepAttributes(jobId: string, workerId: string): Record<string, string> {
+    return { [ATTR.jobId]: jobId, [ATTR.agentName]: this.#agentName, [ATTR.workerId]: workerId };
+  }
+
+  #endOffer(): OfferEnding | undefined {
     const offer = this.#offer;
-    if (!offer) return;
+    if (!offer) return undefined;
     this.#offer = undefined;
+    const ending = offer.answer ?? "no_answer";
     // A worker saying no is normal, not an error: the answer is an attribute, the status stays unset.
-    offer.span.setAttribute(ATTR.answer, offer.answer ?? "no_answer");
+    offer.span.setAttribute(ATTR.answer, ending);
     offer.span.end();
+    return ending;
   }
 }

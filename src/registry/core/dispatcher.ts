@@ -7,7 +7,7 @@ import {
   dispatchMachine,
 } from "../../../machines/registry/dispatch.ts";
 import { DispatchTrace } from "../../observability/tracing/dispatch-trace.ts";
-import { type DispatchOrigin, dispatchReasonLabel } from "../metrics.ts";
+import { type DispatchOrigin, dispatchReasonLabel, OFFER_ANSWER_LABELS } from "../metrics.ts";
 import type { JobRecord } from "../store.ts";
 import type { NodeStrategy } from "./node-strategy.ts";
 import { place } from "./placement.ts";
@@ -136,10 +136,16 @@ export class Dispatcher {
     return new Map([...this.#waiting].map(([agent, waiting]) => [agent, waiting.size]));
   }
 
-  /** Stops every dispatch quietly: records keep their last status for the next registry to reconcile. */
+  /**
+   * Stops every dispatch quietly: records keep their last status for the next registry to reconcile.
+   * Their open spans end here, or the exporter would never get them.
+   */
   close(): void {
     this.#closing = true;
-    for (const live of this.#live.values()) live.actor.stop();
+    for (const live of this.#live.values()) {
+      live.actor.stop();
+      live.trace.abandon("registry closing");
+    }
     this.#live.clear();
     this.#waiting.clear();
   }
@@ -147,7 +153,12 @@ export class Dispatcher {
   #perform(live: LiveDispatch, event: DispatchEmitted): void {
     const { record } = live;
     const { transport, store } = this.deps;
-    live.trace.observe(event);
+    const offerEnded = live.trace.observe(event);
+    if (offerEnded) {
+      // Counted once, as the offer ends: an answer arriving after its timeout was not an answer.
+      const agent = this.deps.metrics.agentLabels.of(record.agentName, true);
+      this.deps.metrics.offers.inc({ agent, answer: OFFER_ANSWER_LABELS[offerEnded] });
+    }
     switch (event.type) {
       case "need_candidate": {
         // Decided now, against the registry as it is now: the answer reaches the machine right after
@@ -216,6 +227,7 @@ export class Dispatcher {
             ...(record.roomId ? { room_id: record.roomId } : {}),
             ...(Object.keys(record.metadata).length ? { metadata: record.metadata } : {}),
           });
+        // Past the trace (which saw no answer), so the offer is counted and traced as `no_answer`.
         if (!sent) live.actor.send({ type: "answer", workerId: event.workerId, available: false });
         break;
       }
@@ -254,6 +266,11 @@ export class Dispatcher {
         break;
       }
       case "status":
+        // The first start of a dispatch made here (an adopted one starts running: no latency to tell).
+        if (event.status === "running" && event.attempts === 1 && live.actor.getSnapshot().context.adoptedAs === null) {
+          // A forwarded record was created by another node, whose clock may be a little ahead.
+          this.deps.metrics.dispatchLatency.observe(Math.max(0, this.deps.clock.now() - record.createdAt) / 1000);
+        }
         this.persist(
           store.update(
             record.id,

@@ -142,11 +142,8 @@ export class RegistryCore implements ClusterHost {
         break;
       }
       case "availability_response":
+        // Counted by the dispatcher when the offer ends (troupe_registry_offers_total), answered or not.
         if (!this.dispatcher.has(message.job_id)) break;
-        this.deps.metrics.offers.inc({
-          agent: this.deps.metrics.agentLabels.of(link.context.agentName, true),
-          answer: message.available ? "yes" : "no",
-        });
         this.dispatcher.send(message.job_id, {
           type: "answer",
           workerId: link.workerId,
