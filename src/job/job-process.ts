@@ -218,7 +218,7 @@ class JobRunner {
     if (this.#started || this.#ending) return;
     this.#started = true;
     const ctx = this.#preparedCtx;
-    const jobTrace = new JobTrace(job);
+    const jobTrace = JobTrace.forJob(job);
     this.#trace = jobTrace;
     let returned: unknown;
     try {
@@ -227,14 +227,16 @@ class JobRunner {
         job,
         logger: () => this.logger.child({ jobId: job.jobId }),
         requestShutdown: (reason) => this.guard(this.end({ ok: true, reason })),
-        traceContext: jobTrace.context,
+        ...(jobTrace ? { traceContext: jobTrace.context } : {}),
       });
       this.#ctx = ctx;
       post({ type: "job_status", status: "running" });
       // In the job's trace context: an agent's `startActiveSpan` (and what its awaits lead to) joins it.
-      returned = context.with(jobTrace.context, this.agent.entrypoint, this.agent, ctx);
+      returned = jobTrace
+        ? context.with(jobTrace.context, this.agent.entrypoint, this.agent, ctx)
+        : this.agent.entrypoint(ctx);
     } catch (error) {
-      jobTrace.entrypointEnded(error);
+      jobTrace?.entrypointEnded(error);
       this.guard(this.end({ ok: false, error: toErrorInfo(error) }));
       return;
     }

@@ -2,6 +2,9 @@ import { type Context, type Span, SpanStatusCode, trace } from "@opentelemetry/a
 import type { JobSpec } from "../../machines/shared.ts";
 import { ATTR, contextFrom, endWithOutcome, SPAN, tracer } from "../observability/tracing/spans.ts";
 
+/** Where `@opentelemetry/api` keeps what was registered with it (its API version 1 key). */
+const OTEL_GLOBALS = Symbol.for("opentelemetry.js.api.1");
+
 /**
  * The job process's spans: `troupe.entrypoint` while the agent's entrypoint runs (the context the
  * entrypoint runs in, and `ctx.traceContext`, have it as the active span, so an agent's own spans
@@ -17,8 +20,17 @@ export class JobTrace {
   readonly context: Context;
   #entrypointOpen = true;
 
+  /**
+   * The job's trace, or undefined while nothing registered an OpenTelemetry global (a provider, a
+   * context manager): then there is nothing to record or propagate in this process, and the job's
+   * start path does no tracing work at all.
+   */
+  static forJob(job: JobSpec): JobTrace | undefined {
+    return OTEL_GLOBALS in globalThis ? new JobTrace(job) : undefined;
+  }
+
   /** Starts the entrypoint span. Synchronous: it is on the job's start path. */
-  constructor(private readonly job: JobSpec) {
+  private constructor(private readonly job: JobSpec) {
     this.#parent = contextFrom(job);
     this.#entrypoint = tracer.startSpan(SPAN.entrypoint, { attributes: attributesOf(job) }, this.#parent);
     this.context = trace.setSpan(this.#parent, this.#entrypoint);
