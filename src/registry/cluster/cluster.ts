@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import { Redis } from "ioredis";
 import type { Logger } from "../../observability/logger.ts";
 import type { JobRecord, RetentionOptions } from "../store.ts";
+import { ClusterHousekeeping, type HousekeepingRedis } from "./housekeeping.ts";
 import { INBOX_LENGTH, NodeInbox } from "./inbox.ts";
 import { type NodeMessage, nodeMessage, type ViewMessage, viewMessage, type WorkerView } from "./messages.ts";
 import { RedisJobStore } from "./redis-store.ts";
@@ -65,12 +66,7 @@ export class RegistryCluster {
   readonly #prefix: string;
   readonly #heartbeatMs: number;
   readonly #nodeTtlMs: number;
-  readonly #workerDeadlineMs: number;
-  readonly #sweepMs: number;
-  /** Jobs recorded as this node's that it ran no dispatch for at the last sweep, by when first seen so. */
-  #unattended = new Map<string, number>();
-  #lastSweep = Date.now();
-  #liveNodes = new Set<string>();
+  readonly #housekeeping: ClusterHousekeeping;
   #host: ClusterHost | undefined;
   /** Presence renewal, on its own schedule: slow reaping or sweeping must never make this node look dead. */
   #presenceTimer: NodeJS.Timeout | undefined;
@@ -86,8 +82,6 @@ export class RegistryCluster {
     this.#prefix = settings.prefix ?? "troupe:";
     this.#heartbeatMs = settings.heartbeatMs ?? 1_000;
     this.#nodeTtlMs = settings.nodeTtlMs ?? 3 * this.#heartbeatMs;
-    this.#workerDeadlineMs = settings.workerDeadlineMs;
-    this.#sweepMs = settings.sweepMs ?? 10_000;
     const connect = (enableAutoPipelining = true) => {
       const client = new Redis(settings.redisUrl, { maxRetriesPerRequest: 3, enableAutoPipelining });
       client.on("error", (error) => this.logger.warn({ err: error.message }, "redis connection error"));
@@ -98,6 +92,20 @@ export class RegistryCluster {
     this.#sub = connect();
     this.#reader = connect(false);
     this.store = new RedisJobStore(this.#redis, { prefix: this.#prefix, ...settings.retention });
+    this.#housekeeping = new ClusterHousekeeping(
+      {
+        nodeId: this.nodeId,
+        heartbeatMs: this.#heartbeatMs,
+        workerDeadlineMs: settings.workerDeadlineMs,
+        sweepMs: settings.sweepMs ?? 10_000,
+        now: () => Date.now(),
+      },
+      this.#housekeepingRedis(),
+      this.store,
+      this.remote,
+      (nodeId, message) => this.send(nodeId, message),
+      logger,
+    );
     this.#inbox = new NodeInbox({
       key: this.#inboxKey(this.nodeId),
       nodeId: this.nodeId,
@@ -133,7 +141,7 @@ export class RegistryCluster {
     await this.#sub.subscribe(this.#key("workers"));
     await this.#inbox.open();
     await this.#renew();
-    await this.#refreshNodes();
+    await this.#housekeeping.refreshNodes();
     const views = await this.#redis.hgetall(this.#key("workers"));
     for (const text of Object.values(views)) {
       const parsed = viewMessage.safeParse({ type: "view", view: safeJson(text) });
@@ -147,6 +155,7 @@ export class RegistryCluster {
 
   attach(host: ClusterHost): void {
     this.#host = host;
+    this.#housekeeping.attach(host);
     this.#presenceTimer = setInterval(() => this.#renew().catch(this.#warn("presence renewal")), this.#heartbeatMs);
     this.#presenceTimer.unref();
     this.#inbox.run();
@@ -155,7 +164,7 @@ export class RegistryCluster {
 
   /** Workers of live nodes other than this one. */
   remoteViews(): WorkerView[] {
-    return [...this.remote.values()].filter((view) => this.#liveNodes.has(view.nodeId));
+    return [...this.remote.values()].filter((view) => this.#housekeeping.isLive(view.nodeId));
   }
 
   /** Both Redis connections (commands and subscriptions) are up: the node can serve the cluster. */
@@ -205,7 +214,7 @@ export class RegistryCluster {
   }
 
   isLive(nodeId: string): boolean {
-    return nodeId === this.nodeId || this.#liveNodes.has(nodeId);
+    return nodeId === this.nodeId || this.#housekeeping.isLive(nodeId);
   }
 
   async close(): Promise<void> {
@@ -275,19 +284,6 @@ export class RegistryCluster {
       .exec();
   }
 
-  async #refreshNodes(): Promise<string[]> {
-    const nodes = await this.#redis.smembers(this.#key("nodes"));
-    const alive = nodes.length === 0 ? [] : await this.#redis.mget(...nodes.map((id) => this.#key(`nodeAlive:${id}`)));
-    const live = new Set<string>();
-    const dead: string[] = [];
-    nodes.forEach((id, i) => {
-      if (alive[i] !== null) live.add(id);
-      else if (id !== this.nodeId) dead.push(id);
-    });
-    this.#liveNodes = live;
-    return dead;
-  }
-
   /** One round at a time: the next is scheduled only when this one has finished, however long it took. */
   #scheduleHousekeeping(): void {
     if (this.#closed) return;
@@ -301,153 +297,46 @@ export class RegistryCluster {
 
   async #housekeep(): Promise<void> {
     try {
-      const dead = await this.#refreshNodes();
-      for (const nodeId of dead) await this.#reapIfFirst(nodeId);
-      if (Date.now() - this.#lastSweep >= this.#sweepMs) {
-        this.#lastSweep = Date.now();
-        await this.#sweepOwn();
-      }
+      await this.#housekeeping.round();
     } catch (error) {
       this.#warn("cluster housekeeping")(error as Error);
     }
   }
 
-  /** One node at a time settles a dead node; the claims inside make even a late second one harmless. */
-  async #reapIfFirst(deadNode: string): Promise<void> {
-    const lock = await this.#redis.set(
-      this.#key(`reaping:${deadNode}`),
-      this.nodeId,
-      "PX",
-      2 * this.#heartbeatMs,
-      "NX",
-    );
-    if (lock !== "OK") return;
-    await this.#redis.set(this.#key(`diedAt:${deadNode}`), String(Date.now()), "NX");
-    const diedAt = Number(await this.#redis.get(this.#key(`diedAt:${deadNode}`)));
-    await this.#reap(deadNode, diedAt);
+  /** The Redis commands of housekeeping (see HousekeepingRedis). */
+  #housekeepingRedis(): HousekeepingRedis {
+    const redis = this.#redis;
+    return {
+      nodes: async () => {
+        const ids = await redis.smembers(this.#key("nodes"));
+        const alive = ids.length === 0 ? [] : await redis.mget(...ids.map((id) => this.#key(`nodeAlive:${id}`)));
+        return ids.map((id, i) => ({ id, alive: alive[i] !== null }));
+      },
+      lockReaping: async (deadNode, ttlMs) =>
+        (await redis.set(this.#key(`reaping:${deadNode}`), this.nodeId, "PX", ttlMs, "NX")) === "OK",
+      diedAt: async (deadNode, now) => {
+        await redis.set(this.#key(`diedAt:${deadNode}`), String(now), "NX");
+        return Number(await redis.get(this.#key(`diedAt:${deadNode}`)));
+      },
+      dropViewsOf: async (deadNode) => {
+        const views = await redis.hgetall(this.#key("workers"));
+        for (const [workerId, text] of Object.entries(views)) {
+          if ((safeJson(text) as { nodeId?: string } | undefined)?.nodeId === deadNode) {
+            await this.#dropView(workerId, deadNode);
+          }
+        }
+      },
+      forget: async (deadNode) => {
+        await redis
+          .multi()
+          .srem(this.#key("nodes"), deadNode)
+          .del(this.#key(`diedAt:${deadNode}`))
+          // What was still on its way to it: every job of it is settled, so nothing there is needed.
+          .del(this.#inboxKey(deadNode))
+          .exec();
+      },
+    };
   }
-
-  /**
-   * A dead node's jobs: one that had no worker yet is dispatched again here; one whose worker
-   * re-registered somewhere goes to that node; one whose worker has not come back by the deadline
-   * ends `lost` (or is dispatched again when it asked for that).
-   */
-  async #reap(deadNode: string, diedAt: number): Promise<void> {
-    const host = this.#host;
-    if (!host) return;
-    for (const [workerId, view] of this.remote) {
-      if (view.nodeId === deadNode) this.remote.delete(workerId);
-    }
-    const views = await this.#redis.hgetall(this.#key("workers"));
-    for (const [workerId, text] of Object.entries(views)) {
-      if ((safeJson(text) as { nodeId?: string } | undefined)?.nodeId === deadNode) {
-        await this.#dropView(workerId, deadNode);
-      }
-    }
-    const orphans = (await this.store.listActive()).filter((record) => record.node === deadNode);
-    const pastDeadline = Date.now() - diedAt >= this.#workerDeadlineMs;
-    if (orphans.length === 0 && pastDeadline) {
-      await this.#redis
-        .multi()
-        .srem(this.#key("nodes"), deadNode)
-        .del(this.#key(`diedAt:${deadNode}`))
-        // What was still on its way to it: every job of it is settled, so nothing there is needed.
-        .del(this.#inboxKey(deadNode))
-        .exec();
-      this.logger.info({ deadNode }, "settled every job of a dead registry node");
-      return;
-    }
-    for (const stale of orphans) {
-      // A bound job whose worker has turned up nowhere yet is left alone until the deadline: the
-      // worker may still re-register somewhere with it.
-      const whereNow = (id: string) => (host.hasWorker(id) ? this.nodeId : this.#liveNodeOf(id));
-      const workerId = boundWorker(stale);
-      if (workerId && !whereNow(workerId) && !pastDeadline) continue;
-      // Claimed first, then decided on the record as the claim found it: the dead node may have
-      // bound the job after the listing above (it was only slow, not dead), and then it is running.
-      const claimed = await this.store.claim(stale.id, deadNode, this.nodeId);
-      if (!claimed) continue;
-      // Told even though it is believed dead: one that was only slow must let go of the job.
-      this.send(deadNode, { type: "handover", jobId: claimed.id, to: this.nodeId });
-      const decision = await this.#settle(claimed, whereNow, "worker did not come back after its registry node died");
-      this.logger.info({ jobId: claimed.id, deadNode, decision }, "took over a job of a dead registry node");
-    }
-  }
-
-  /**
-   * A job recorded as this node's with no dispatch running for it here: one whose hand-off message
-   * is still waiting in this node's inbox (it is seen on two sweeps before anything is done), one
-   * whose message handler failed, or a job of an earlier process under the same node id. Seen so on
-   * two sweeps in a row, it is settled as a dead node's job is.
-   */
-  async #sweepOwn(): Promise<void> {
-    const host = this.#host;
-    if (!host) return;
-    const now = Date.now();
-    const unattended = new Map<string, number>();
-    const whereNow = (id: string) => (host.hasWorker(id) ? this.nodeId : this.#liveNodeOf(id));
-    for (const record of await this.store.listActive()) {
-      if (record.node !== this.nodeId || host.hasDispatch(record.id)) continue;
-      const since = this.#unattended.get(record.id);
-      const workerId = boundWorker(record);
-      const waitForWorker = workerId !== undefined && !whereNow(workerId);
-      if (since === undefined || (waitForWorker && now - since < this.#workerDeadlineMs)) {
-        unattended.set(record.id, since ?? now);
-        continue;
-      }
-      // A hand-off that arrived during the listing started a dispatch after all.
-      if (host.hasDispatch(record.id)) continue;
-      const decision = await this.#settle(record, whereNow, "its worker did not come back");
-      this.logger.warn({ jobId: record.id, decision }, "picked up a job this node held without running its dispatch");
-    }
-    this.#unattended = unattended;
-  }
-
-  /** Decides the fate of one job this node has just taken charge of; says which it was. */
-  async #settle(
-    claimed: JobRecord,
-    whereNow: (workerId: string) => string | undefined,
-    lostReason: string,
-  ): Promise<"dispatched_again" | "resumed_here" | "sent_to_worker_node" | "lost"> {
-    const host = this.#host as ClusterHost;
-    const bound = boundWorker(claimed);
-    if (!bound) {
-      host.resume(claimed);
-      return "dispatched_again";
-    }
-    const node = whereNow(bound);
-    if (node === this.nodeId) {
-      host.resume(claimed, bound);
-      return "resumed_here";
-    }
-    if (node) {
-      this.send(node, { type: "adopt", jobId: claimed.id, workerId: bound, from: this.nodeId });
-      return "sent_to_worker_node";
-    }
-    if (claimed.redispatch) {
-      const again = await this.store.update(
-        claimed.id,
-        { status: "pending", reason: "worker lost with its registry node; dispatched again" },
-        this.nodeId,
-      );
-      if (again) host.resume(again);
-      return "dispatched_again";
-    }
-    await this.store.update(claimed.id, { status: "lost", reason: lostReason }, this.nodeId);
-    this.logger.warn({ jobId: claimed.id, workerId: bound, reason: lostReason }, "job lost");
-    return "lost";
-  }
-
-  /** The live node another worker is connected to, if any. */
-  #liveNodeOf(workerId: string): string | undefined {
-    const view = this.remote.get(workerId);
-    return view && this.#liveNodes.has(view.nodeId) ? view.nodeId : undefined;
-  }
-}
-
-/** The worker a job is bound to: assigned or running there. */
-function boundWorker(record: JobRecord): string | undefined {
-  return record.workerId && (record.status === "assigned" || record.status === "running") ? record.workerId : undefined;
 }
 
 function safeJson(text: string): unknown {

@@ -1,4 +1,5 @@
 import type { ClusterHost } from "../../../src/registry/cluster/cluster.ts";
+import { ClusterHousekeeping, type HousekeepingRedis } from "../../../src/registry/cluster/housekeeping.ts";
 import { READ_BLOCK_MS, RECLAIM_EVERY_MS, RECLAIM_IDLE_MS, RETRY_MS } from "../../../src/registry/cluster/inbox.ts";
 import {
   type NodeMessage,
@@ -21,18 +22,16 @@ export interface ClusterTiming {
 }
 
 /**
- * One node's membership in the simulated cluster: the NodeBus the registry core uses, and the
- * housekeeping of src/registry/cluster/cluster.ts (presence, the reaper of dead nodes, the sweep for
- * jobs a node holds without running their dispatch), carried over line for line onto the simulated
- * Redis. RegistryCluster itself talks to ioredis and its Lua scripts, so it cannot run here: this is
- * a port, kept in step with it by hand (same order of Redis calls, same decisions), and the one part
- * of a simulated node that is not the production code.
+ * One node's membership in the simulated cluster: the NodeBus the registry core uses. The decisions
+ * of housekeeping (node liveness, the reaper of dead nodes, the sweep for jobs a node holds without
+ * running their dispatch) are production code, `ClusterHousekeeping`, here on the simulated Redis.
+ * What is carried over from src/registry/cluster/cluster.ts by hand (same Redis calls in the same
+ * order, as RegistryCluster talks to ioredis and Lua scripts and cannot run here): joining, presence,
+ * worker views, and the inbox loop of src/registry/cluster/inbox.ts.
  */
 export class SimCluster implements NodeBus {
   readonly remote = new Map<string, WorkerView>();
-  #liveNodes = new Set<string>();
-  #unattended = new Map<string, number>();
-  #lastSweep: number;
+  readonly #housekeeping: ClusterHousekeeping;
   #host: ClusterHost | undefined;
   #presenceTimer: number | undefined;
   #housekeepingTimer: number | undefined;
@@ -51,17 +50,32 @@ export class SimCluster implements NodeBus {
     /** Parse worker views with their schema (node messages always are). */
     private readonly validateViews: boolean,
     /** This node is about to settle the jobs of a node it found dead (for the checks: was it?). */
-    private readonly onReap: (deadNode: string) => void = () => {},
+    onReap: (deadNode: string) => void = () => {},
   ) {
-    this.#lastSweep = clock.now();
     this.#reader = new RedisClient(client.slot, `${client.name} inbox`);
+    const line = (fields: object, message: string) => this.log(`${message} ${JSON.stringify(fields)}`);
+    this.#housekeeping = new ClusterHousekeeping(
+      {
+        nodeId,
+        heartbeatMs: timing.heartbeatMs,
+        workerDeadlineMs: timing.workerDeadlineMs,
+        sweepMs: timing.sweepMs,
+        now: () => clock.now(),
+      },
+      this.#housekeepingRedis(),
+      store,
+      this.remote,
+      (to, message) => this.send(to, message),
+      { info: line, warn: line },
+      onReap,
+    );
   }
 
   /** RegistryCluster.join: subscribe, announce, learn the nodes and the workers other nodes hold. */
   async join(): Promise<void> {
     await this.redis.subscribe(this.client, ["workers"], (channel, text) => this.#onMessage(channel, text));
     await this.#renew();
-    await this.#refreshNodes();
+    await this.#housekeeping.refreshNodes();
     const views = await this.redis.call(this.client, "hgetall workers", () => [...this.redis.views.values()]);
     for (const text of views) {
       const parsed = viewMessage.safeParse({ type: "view", view: JSON.parse(text) });
@@ -79,6 +93,7 @@ export class SimCluster implements NodeBus {
 
   attach(host: ClusterHost): void {
     this.#host = host;
+    this.#housekeeping.attach(host);
     const renewLoop = () => {
       if (this.#closed) return;
       this.#renew().catch(this.#warn("presence renewal"));
@@ -149,7 +164,7 @@ export class SimCluster implements NodeBus {
   }
 
   remoteViews(): WorkerView[] {
-    return [...this.remote.values()].filter((view) => this.#liveNodes.has(view.nodeId));
+    return [...this.remote.values()].filter((view) => this.#housekeeping.isLive(view.nodeId));
   }
 
   get connected(): boolean {
@@ -191,7 +206,7 @@ export class SimCluster implements NodeBus {
   }
 
   isLive(nodeId: string): boolean {
-    return nodeId === this.nodeId || this.#liveNodes.has(nodeId);
+    return nodeId === this.nodeId || this.#housekeeping.isLive(nodeId);
   }
 
   /** A crash: timers gone, subscriptions gone, nothing more heard or said. */
@@ -259,22 +274,6 @@ export class SimCluster implements NodeBus {
     });
   }
 
-  async #refreshNodes(): Promise<string[]> {
-    const nodes = await this.redis.call(this.client, "smembers nodes", () => [...this.redis.nodes]);
-    const alive =
-      nodes.length === 0
-        ? []
-        : await this.redis.call(this.client, "mget nodeAlive", () => nodes.map((id) => this.redis.isAlive(id)));
-    const live = new Set<string>();
-    const dead: string[] = [];
-    nodes.forEach((id, i) => {
-      if (alive[i]) live.add(id);
-      else if (id !== this.nodeId) dead.push(id);
-    });
-    this.#liveNodes = live;
-    return dead;
-  }
-
   #scheduleHousekeeping(): void {
     if (this.#closed) return;
     this.#housekeepingTimer = this.clock.after(this.timing.heartbeatMs, () => {
@@ -286,125 +285,42 @@ export class SimCluster implements NodeBus {
 
   async #housekeep(): Promise<void> {
     try {
-      const dead = await this.#refreshNodes();
-      for (const nodeId of dead) await this.#reapIfFirst(nodeId);
-      if (this.clock.now() - this.#lastSweep >= this.timing.sweepMs) {
-        this.#lastSweep = this.clock.now();
-        await this.#sweepOwn();
-      }
+      await this.#housekeeping.round();
     } catch (error) {
       this.#warn("cluster housekeeping")(error as Error);
     }
   }
 
-  async #reapIfFirst(deadNode: string): Promise<void> {
-    const lock = await this.redis.call(this.client, "lock reaping", () =>
-      this.redis.lock(`reaping:${deadNode}`, this.nodeId, 2 * this.timing.heartbeatMs),
-    );
-    if (!lock) return;
-    const now = this.clock.now();
-    await this.redis.call(this.client, "setnx diedAt", () => {
-      if (!this.redis.diedAt.has(deadNode)) this.redis.diedAt.set(deadNode, now);
-    });
-    const diedAt = await this.redis.call(this.client, "get diedAt", () => this.redis.diedAt.get(deadNode) ?? 0);
-    await this.#reap(deadNode, diedAt);
+  /** RegistryCluster's housekeeping commands, on the simulated Redis (same calls, same order). */
+  #housekeepingRedis(): HousekeepingRedis {
+    const { redis, client } = this;
+    return {
+      nodes: async () => {
+        const ids = await redis.call(client, "smembers nodes", () => [...redis.nodes]);
+        const alive =
+          ids.length === 0 ? [] : await redis.call(client, "mget nodeAlive", () => ids.map((id) => redis.isAlive(id)));
+        return ids.map((id, i) => ({ id, alive: alive[i] === true }));
+      },
+      lockReaping: (deadNode, ttlMs) =>
+        redis.call(client, "lock reaping", () => redis.lock(`reaping:${deadNode}`, this.nodeId, ttlMs)),
+      diedAt: async (deadNode, now) => {
+        await redis.call(client, "setnx diedAt", () => {
+          if (!redis.diedAt.has(deadNode)) redis.diedAt.set(deadNode, now);
+        });
+        return redis.call(client, "get diedAt", () => redis.diedAt.get(deadNode) ?? 0);
+      },
+      dropViewsOf: async (deadNode) => {
+        const views = await redis.call(client, "hgetall workers", () => [...redis.views]);
+        for (const [workerId, text] of views) {
+          if ((JSON.parse(text) as { nodeId?: string }).nodeId === deadNode) await this.#dropView(workerId, deadNode);
+        }
+      },
+      forget: (deadNode) =>
+        redis.call(client, "forget node", () => {
+          redis.nodes.delete(deadNode);
+          redis.diedAt.delete(deadNode);
+          redis.dropInbox(deadNode);
+        }),
+    };
   }
-
-  async #reap(deadNode: string, diedAt: number): Promise<void> {
-    const host = this.#host;
-    if (!host) return;
-    this.onReap(deadNode);
-    for (const [workerId, view] of this.remote) {
-      if (view.nodeId === deadNode) this.remote.delete(workerId);
-    }
-    const views = await this.redis.call(this.client, "hgetall workers", () => [...this.redis.views]);
-    for (const [workerId, text] of views) {
-      if ((JSON.parse(text) as { nodeId?: string }).nodeId === deadNode) await this.#dropView(workerId, deadNode);
-    }
-    const orphans = (await this.store.listActive()).filter((record) => record.node === deadNode);
-    const pastDeadline = this.clock.now() - diedAt >= this.timing.workerDeadlineMs;
-    if (orphans.length === 0 && pastDeadline) {
-      await this.redis.call(this.client, "forget node", () => {
-        this.redis.nodes.delete(deadNode);
-        this.redis.diedAt.delete(deadNode);
-        this.redis.dropInbox(deadNode);
-      });
-      this.log(`settled every job of dead node ${deadNode}`);
-      return;
-    }
-    for (const stale of orphans) {
-      const whereNow = (id: string) => (host.hasWorker(id) ? this.nodeId : this.#liveNodeOf(id));
-      const workerId = boundWorker(stale);
-      if (workerId && !whereNow(workerId) && !pastDeadline) continue;
-      const claimed = await this.store.claim(stale.id, deadNode, this.nodeId);
-      if (!claimed) continue;
-      this.send(deadNode, { type: "handover", jobId: claimed.id, to: this.nodeId });
-      const decision = await this.#settle(claimed, whereNow, "worker did not come back after its registry node died");
-      this.log(`took over ${claimed.id} of dead node ${deadNode}: ${decision}`);
-    }
-  }
-
-  async #sweepOwn(): Promise<void> {
-    const host = this.#host;
-    if (!host) return;
-    const now = this.clock.now();
-    const unattended = new Map<string, number>();
-    const whereNow = (id: string) => (host.hasWorker(id) ? this.nodeId : this.#liveNodeOf(id));
-    for (const record of await this.store.listActive()) {
-      if (record.node !== this.nodeId || host.hasDispatch(record.id)) continue;
-      const since = this.#unattended.get(record.id);
-      const workerId = boundWorker(record);
-      const waitForWorker = workerId !== undefined && !whereNow(workerId);
-      if (since === undefined || (waitForWorker && now - since < this.timing.workerDeadlineMs)) {
-        unattended.set(record.id, since ?? now);
-        continue;
-      }
-      if (host.hasDispatch(record.id)) continue;
-      const decision = await this.#settle(record, whereNow, "its worker did not come back");
-      this.log(`picked up ${record.id}, held without a dispatch: ${decision}`);
-    }
-    this.#unattended = unattended;
-  }
-
-  async #settle(
-    claimed: JobRecord,
-    whereNow: (workerId: string) => string | undefined,
-    lostReason: string,
-  ): Promise<"dispatched_again" | "resumed_here" | "sent_to_worker_node" | "lost"> {
-    const host = this.#host as ClusterHost;
-    const bound = boundWorker(claimed);
-    if (!bound) {
-      host.resume(claimed);
-      return "dispatched_again";
-    }
-    const node = whereNow(bound);
-    if (node === this.nodeId) {
-      host.resume(claimed, bound);
-      return "resumed_here";
-    }
-    if (node) {
-      this.send(node, { type: "adopt", jobId: claimed.id, workerId: bound, from: this.nodeId });
-      return "sent_to_worker_node";
-    }
-    if (claimed.redispatch) {
-      const again = await this.store.update(
-        claimed.id,
-        { status: "pending", reason: "worker lost with its registry node; dispatched again" },
-        this.nodeId,
-      );
-      if (again) host.resume(again);
-      return "dispatched_again";
-    }
-    await this.store.update(claimed.id, { status: "lost", reason: lostReason }, this.nodeId);
-    return "lost";
-  }
-
-  #liveNodeOf(workerId: string): string | undefined {
-    const view = this.remote.get(workerId);
-    return view && this.#liveNodes.has(view.nodeId) ? view.nodeId : undefined;
-  }
-}
-
-function boundWorker(record: JobRecord): string | undefined {
-  return record.workerId && (record.status === "assigned" || record.status === "running") ? record.workerId : undefined;
 }
