@@ -152,7 +152,7 @@ export class Dispatcher {
 
   #perform(live: LiveDispatch, event: DispatchEmitted): void {
     const { record } = live;
-    const { transport, store } = this.deps;
+    const { transport } = this.deps;
     const offerEnded = live.trace.observe(event);
     if (offerEnded) {
       // Counted once, as the offer ends: an answer arriving after its timeout was not an answer.
@@ -272,15 +272,11 @@ export class Dispatcher {
           this.deps.metrics.dispatchLatency.observe(Math.max(0, this.deps.clock.now() - record.createdAt) / 1000);
         }
         this.persist(
-          store.update(
-            record.id,
-            {
-              status: event.status,
-              attempts: event.attempts,
-              ...(event.workerId ? { workerId: event.workerId } : {}),
-            },
-            this.node.nodeId,
-          ),
+          this.#updateOrWriteBack(live, {
+            status: event.status,
+            attempts: event.attempts,
+            ...(event.workerId ? { workerId: event.workerId } : {}),
+          }),
         );
         break;
       case "finished": {
@@ -307,19 +303,15 @@ export class Dispatcher {
     const { record } = live;
     const written = retryWrite({
       write: () =>
-        this.deps.store.update(
-          record.id,
-          {
-            status: output.status,
-            attempts: output.attempts,
-            ...(output.workerId ? { workerId: output.workerId } : {}),
-            ...(output.reason ? { reason: output.reason } : {}),
-            ...(output.error ? { error: output.error } : {}),
-            ...(output.exitCode !== undefined ? { exitCode: output.exitCode } : {}),
-            ...(output.signal !== undefined ? { signal: output.signal } : {}),
-          },
-          this.node.nodeId,
-        ),
+        this.#updateOrWriteBack(live, {
+          status: output.status,
+          attempts: output.attempts,
+          ...(output.workerId ? { workerId: output.workerId } : {}),
+          ...(output.reason ? { reason: output.reason } : {}),
+          ...(output.error ? { error: output.error } : {}),
+          ...(output.exitCode !== undefined ? { exitCode: output.exitCode } : {}),
+          ...(output.signal !== undefined ? { signal: output.signal } : {}),
+        }),
       clock: this.deps.clock,
       stopped: () => this.#closing,
       onRefused: (error, retryInMs) =>
@@ -334,6 +326,26 @@ export class Dispatcher {
         if (after) this.#forwardRefusedCancel(after, output.status, output.reason);
       }),
     );
+  }
+
+  /**
+   * Updates the dispatch's record; when the store no longer has it (Redis restarted without its
+   * data), this node, which still runs the dispatch, writes it back from what it knows first.
+   */
+  async #updateOrWriteBack(live: LiveDispatch, patch: Partial<JobRecord>): Promise<JobRecord | undefined> {
+    const { store, clock, logger } = this.deps;
+    const { record } = live;
+    const after = await store.update(record.id, patch, this.node.nodeId);
+    if (after) return after;
+    logger.warn({ jobId: record.id, status: patch.status }, "job record missing from the store: written back");
+    // Created as pending and then changed, so the store files it as a live or a final record as it would have.
+    await store.create({
+      ...record,
+      status: "pending",
+      updatedAt: clock.now(),
+      ...(this.node.nodeId ? { node: this.node.nodeId } : {}),
+    });
+    return store.update(record.id, patch, this.node.nodeId);
   }
 
   /** Stopped: a closing node starts and records nothing more. */
