@@ -288,19 +288,12 @@ export class RegistryCluster {
   #scheduleHousekeeping(): void {
     if (this.#closed) return;
     this.#housekeepingTimer = setTimeout(() => {
-      this.#housekeep()
+      this.#housekeeping
+        .round()
         .catch(this.#warn("cluster housekeeping"))
         .finally(() => this.#scheduleHousekeeping());
     }, this.#heartbeatMs);
     this.#housekeepingTimer.unref();
-  }
-
-  async #housekeep(): Promise<void> {
-    try {
-      await this.#housekeeping.round();
-    } catch (error) {
-      this.#warn("cluster housekeeping")(error as Error);
-    }
   }
 
   /** The Redis commands of housekeeping (see HousekeepingRedis). */

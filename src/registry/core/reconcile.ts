@@ -6,6 +6,9 @@ import type { RegistryDeps } from "./ports.ts";
 import { retryWrite } from "./retry-write.ts";
 import type { WorkerLink } from "./worker-link.ts";
 
+/** At most this many final reports are retried at once (a worker holds at most 1,024 jobs). */
+const MAX_REPORT_RETRIES = 10_000;
+
 interface FinalReport {
   job_id: string;
   status: "completed" | "failed" | "cancelled";
@@ -33,6 +36,9 @@ function outcomeOf(report: FinalReport): Pick<JobRecord, "reason" | "error" | "e
  * record, or (after a registry restart) from the bounded inventory of a registration.
  */
 export class Reconciler {
+  /** Jobs whose worker's final report is being written (and retried while the store refuses it). */
+  readonly #retryingReports = new Set<string>();
+
   constructor(
     private readonly deps: RegistryDeps,
     private readonly dispatcher: Dispatcher,
@@ -67,16 +73,24 @@ export class Reconciler {
     };
     if (this.dispatcher.send(report.job_id, update)) return;
     // The worker reports an end once: when the store refuses it for a while, it is written again.
+    // Once per job, and for a bounded number of jobs: a worker naming endless ids while Redis is
+    // down must not grow this node's retries without limit (past the bound, one attempt each).
+    const retrying = this.#retryingReports;
+    if (retrying.has(report.job_id)) return;
+    const mayRetry = retrying.size < MAX_REPORT_RETRIES;
+    if (mayRetry) retrying.add(report.job_id);
     this.persist(
       retryWrite({
         write: () => this.#recordFinalReport(link, report),
         clock: this.deps.clock,
-        stopped: () => this.dispatcher.closed,
+        stopped: () => this.dispatcher.closed || !mayRetry,
         onRefused: (error, retryInMs) =>
           this.deps.logger.warn(
             { jobId: report.job_id, status: report.status, err: error.message, retryInMs },
             "recording a worker's final report failed; retrying",
           ),
+      }).finally(() => {
+        if (mayRetry) retrying.delete(report.job_id);
       }),
     );
   }

@@ -277,18 +277,11 @@ export class SimCluster implements NodeBus {
   #scheduleHousekeeping(): void {
     if (this.#closed) return;
     this.#housekeepingTimer = this.clock.after(this.timing.heartbeatMs, () => {
-      this.#housekeep()
+      this.#housekeeping
+        .round()
         .catch(this.#warn("cluster housekeeping"))
         .finally(() => this.#scheduleHousekeeping());
     });
-  }
-
-  async #housekeep(): Promise<void> {
-    try {
-      await this.#housekeeping.round();
-    } catch (error) {
-      this.#warn("cluster housekeeping")(error as Error);
-    }
   }
 
   /** RegistryCluster's housekeeping commands, on the simulated Redis (same calls, same order). */

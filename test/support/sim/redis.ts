@@ -259,6 +259,7 @@ export class SimRedis {
       const finish = () => {
         if (done) return;
         done = true;
+        inbox.waiters = inbox.waiters.filter((waiter) => waiter !== finish);
         resolve(reader.reset ? [] : take());
       };
       inbox.waiters.push(finish);
