@@ -49,15 +49,20 @@ export type SocketEvent =
   | { type: "socket.unauthorized"; status: number; error: string }
   /** A frame from the registry that is not a valid message; `error` says what is wrong with it. */
   | { type: "socket.invalid"; error: string }
-  /** The registry accepted the registration; it may name the worker. */
-  | { type: "registry.registered"; workerId?: string }
+  /**
+   * The registry accepted the registration; it may name the worker. `leaseMs`: the registry leases
+   * the jobs it may run elsewhere for that long per round trip, so the link pings at least three
+   * times per lease.
+   */
+  | { type: "registry.registered"; workerId?: string; leaseMs?: number }
   | { type: "registry.refused"; message?: string }
   /** The registry asks whether this worker would take the job. */
   | { type: "registry.offer"; spec: JobSpec }
   | { type: "registry.assigned"; spec: JobSpec }
   | { type: "registry.terminate"; jobId: string; reason?: string }
   | { type: "registry.ping"; timestamp: number }
-  | { type: "registry.pong"; timestamp: number }
+  /** `lease`: the jobs the registry vouched for in this pong, and how long from now (the socket measured it). */
+  | { type: "registry.pong"; timestamp: number; lease?: { jobIds: string[]; validForMs: number } }
   | { type: "registry.error"; message: string; code?: string };
 
 /** From the worker root. */
@@ -88,6 +93,8 @@ export interface ConnectionContext {
   retryDelayMs: number;
   /** Why the link ends in `failed`. */
   failure: ConnectionOutput["reason"];
+  /** The registry's lease length, from its last registration answer; null: it leases nothing. */
+  leaseMs: number | null;
 }
 
 export interface ConnectionOutput {
@@ -147,7 +154,10 @@ export const connectionMachine = setup({
   },
   delays: {
     registrationTimeout: ({ context }) => context.timing.registrationTimeoutMs,
-    pingInterval: ({ context }) => context.timing.pingIntervalMs,
+    pingInterval: ({ context }) =>
+      context.leaseMs === null
+        ? context.timing.pingIntervalMs
+        : Math.min(context.timing.pingIntervalMs, context.leaseMs / 3),
     pongTimeout: ({ context }) => context.timing.pongTimeoutMs,
     reconnectDelay: ({ context }) => context.retryDelayMs,
   },
@@ -169,6 +179,11 @@ export const connectionMachine = setup({
         event.type === "registry.registered" && event.workerId ? event.workerId : context.workerId,
       retries: () => 0,
       lastProblem: () => null,
+      leaseMs: ({ event }) => (event.type === "registry.registered" ? (event.leaseMs ?? null) : null),
+    }),
+    forwardLease: enqueueActions(({ enqueue, event }) => {
+      if (event.type !== "registry.pong" || !event.lease || event.lease.jobIds.length === 0) return;
+      enqueue.sendParent({ type: "worker.lease_renewed", ...event.lease });
     }),
     /** Replays, in order, every job update held back while the link was down. */
     flushBuffer: enqueueActions(({ context, enqueue }) => {
@@ -292,6 +307,7 @@ export const connectionMachine = setup({
     lastProblem: null,
     retryDelayMs: 0,
     failure: "max_retry",
+    leaseMs: null,
   }),
   initial: "online",
   on: {
@@ -368,6 +384,8 @@ export const connectionMachine = setup({
             "registry.assigned": { actions: "forwardAssignment" },
             "registry.terminate": { actions: "forwardTermination" },
             "registry.ping": { actions: "answerPing" },
+            // A pong that comes after its ping's deadline still renews what it vouches for.
+            "registry.pong": { actions: "forwardLease" },
           },
           initial: "quiet",
           states: {
@@ -376,7 +394,7 @@ export const connectionMachine = setup({
             },
             awaitingPong: {
               entry: "sendPing",
-              on: { "registry.pong": "quiet" },
+              on: { "registry.pong": { target: "quiet", actions: "forwardLease" } },
               after: {
                 pongTimeout: {
                   target: "#connection.backoff",

@@ -1,4 +1,5 @@
-import { assign, type DoneActorEvent, enqueueActions, fromPromise, sendParent, setup } from "xstate";
+import { assign, type DoneActorEvent, enqueueActions, fromPromise, sendParent, sendTo, setup } from "xstate";
+import { leaseMachine } from "./lease.ts";
 import type { ErrorInfo, FailureReason, JobOutcome, JobSpec } from "./shared.ts";
 
 export interface JobTiming {
@@ -24,7 +25,9 @@ export type JobEvent =
   | { type: "job.unplaced" }
   | { type: "job.ended"; outcome: JobOutcome }
   | { type: "job.cancel"; reason?: string }
-  | { type: "job.shutdown" };
+  | { type: "job.shutdown" }
+  /** The registry vouched for this (leased) job again: it may run this long from now. */
+  | { type: "job.lease_renewed"; validForMs: number };
 
 /** Sent to the parent (the worker root). */
 export type JobNotification =
@@ -34,7 +37,7 @@ export type JobNotification =
       type: "job.stop";
       jobId: string;
       slotId: string;
-      reason: "cancelled" | "max_duration" | "worker_shutdown" | "launch_failed";
+      reason: "cancelled" | "max_duration" | "worker_shutdown" | "launch_failed" | "lease_lapsed";
     };
 
 export type JobFinalStatus = "completed" | "failed" | "cancelled" | "declined" | "expired";
@@ -66,7 +69,9 @@ type StopRequestReason = Extract<JobNotification, { type: "job.stop" }>["reason"
  * One job on the worker: deciding (requestFn) → offered (slot capacity reserved, TTL) → assigned
  * (waiting for a slot) → launching → running → ending → completed | failed | cancelled, plus
  * declined and expired for offers that never became jobs. The slot's process does the work; this
- * machine is the job's record and its clock (launch deadline, maximum duration).
+ * machine is the job's record and its clock (launch deadline, maximum duration). A job dispatched
+ * with `redispatch` holds a lease (the invoked `lease` actor) from its assignment on: when the lease
+ * runs out unrenewed, the job is stopped at once, because the registry may run it elsewhere then.
  */
 export const jobMachine = setup({
   types: {
@@ -78,6 +83,7 @@ export const jobMachine = setup({
   actors: {
     // The user's requestFn; provided by src/. The default accepts every offer.
     decideOffer: fromPromise<boolean, JobSpec>(async () => true),
+    lease: leaseMachine,
   },
   delays: {
     offerTtl: ({ context }) => context.timing.offerTtlMs,
@@ -113,6 +119,15 @@ export const jobMachine = setup({
     mergeAssignment: assign({
       spec: ({ context, event }) => (event.type === "job.assigned" ? { ...context.spec, ...event.spec } : context.spec),
     }),
+    /** An accepted offer becomes a leased job with its assignment, when the assignment carries a lease. */
+    takeLease: enqueueActions(({ enqueue, event }) => {
+      if (event.type !== "job.assigned" || event.spec.leaseValidForMs === undefined) return;
+      enqueue.sendTo("lease", { type: "lease.renewed", validForMs: event.spec.leaseValidForMs });
+    }),
+    renewLease: sendTo("lease", ({ event }) => ({
+      type: "lease.renewed" as const,
+      validForMs: event.type === "job.lease_renewed" ? event.validForMs : 0,
+    })),
     requestSlot: sendParent(({ context }) => ({ type: "job.needs_slot", jobId: context.spec.jobId })),
     recordSlot: assign({ slotId: ({ event }) => (event.type === "job.launching" ? event.slotId : null) }),
     recordOutcome: assign({ outcome: ({ event }) => (event.type === "job.ended" ? event.outcome : null) }),
@@ -154,8 +169,17 @@ export const jobMachine = setup({
     stopReason: null,
     finalStatus: null,
   }),
+  invoke: {
+    id: "lease",
+    src: "lease",
+    input: ({ context }) =>
+      context.spec.leaseValidForMs === undefined ? {} : { validForMs: context.spec.leaseValidForMs },
+  },
   initial: "received",
   on: {
+    "job.lease_renewed": { actions: "renewLease" },
+    // Nothing of this job is running (an offer, or a job already ending the way it must).
+    "xstate.done.actor.lease": {},
     // Late or repeated reports from a slot or the registry change nothing once the job moved on.
     "job.assigned": {},
     "job.launching": {},
@@ -189,7 +213,7 @@ export const jobMachine = setup({
     offered: {
       after: { offerTtl: "expired" },
       on: {
-        "job.assigned": { target: "assigned", actions: "mergeAssignment" },
+        "job.assigned": { target: "assigned", actions: ["mergeAssignment", "takeLease"] },
         "job.cancel": "cancelled",
         "job.shutdown": { target: "failed", actions: { type: "fail", params: { reason: "worker_shutdown" } } },
       },
@@ -203,6 +227,10 @@ export const jobMachine = setup({
         },
       },
       on: {
+        "xstate.done.actor.lease": {
+          target: "failed",
+          actions: { type: "fail", params: { reason: "lease_lapsed", message: "lost the registry's lease" } },
+        },
         "job.launching": { target: "launching", actions: "recordSlot" },
         "job.cancel": "cancelled",
         "job.shutdown": { target: "failed", actions: { type: "fail", params: { reason: "worker_shutdown" } } },
@@ -214,6 +242,10 @@ export const jobMachine = setup({
       },
       on: {
         "job.running": "running",
+        "xstate.done.actor.lease": {
+          target: "ending",
+          actions: { type: "requestStop", params: { reason: "lease_lapsed" } },
+        },
         "job.ended": [
           { guard: "outcomeCompleted", target: "completed", actions: "recordOutcome" },
           { guard: "outcomeCancelled", target: "cancelled", actions: "recordOutcome" },
@@ -234,6 +266,10 @@ export const jobMachine = setup({
         },
       },
       on: {
+        "xstate.done.actor.lease": {
+          target: "ending",
+          actions: { type: "requestStop", params: { reason: "lease_lapsed" } },
+        },
         "job.ended": [
           { guard: "outcomeCompleted", target: "completed", actions: "recordOutcome" },
           { guard: "outcomeCancelled", target: "cancelled", actions: "recordOutcome" },
@@ -246,6 +282,8 @@ export const jobMachine = setup({
     /** A stop was requested; the slot's exit decides the final outcome. */
     ending: {
       on: {
+        // A graceful stop may take the close timeout: the registry may run the job elsewhere now.
+        "xstate.done.actor.lease": { actions: { type: "requestStop", params: { reason: "lease_lapsed" } } },
         "job.unplaced": [
           { guard: "stoppedToCancel", target: "cancelled" },
           { target: "failed", actions: "failWithStopReason" },

@@ -9,7 +9,9 @@ export type FailureReason =
   | "launch_failed"
   | "max_duration"
   | "worker_shutdown"
-  | "close_timeout";
+  | "close_timeout"
+  /** The job's lease from the registry ran out unrenewed: it was stopped, as the registry may run it elsewhere. */
+  | "lease_lapsed";
 
 /** Why the worker asked a slot's process to stop. */
 export type StopReason =
@@ -21,7 +23,8 @@ export type StopReason =
   | "initialize_timeout"
   | "launch_failed"
   | "close_timeout"
-  | "idle_shutdown";
+  | "idle_shutdown"
+  | "lease_lapsed";
 
 /** An error as it crosses a process or wire boundary. */
 export interface ErrorInfo {
@@ -49,6 +52,12 @@ export interface JobSpec {
   /** W3C trace context the job's spans continue (the registry's assign span, then the worker's hand-out). */
   traceparent?: string;
   tracestate?: string;
+  /**
+   * Set on a job the registry may give to another worker once it has lost contact with this one (a
+   * dispatch with `redispatch`): how long it may run from its assignment unless the registry renews
+   * its lease. See machines/lease.ts.
+   */
+  leaseValidForMs?: number;
 }
 
 export interface ProcessExit {

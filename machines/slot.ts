@@ -141,6 +141,8 @@ export const slotMachine = setup({
     memoryWarnInterval: ({ context }) => context.timing.memoryWarnIntervalMs,
   },
   guards: {
+    /** A job whose lease lapsed may run on another worker now: no graceful close, no second copy. */
+    stopAtOnce: ({ event }) => event.type === "slot.stop" && event.reason === "lease_lapsed",
     overMemoryLimit: ({ context, event }) =>
       event.type === "proc.memory" && context.memoryLimitMb > 0 && event.mb >= context.memoryLimitMb,
     overMemoryWarning: ({ context, event }) =>
@@ -244,7 +246,10 @@ export const slotMachine = setup({
           on: {
             "proc.spawned": { target: "initializing", actions: "recordPid" },
             "proc.spawn_failed": { target: "#slot.exited", actions: "recordSpawnFailure" },
-            "slot.stop": { target: "terminating", actions: "recordStopRequest" },
+            "slot.stop": [
+              { guard: "stopAtOnce", target: "killing", actions: "recordStopRequest" },
+              { target: "terminating", actions: "recordStopRequest" },
+            ],
           },
         },
         initializing: {
@@ -256,13 +261,19 @@ export const slotMachine = setup({
           },
           on: {
             "proc.ready": "ready",
-            "slot.stop": { target: "stopping", actions: "recordStopRequest" },
+            "slot.stop": [
+              { guard: "stopAtOnce", target: "killing", actions: "recordStopRequest" },
+              { target: "stopping", actions: "recordStopRequest" },
+            ],
           },
         },
         ready: {
           type: "parallel",
           on: {
-            "slot.stop": { target: "stopping", actions: "recordStopRequest" },
+            "slot.stop": [
+              { guard: "stopAtOnce", target: "killing", actions: "recordStopRequest" },
+              { target: "stopping", actions: "recordStopRequest" },
+            ],
           },
           states: {
             work: {
@@ -352,6 +363,8 @@ export const slotMachine = setup({
         },
         /** The job ended by itself; the child runs its shutdown callbacks and exits. */
         ending: {
+          // Going down already, but gracefully: a lapsed lease cuts it short (the first reason stays).
+          on: { "slot.stop": { guard: "stopAtOnce", target: "killing" } },
           after: {
             closeTimeout: {
               target: "terminating",
@@ -362,10 +375,12 @@ export const slotMachine = setup({
         /** We asked the child to stop (stopReason says why); it has closeTimeout to exit. */
         stopping: {
           entry: "requestShutdown",
+          on: { "slot.stop": { guard: "stopAtOnce", target: "killing" } },
           after: { closeTimeout: "terminating" },
         },
         terminating: {
           entry: "sendTerm",
+          on: { "slot.stop": { guard: "stopAtOnce", target: "killing" } },
           after: { killGrace: "killing" },
         },
         killing: {

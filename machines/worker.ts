@@ -84,6 +84,8 @@ export type WorkerEvent =
   | { type: "worker.assignment"; spec: JobSpec }
   | { type: "worker.run"; spec: JobSpec }
   | { type: "worker.terminate"; jobId: string; reason?: string }
+  /** A round trip to the registry renewed the leases of these jobs: each may run this long from now. */
+  | { type: "worker.lease_renewed"; jobIds: string[]; validForMs: number }
   | { type: "worker.load"; value: number }
   | { type: "worker.drain" }
   | { type: "worker.stop" }
@@ -98,7 +100,7 @@ export type WorkerEvent =
       type: "job.stop";
       jobId: string;
       slotId: string;
-      reason: "cancelled" | "max_duration" | "worker_shutdown" | "launch_failed";
+      reason: "cancelled" | "max_duration" | "worker_shutdown" | "launch_failed" | "lease_lapsed";
     };
 
 /** Emitted to listeners on the root actor (`actor.on(...)`): logs, metrics, local mode. */
@@ -343,6 +345,13 @@ export const workerMachine = setup({
       if (event.type !== "worker.terminate" || !context.jobs[event.jobId]) return;
       enqueue.sendTo(jobActorId(event.jobId), { type: "job.cancel", reason: event.reason });
     }),
+    renewLeases: enqueueActions(({ context, enqueue, event }) => {
+      if (event.type !== "worker.lease_renewed") return;
+      for (const jobId of event.jobIds) {
+        if (context.jobs[jobId])
+          enqueue.sendTo(jobActorId(jobId), { type: "job.lease_renewed", validForMs: event.validForMs });
+      }
+    }),
     forwardAnswer: enqueueActions(({ enqueue, event }) => {
       if (event.type !== "job.answer") return;
       sendToLink(enqueue, {
@@ -452,13 +461,23 @@ export const workerMachine = setup({
       enqueue.stopChild(actorId);
     }),
     /** Final job actors are stopped at once and reported exactly once. */
-    settleJob: enqueueActions(({ context, enqueue, event }) => {
+    settleJob: enqueueActions(({ context, enqueue, event, self }) => {
       const { actorId, output } = event as unknown as DoneActorEvent<JobOutput>;
       const jobId = jobIdOfActor(actorId);
+      const placedOn = context.jobs[jobId]?.slotId;
       const jobs = { ...context.jobs };
       delete jobs[jobId];
       enqueue.assign({ jobs, waiting: context.waiting.filter((id) => id !== jobId) });
       enqueue.stopChild(actorId);
+      // It ended before it heard it was placed (cancelled, or its lease ran out, as the slot took it):
+      // the slot must not run it on its own.
+      const slot = placedOn ? (self.getSnapshot().children[placedOn] as AnyActorRef | undefined) : undefined;
+      if (placedOn && context.slots[placedOn]?.jobId === jobId && slot?.getSnapshot().status === "active") {
+        enqueue.sendTo(placedOn, {
+          type: "slot.stop",
+          reason: output.reason === "lease_lapsed" ? "lease_lapsed" : "cancelled",
+        });
+      }
       if (output.status === "completed" || output.status === "failed" || output.status === "cancelled") {
         const update: JobUpdate = { jobId, status: output.status };
         if (output.reason) update.reason = output.reason;
@@ -563,6 +582,7 @@ export const workerMachine = setup({
           { actions: { type: "rejectJob", params: { reason: "no free process for this job" } } },
         ],
         "worker.terminate": { actions: "forwardTermination" },
+        "worker.lease_renewed": { actions: "renewLeases" },
         "worker.load": { actions: ["recordLoad", raise({ type: "worker.capacity_changed" })] },
         "worker.capacity_changed": {},
         "worker.drain": {},

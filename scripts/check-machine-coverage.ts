@@ -3,6 +3,7 @@ import { join } from "node:path";
 import type { AnyStateMachine } from "xstate";
 import { connectionMachine } from "../machines/connection.ts";
 import { jobMachine } from "../machines/job.ts";
+import { leaseMachine } from "../machines/lease.ts";
 import { dispatchMachine } from "../machines/registry/dispatch.ts";
 import { sessionMachine } from "../machines/registry/session.ts";
 import { slotMachine } from "../machines/slot.ts";
@@ -13,6 +14,7 @@ import { COVERAGE_DIR, COVERED_MACHINES, machineInventory } from "../test/suppor
 const machines: AnyStateMachine[] = [
   slotMachine,
   jobMachine,
+  leaseMachine,
   workerMachine,
   connectionMachine,
   sessionMachine,

@@ -1,6 +1,7 @@
 import type { AnyStateMachine } from "xstate";
 import { connectionMachine } from "../machines/connection.ts";
 import { jobMachine } from "../machines/job.ts";
+import { leaseMachine } from "../machines/lease.ts";
 import { dispatchMachine } from "../machines/registry/dispatch.ts";
 import { sessionMachine } from "../machines/registry/session.ts";
 import { slotMachine } from "../machines/slot.ts";
@@ -11,6 +12,7 @@ export const MACHINES: Record<string, AnyStateMachine> = {
   worker: workerMachine,
   slot: slotMachine,
   job: jobMachine,
+  lease: leaseMachine,
   connection: connectionMachine,
   "registry-session": sessionMachine,
   "registry-dispatch": dispatchMachine,

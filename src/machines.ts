@@ -13,6 +13,8 @@ export type {
 export { connectionMachine } from "../machines/connection.ts";
 export type { JobEvent, JobInput, JobMachineContext, JobOutput } from "../machines/job.ts";
 export { jobMachine } from "../machines/job.ts";
+export type { LeaseContext, LeaseEvent, LeaseInput } from "../machines/lease.ts";
+export { leaseMachine } from "../machines/lease.ts";
 export type {
   DispatchContext,
   DispatchEmitted,

@@ -16,6 +16,12 @@ export interface DispatchTiming {
    * which a silent worker is declared gone anyway.
    */
   releaseTimeoutMs: number;
+  /**
+   * How long a job may still run on its worker after the registry last renewed its lease there
+   * (the lease plus the time the worker needs to kill it): a job is offered elsewhere only once this
+   * has passed, counted from the last renewal.
+   */
+  leaseFenceMs: number;
 }
 
 /** Workers tried for this dispatch, each with its availability epoch when it was tried. */
@@ -38,6 +44,11 @@ export interface DispatchInput {
   /** How often the dispatch has moved between registry nodes. */
   hops?: number;
   tried?: TriedWorkers;
+  /**
+   * Taken over from a dead node with `redispatch`: its worker is nowhere, but may still run the job
+   * under a lease the dead node renewed. The dispatch waits `ms` (see `fencing`) before offering it.
+   */
+  fence?: { workerId: string; ms: number };
 }
 
 export type DispatchEvent =
@@ -57,7 +68,8 @@ export type DispatchEvent =
       exitCode?: number | null;
       signal?: string | null;
     }
-  | { type: "worker_gone"; workerId: string }
+  /** `fenceMs`: how long the job may still run there under its lease (default leaseFenceMs). */
+  | { type: "worker_gone"; workerId: string; fenceMs?: number }
   | { type: "cancel"; reason?: string }
   /**
    * The store confirmed the record says `assigned` to this worker (see `assign`): the assignment may
@@ -126,6 +138,10 @@ export interface DispatchContext {
   attempts: number;
   /** Why the last search for a worker found none; the rejection's reason if the deadline passes. */
   cause: string | null;
+  /** How long `fencing` waits: until the lease of the worker that had the job has surely run out. */
+  fenceMs: number;
+  /** The bound worker was told to let go of the job (it missed its running deadline). */
+  released: boolean;
   final: (Pick<DispatchOutput, "reason" | "error" | "exitCode" | "signal"> & { status: DispatchFinal }) | null;
 }
 
@@ -135,8 +151,8 @@ const isFinalReport = (event: DispatchEvent) => event.type === "job_update" && e
  * One dispatch request on the registry: unassigned{pending → offering | waiting} → bound{assigned →
  * running | cancelling | releasing} → completed | failed | cancelled | lost | rejected. One worker at
  * a time is asked; a no, a timeout or a lost candidate moves on to the next. A job is offered
- * elsewhere only once the worker that had it has confirmed its end or is gone, and only when the
- * dispatch asked for `redispatch`: at most one worker ever runs it.
+ * elsewhere only when the dispatch asked for `redispatch`, and only once the worker that had it has
+ * confirmed its end, or its lease there has run out (`fencing`): at most one worker runs it at once.
  */
 export const dispatchMachine = setup({
   types: {
@@ -152,10 +168,12 @@ export const dispatchMachine = setup({
     dispatchTimeout: ({ context }) => context.timing.dispatchTimeoutMs,
     cancelTimeout: ({ context }) => context.timing.cancelTimeoutMs,
     releaseTimeout: ({ context }) => context.timing.releaseTimeoutMs,
+    fence: ({ context }) => context.fenceMs,
   },
   guards: {
     isAdopted: ({ context }) => context.workerId !== null,
     isAdoptedUnconfirmed: ({ context }) => context.adoptedAs === "assigned",
+    isFenced: ({ context }) => context.workerId !== null && context.adoptedAs === null,
     isRemote: ({ event }) => event.type === "candidate" && event.remote === true,
     fromCandidate: ({ context, event }) => "workerId" in event && event.workerId === context.candidate?.workerId,
     candidateSaidYes: ({ context, event }) =>
@@ -163,12 +181,24 @@ export const dispatchMachine = setup({
     fromBound: ({ context, event }) => "workerId" in event && event.workerId === context.workerId,
     reportsRunning: ({ context, event }) =>
       event.type === "job_update" && event.workerId === context.workerId && event.status === "running",
+    reportsRunningWhenReleased: ({ context, event }) =>
+      event.type === "job_update" &&
+      event.workerId === context.workerId &&
+      event.status === "running" &&
+      context.released,
     reportsFinal: ({ context, event }) =>
       isFinalReport(event) && "workerId" in event && event.workerId === context.workerId,
     reportsFinalAndRedispatch: ({ context, event }) =>
       isFinalReport(event) && "workerId" in event && event.workerId === context.workerId && context.redispatch,
     reportsCompleted: ({ context, event }) =>
       event.type === "job_update" && event.workerId === context.workerId && event.status === "completed",
+    /** The worker stopped the job because its lease ran out: it runs nowhere now, and may run again. */
+    reportsLeaseLapsedAndRedispatch: ({ context, event }) =>
+      event.type === "job_update" &&
+      event.workerId === context.workerId &&
+      event.status === "failed" &&
+      event.reason === "lease_lapsed" &&
+      context.redispatch,
     boundLostAndRedispatch: ({ context, event }) =>
       event.type === "worker_gone" && event.workerId === context.workerId && context.redispatch,
     boundLost: ({ context, event }) => event.type === "worker_gone" && event.workerId === context.workerId,
@@ -249,11 +279,18 @@ export const dispatchMachine = setup({
       reason: params.reason,
     })),
     // A worker that let the job go is asked again only once its availability moved on since the offer.
+    fenceFromEvent: assign({
+      fenceMs: ({ context, event }) =>
+        event.type === "worker_gone" && event.fenceMs !== undefined ? event.fenceMs : context.timing.leaseFenceMs,
+    }),
+    fenceWholeLease: assign({ fenceMs: ({ context }) => context.timing.leaseFenceMs }),
     releaseWorker: assign({
       tried: ({ context }) =>
         context.workerId ? { ...context.tried, [context.workerId]: context.boundEpoch } : context.tried,
       workerId: () => null,
+      released: () => false,
     }),
+    markReleased: assign({ released: () => true }),
     recordFinal: assign({
       final: ({ event }) => {
         if (event.type !== "job_update" || event.status === "running") return null;
@@ -299,11 +336,13 @@ export const dispatchMachine = setup({
     prefer: input.prefer ?? null,
     hops: input.hops ?? 0,
     candidate: null,
-    workerId: input.adoptedBy ?? null,
+    workerId: input.adoptedBy ?? input.fence?.workerId ?? null,
     adoptedAs: input.adoptedBy ? (input.adoptedAs ?? "running") : null,
     boundEpoch: 0,
-    attempts: input.adoptedBy ? 1 : 0,
+    attempts: input.adoptedBy || input.fence ? 1 : 0,
     cause: null,
+    fenceMs: input.adoptedBy ? 0 : (input.fence?.ms ?? 0),
+    released: false,
     final: null,
   }),
   initial: "start",
@@ -323,6 +362,7 @@ export const dispatchMachine = setup({
     start: {
       always: [
         { guard: "isAdoptedUnconfirmed", target: "bound.unconfirmed" },
+        { guard: "isFenced", target: "fencing" },
         { guard: "isAdopted", target: "bound.running" },
         { target: "unassigned" },
       ],
@@ -374,7 +414,7 @@ export const dispatchMachine = setup({
       initial: "assigned",
       on: {
         worker_gone: [
-          { guard: "boundLostAndRedispatch", target: "unassigned", actions: "releaseWorker" },
+          { guard: "boundLostAndRedispatch", target: "fencing", actions: "fenceFromEvent" },
           {
             guard: "boundLost",
             target: "lost",
@@ -382,7 +422,10 @@ export const dispatchMachine = setup({
           },
         ],
         cancel: { target: ".cancelling", actions: { type: "terminateBound", params: { reason: "cancelled" } } },
-        job_update: { guard: "reportsFinal", target: "settling", actions: "recordFinal" },
+        job_update: [
+          { guard: "reportsLeaseLapsedAndRedispatch", target: "unassigned", actions: "releaseWorker" },
+          { guard: "reportsFinal", target: "settling", actions: "recordFinal" },
+        ],
       },
       states: {
         assigned: {
@@ -391,7 +434,7 @@ export const dispatchMachine = setup({
             // Never reported running: it must let go before the job may go anywhere else.
             runningTimeout: {
               target: "releasing",
-              actions: { type: "terminateBound", params: { reason: "did not start in time" } },
+              actions: [{ type: "terminateBound", params: { reason: "did not start in time" } }, "markReleased"],
             },
           },
           on: {
@@ -410,7 +453,7 @@ export const dispatchMachine = setup({
           after: {
             runningTimeout: {
               target: "releasing",
-              actions: { type: "terminateBound", params: { reason: "did not start in time" } },
+              actions: [{ type: "terminateBound", params: { reason: "did not start in time" } }, "markReleased"],
             },
           },
           on: { job_update: { guard: "reportsRunning", target: "running" } },
@@ -431,6 +474,8 @@ export const dispatchMachine = setup({
           },
           on: {
             cancel: {},
+            // Whatever ended it (a lapsed lease too), the job was cancelled: never offered again.
+            job_update: { guard: "reportsFinal", target: "#dispatch.settling", actions: "recordFinal" },
             worker_gone: {
               guard: "boundLost",
               target: "#dispatch.cancelled",
@@ -446,7 +491,7 @@ export const dispatchMachine = setup({
         releasing: {
           after: {
             releaseTimeout: [
-              { guard: "mayRedispatch", target: "#dispatch.unassigned", actions: "releaseWorker" },
+              { guard: "mayRedispatch", target: "#dispatch.fencing", actions: "fenceWholeLease" },
               {
                 target: "#dispatch.failed",
                 actions: { type: "finishAs", params: { status: "failed", reason: "did not start in time" } },
@@ -466,13 +511,42 @@ export const dispatchMachine = setup({
               },
             ],
             worker_gone: [
-              { guard: "boundLostAndRedispatch", target: "#dispatch.unassigned", actions: "releaseWorker" },
+              { guard: "boundLostAndRedispatch", target: "#dispatch.fencing", actions: "fenceFromEvent" },
               {
                 guard: "boundLost",
                 target: "#dispatch.failed",
                 actions: { type: "finishAs", params: { status: "failed", reason: "did not start in time" } },
               },
             ],
+          },
+        },
+      },
+    },
+    /**
+     * With `redispatch`, the job's worker is gone or did not let go, but may still run the job under
+     * the lease this registry last renewed (a worker cut off keeps running its jobs). The job is
+     * offered elsewhere only once that lease has surely run out, so it never runs twice at once. The
+     * worker coming back and saying it runs the job keeps it there.
+     */
+    fencing: {
+      after: { fence: { target: "unassigned", actions: "releaseWorker" } },
+      on: {
+        job_update: [
+          // Told to let go before it went quiet (its termination may have gone with its connection).
+          {
+            guard: "reportsRunningWhenReleased",
+            target: "bound.releasing",
+            actions: { type: "terminateBound", params: { reason: "did not start in time" } },
+          },
+          { guard: "reportsRunning", target: "bound.running" },
+          { guard: "reportsCompleted", target: "settling", actions: "recordFinal" },
+          { guard: "reportsFinal", target: "unassigned", actions: "releaseWorker" },
+        ],
+        cancel: {
+          target: "cancelled",
+          actions: {
+            type: "finishAs",
+            params: { status: "cancelled", reason: "cancelled while its worker was unreachable" },
           },
         },
       },

@@ -12,6 +12,7 @@ const FAILURE_REASONS: Record<FailureReason, true> = {
   max_duration: true,
   worker_shutdown: true,
   close_timeout: true,
+  lease_lapsed: true,
 };
 
 /** The reasons the machines themselves give, which are the only ones a `reason` label carries as they are. */

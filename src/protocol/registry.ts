@@ -103,6 +103,14 @@ export const jobUpdate = z.object({
 export const ping = z.object({ type: z.literal("ping"), timestamp: z.number() });
 export const pong = z.object({ type: z.literal("pong"), timestamp: z.number() });
 
+/** How long a lease the registry grants lasts: from the moment the worker sent what the registry answered. */
+const leaseMs = z.number().int().positive().max(3_600_000);
+
+/** The registry's pong: `leased` names the jobs it vouches for, each for `lease_ms` from the ping's timestamp. */
+export const registryPong = pong.extend({
+  leased: z.array(jobId).max(MAX_INVENTORY_ENTRIES, `a pong leases at most ${MAX_INVENTORY_ENTRIES} jobs`).optional(),
+});
+
 export const workerMessage = z.discriminatedUnion("type", [
   registerRequest,
   statusUpdate,
@@ -119,6 +127,8 @@ export const registerResponse = z.object({
   worker_id: z.string().optional(),
   message: z.string().optional(),
   protocol_version: z.number().int().positive().optional(),
+  /** The registry leases the jobs it may run elsewhere (see registryPong); the worker renews them this often. */
+  lease_ms: leaseMs.optional(),
 });
 
 export const availabilityRequest = z.object({
@@ -143,6 +153,11 @@ export const jobAssignment = z.object({
   /** W3C trace context of the registry's assign span; an invalid value is dropped, not the assignment. */
   traceparent: traceparentField,
   tracestate: tracestateField,
+  /**
+   * A job the registry runs elsewhere once it has lost contact with this worker (`redispatch`): the
+   * worker stops it when the lease lapses, lease_ms after its last answered round trip.
+   */
+  lease_ms: leaseMs.optional(),
 });
 
 export const jobTermination = z.object({
@@ -163,7 +178,7 @@ export const registryMessage = z.discriminatedUnion("type", [
   jobAssignment,
   jobTermination,
   ping,
-  pong,
+  registryPong,
   errorFrame,
 ]);
 

@@ -19,7 +19,7 @@ import { createHttpApi } from "./http-api.ts";
 import { createRegistryMetrics } from "./metrics.ts";
 import { createRoomApi } from "./room-api.ts";
 import { type JobFilter, type JobRecord, type JobStore, MemoryJobStore, type RetentionOptions } from "./store.ts";
-import { DEFAULT_REGISTRY_TIMING, type RegistryTiming } from "./timing.ts";
+import { type RegistryTiming, registryTiming } from "./timing.ts";
 import { WorkerGateway } from "./worker-gateway.ts";
 
 export interface RegistryOptions extends Credentials {
@@ -113,7 +113,7 @@ export async function createRegistry(options: RegistryOptions): Promise<Registry
   const host = options.host ?? "127.0.0.1";
   const logger = options.logger ?? createLogger("INFO");
   const metrics = createRegistryMetrics();
-  const timing = { ...DEFAULT_REGISTRY_TIMING, ...options.timing };
+  const timing = registryTiming(options.timing);
   const redis = typeof options.redis === "string" ? { url: options.redis } : options.redis;
   const cluster = redis
     ? await RegistryCluster.join(

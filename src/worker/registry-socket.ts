@@ -5,6 +5,7 @@ import type { ConnectionInput, SocketCommand, SocketEvent } from "../../machines
 import type { Logger } from "../observability/logger.ts";
 import { MAX_FRAME_BYTES, type StatusUpdateMessage } from "../protocol/registry.ts";
 import { assignmentReceived, handoutAbandoned } from "./handout-tracing.ts";
+import { LeaseClock } from "./lease-clock.ts";
 import { parseRegistryFrame, toWorkerMessage } from "./registry-wire.ts";
 
 export interface RegistrySocketSettings {
@@ -100,6 +101,7 @@ export function createRegistrySocket(settings: RegistrySocketSettings) {
     let opened = false;
     /** The worker id the registry confirmed on this socket, for the hand-out spans of its assignments. */
     let registeredAs: string | undefined;
+    const leaseClock = new LeaseClock();
     let connectTimer: NodeJS.Timeout | undefined;
 
     const report = (event: SocketEvent) => {
@@ -190,7 +192,7 @@ export function createRegistrySocket(settings: RegistrySocketSettings) {
       socket.on("message", (data, isBinary) => {
         if (ws !== socket) return;
         if (isBinary) return report({ type: "socket.invalid", error: "binary frame" });
-        const { event, issues } = parseRegistryFrame(data.toString());
+        const { event, issues } = parseRegistryFrame(data.toString(), { clock: leaseClock, now: Date.now() });
         if (issues) logger.warn({ issues }, "invalid frame from registry");
         if (event.type === "registry.registered" && event.workerId) registeredAs = event.workerId;
         if (event.type === "registry.assigned") assignmentReceived(event.spec, registeredAs);
@@ -227,7 +229,9 @@ export function createRegistrySocket(settings: RegistrySocketSettings) {
       const socket = ws;
       if (finished || !socket || socket.readyState !== WebSocket.OPEN) return;
       try {
-        const message = toWorkerMessage(command, Date.now());
+        const now = Date.now();
+        const message = toWorkerMessage(command, now);
+        leaseClock.sent(message, now);
         if (message.type === "job_update" && message.status !== "running") {
           handoutAbandoned(message.job_id, message.status, message.reason);
         }

@@ -12,6 +12,7 @@ import {
   type JobInventoryEntry as WireInventoryEntry,
   type WorkerMessage,
 } from "../protocol/registry.ts";
+import type { LeaseClock } from "./lease-clock.ts";
 
 /*
  * The connection machine speaks machine events; the registry speaks the wire protocol
@@ -124,8 +125,12 @@ export function toSocketEvent(message: RegistryMessage): SocketEvent {
 /**
  * One text frame from the registry, parsed with the protocol schema and translated; a frame that is
  * not JSON or not a valid message becomes `socket.invalid` (with the schema's issues, for logs).
+ * With a lease clock, the event carries what the frame does to the registry's leases, as of `now`.
  */
-export function parseRegistryFrame(text: string): { event: SocketEvent; issues?: string[] } {
+export function parseRegistryFrame(
+  text: string,
+  lease?: { clock: LeaseClock; now: number },
+): { event: SocketEvent; issues?: string[] } {
   let raw: unknown;
   try {
     raw = JSON.parse(text);
@@ -137,7 +142,8 @@ export function parseRegistryFrame(text: string): { event: SocketEvent; issues?:
     const issues = parsed.error.issues.map((issue) => issue.message);
     return { event: { type: "socket.invalid", error: issues[0] ?? "invalid" }, issues };
   }
-  return { event: toSocketEvent(parsed.data) };
+  const event = toSocketEvent(parsed.data);
+  return { event: lease ? lease.clock.received(parsed.data, event, lease.now) : event };
 }
 
 export function specFromAssignment(message: JobAssignment): JobSpec {

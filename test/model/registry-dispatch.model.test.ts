@@ -17,8 +17,13 @@ const timing: DispatchTiming = {
   dispatchTimeoutMs: 30_000,
   cancelTimeoutMs: 3_000,
   releaseTimeoutMs: 14_000,
+  leaseFenceMs: 12_000,
 };
 const JOB_ID = "j1";
+/** The fence a lost running worker's job gets from the registry (its lease's remaining time). */
+const GONE_FENCE_MS = 4_000;
+/** The fence of a job taken over from a dead node. */
+const START_FENCE_MS = 7_000;
 const CAUSE = "1 worker, all full (4 of 4 jobs)";
 
 interface ModelContext {
@@ -27,6 +32,14 @@ interface ModelContext {
   sawNoCandidate: boolean;
   /** The outcome the dispatch must end with (set on the way into a final state). */
   outcome: { status: DispatchFinal; reason: string | null } | null;
+  /** While fencing: how long the fence lasts. */
+  fenceMs: number | null;
+  /**
+   * How often the bound worker was told to let go of the job that never started (until the job goes
+   * back to pending): 1 at the running deadline; 2 once it came back from fencing saying it runs the
+   * job and was told again (counted no further: it changes nothing more).
+   */
+  released: 0 | 1 | 2;
 }
 
 type ModelEvent =
@@ -55,7 +68,13 @@ type ModelEvent =
   | { type: "CANCEL_TIMEOUT" }
   | { type: "DISPATCH_TIMEOUT" }
   | { type: "TAKEN_OVER" }
-  | { type: "FENCED" };
+  | { type: "FENCED" }
+  /** Taken over from a dead node with redispatch: its worker is nowhere, but may still run the job. */
+  | { type: "START_FENCED" }
+  /** The fence passed: the lost worker's lease has surely run out. */
+  | { type: "FENCE_PASSED" }
+  /** The bound worker stopped the job because its lease there ran out. */
+  | { type: "LEASE_LAPSED" };
 
 const end = (status: DispatchFinal, reason: string | null) => ({ type: "end", params: { status, reason } }) as const;
 /** The worker's own final report decides the outcome (its reason is the one the driver sends). */
@@ -65,18 +84,34 @@ const reports = {
   CANCELLED: { target: "cancelled", actions: end("cancelled", "cancelled") },
 } as const;
 const NOT_STARTED = "did not start in time";
+const LEASE_LAPSED = "lease_lapsed";
+const UNREACHABLE = "cancelled while its worker was unreachable";
 const redispatch = ({ context }: { context: ModelContext }) => context.redispatch;
+
+const fence = (ms: number) => ({ type: "fence", params: { ms } }) as const;
+/**
+ * With redispatch, a lost worker's job waits out its lease there (fencing) before it is offered
+ * again: the whole lease, unless the registry says how long it still runs (it does for a running job).
+ */
+const boundGone = (ms: number) =>
+  [
+    { guard: redispatch, target: "fencing", actions: fence(ms) },
+    { target: "lost", actions: end("lost", "worker lost") },
+  ] as const;
+/** The worker confirmed it stopped the job (its lease ran out): with redispatch it is offered again at once. */
+const leaseLapsed = [
+  { guard: redispatch, target: "pending" },
+  { target: "failed", actions: end("failed", LEASE_LAPSED) },
+] as const;
 
 /** What an assigned job's dispatch does, whether its assignment went out yet or not. */
 const boundToWorker = {
   RUNNING: "running",
   ...reports,
-  BOUND_GONE: [
-    { guard: redispatch, target: "pending" },
-    { target: "lost", actions: end("lost", "worker lost") },
-  ],
+  BOUND_GONE: boundGone(timing.leaseFenceMs),
+  LEASE_LAPSED: leaseLapsed,
   CANCEL: "cancelling",
-  RUNNING_TIMEOUT: "releasing",
+  RUNNING_TIMEOUT: { target: "releasing", actions: "markReleased" },
   TAKEN_OVER: "handedOver",
 } as const;
 
@@ -91,6 +126,11 @@ const dispatchModel = setup({
     end: assign({
       outcome: (_, params: { status: DispatchFinal; reason: string | null }) => params,
     }),
+    fence: assign({ fenceMs: (_, params: { ms: number }) => params.ms }),
+    unfence: assign({ fenceMs: null }),
+    markReleased: assign({ released: 1 as const }),
+    releaseAgain: assign({ released: 2 as const }),
+    unrelease: assign({ released: 0 as const }),
     reject: assign({
       outcome: ({ context }) => ({
         status: "rejected" as const,
@@ -100,7 +140,7 @@ const dispatchModel = setup({
   },
 }).createMachine({
   id: "dispatchModel",
-  context: { redispatch: false, sawNoCandidate: false, outcome: null },
+  context: { redispatch: false, sawNoCandidate: false, outcome: null, fenceMs: null, released: 0 },
   initial: "idle",
   states: {
     /** Before the registry started the dispatch. */
@@ -112,9 +152,12 @@ const dispatchModel = setup({
         ADOPT_REDISPATCH: { target: "running", actions: assign({ redispatch: true }) },
         ADOPT_ASSIGNED: "unconfirmed",
         ADOPT_ASSIGNED_REDISPATCH: { target: "unconfirmed", actions: assign({ redispatch: true }) },
+        START_FENCED: { target: "fencing", actions: [assign({ redispatch: true }), fence(START_FENCE_MS)] },
       },
     },
     pending: {
+      // The worker that had the job let go of it, or its lease ran out: nobody is told to let go now.
+      entry: "unrelease",
       on: {
         // A worker was found: a later deadline is no longer for the reason of the earlier search.
         CANDIDATE: { target: "offering", actions: assign({ sawNoCandidate: false }) },
@@ -162,10 +205,8 @@ const dispatchModel = setup({
     running: {
       on: {
         ...reports,
-        BOUND_GONE: [
-          { guard: redispatch, target: "pending" },
-          { target: "lost", actions: end("lost", "worker lost") },
-        ],
+        BOUND_GONE: boundGone(GONE_FENCE_MS),
+        LEASE_LAPSED: leaseLapsed,
         CANCEL: "cancelling",
         TAKEN_OVER: "handedOver",
       },
@@ -173,6 +214,8 @@ const dispatchModel = setup({
     cancelling: {
       on: {
         ...reports,
+        // The job was cancelled: whatever ended it, it is never offered again, even with redispatch.
+        LEASE_LAPSED: { target: "failed", actions: end("failed", LEASE_LAPSED) },
         BOUND_GONE: { target: "cancelled", actions: end("cancelled", "cancelled; the worker was lost") },
         CANCEL_TIMEOUT: { target: "cancelled", actions: end("cancelled", "cancelled; the worker did not confirm") },
         TAKEN_OVER: "handedOver",
@@ -190,15 +233,41 @@ const dispatchModel = setup({
           { guard: redispatch, target: "pending" },
           { target: "failed", actions: end("failed", NOT_STARTED) },
         ],
-        BOUND_GONE: [
+        LEASE_LAPSED: [
           { guard: redispatch, target: "pending" },
           { target: "failed", actions: end("failed", NOT_STARTED) },
         ],
+        BOUND_GONE: [
+          { guard: redispatch, target: "fencing", actions: fence(timing.leaseFenceMs) },
+          { target: "failed", actions: end("failed", NOT_STARTED) },
+        ],
+        // The worker did not let go: its lease may still run there, the whole of it.
         RELEASE_TIMEOUT: [
-          { guard: redispatch, target: "pending" },
+          { guard: redispatch, target: "fencing", actions: fence(timing.leaseFenceMs) },
           { target: "failed", actions: end("failed", NOT_STARTED) },
         ],
         CANCEL: "cancelling",
+        TAKEN_OVER: "handedOver",
+      },
+    },
+    /**
+     * With redispatch, the worker is gone or did not let go, but may still run the job under its
+     * lease: nothing is offered until the fence passed, unless the worker comes back first.
+     */
+    fencing: {
+      exit: "unfence",
+      on: {
+        FENCE_PASSED: "pending",
+        // Told to let go before it went quiet: told again (that termination may have been lost with it).
+        RUNNING: [
+          { guard: ({ context }) => context.released > 0, target: "releasing", actions: "releaseAgain" },
+          "running",
+        ],
+        COMPLETED: { target: "completed", actions: end("completed", null) },
+        // It says it stopped the job: offered elsewhere at once.
+        FAILED: "pending",
+        CANCELLED: "pending",
+        CANCEL: { target: "cancelled", actions: end("cancelled", UNREACHABLE) },
         TAKEN_OVER: "handedOver",
       },
     },
@@ -250,6 +319,12 @@ function createDriver(path: { steps: { event: ModelEvent }[] }) {
     bound = { workerId: "w0", epoch: 0 };
     attempts = 1;
     startDispatch({ redispatch, adoptedBy: "w0", adoptedAs });
+  };
+  const startFenced = () => {
+    bound = { workerId: "w0", epoch: 0 };
+    // The dead node's attempt.
+    attempts = 1;
+    startDispatch({ redispatch: true, fence: { workerId: "w0", ms: START_FENCE_MS } });
   };
   const searchAgain = () => {
     searches++;
@@ -400,12 +475,32 @@ function createDriver(path: { steps: { event: ModelEvent }[] }) {
       expectCommon({ bound: true });
       expect(terminations.at(-1)?.workerId).toBe(bound?.workerId);
     },
+    fencing: (model: ModelSnapshot) => {
+      expectActive("fencing");
+      // Nothing is bound meanwhile, and nothing searched for.
+      expectCommon({});
+      expect(snap().context).toMatchObject({
+        workerId: bound?.workerId,
+        fenceMs: model.context.fenceMs,
+        released: model.context.released > 0,
+        candidate: null,
+      });
+      // Unbound on the way in (nothing at all on a fenced start), and nothing else.
+      const workerId = bound?.workerId;
+      expect(emitted.at(-1) ?? null).toEqual(of("bind").length ? { type: "unbind", jobId: JOB_ID, workerId } : null);
+    },
     releasing: () => {
       expectActive({ bound: "releasing" });
       expectCommon({ bound: true });
-      expect(terminations.at(-1)).toEqual({ workerId: bound?.workerId, reason: NOT_STARTED });
-      // The job stays with that worker: no new search until it lets go.
-      expect(emitted.at(-1)?.type).toBe("terminate");
+      const workerId = bound?.workerId;
+      expect(terminations.at(-1)).toEqual({ workerId, reason: NOT_STARTED });
+      expect(snap().context).toMatchObject({ workerId, released: true });
+      // The job stays with that worker: no new search until it lets go. Back from fencing, it is
+      // bound again once told (again) to let go.
+      const terminate = { type: "terminate", jobId: JOB_ID, workerId, reason: NOT_STARTED };
+      expect(emitted.slice(from() === "fencing" ? -2 : -1)).toEqual(
+        from() === "fencing" ? [terminate, { type: "bind", jobId: JOB_ID, workerId }] : [terminate],
+      );
     },
     completed: (model: ModelSnapshot) => expectFinal(model, "completed"),
     failed: (model: ModelSnapshot) => expectFinal(model, "failed"),
@@ -436,6 +531,7 @@ function createDriver(path: { steps: { event: ModelEvent }[] }) {
     ADOPT_REDISPATCH: () => adopt(true),
     ADOPT_ASSIGNED: () => adopt(false, "assigned"),
     ADOPT_ASSIGNED_REDISPATCH: () => adopt(true, "assigned"),
+    START_FENCED: startFenced,
     CANDIDATE: (step: Step & { event: ModelEvent }) => {
       // An offer outlives the dispatch deadline only when it went out shortly before it: if the path
       // lets the deadline pass next, the search took until then.
@@ -479,10 +575,15 @@ function createDriver(path: { steps: { event: ModelEvent }[] }) {
       sut().send({ type: "worker_gone", workerId: candidate?.workerId ?? "" });
       moveOn();
     },
-    RUNNING: () => {
+    RUNNING: ({ state }: Step) => {
+      // Only its worker's report counts.
+      const before = snap().value;
       report("running", "w-other");
-      expect(snap().value).toEqual({ bound: from() === "unconfirmed" ? "unconfirmed" : "assigned" });
+      expect(snap().value).toEqual(before);
       report("running");
+      if (from() === "fencing" && state.value === "releasing") {
+        terminations.push({ workerId: bound?.workerId ?? "", reason: NOT_STARTED });
+      }
     },
     COMPLETED: () => report("completed"),
     FAILED: ({ state }: Step) => {
@@ -496,7 +597,17 @@ function createDriver(path: { steps: { event: ModelEvent }[] }) {
     BOUND_GONE: ({ state }: Step) => {
       sut().send({ type: "worker_gone", workerId: "w-other" });
       expect(snap().value).toEqual({ bound: from() === "sent" ? "assigned" : from() });
-      sut().send({ type: "worker_gone", workerId: bound?.workerId ?? "" });
+      // A running job's registry knows how long its lease there still runs; otherwise the whole lease.
+      const gone = from() === "running" ? GONE_FENCE_MS : undefined;
+      sut().send({
+        type: "worker_gone",
+        workerId: bound?.workerId ?? "",
+        ...(gone === undefined ? {} : { fenceMs: gone }),
+      });
+      letGo(state);
+    },
+    LEASE_LAPSED: ({ state }: Step) => {
+      sut().send({ type: "job_update", workerId: bound?.workerId ?? "", status: "failed", reason: LEASE_LAPSED });
       letGo(state);
     },
     CANCEL: () => {
@@ -512,6 +623,10 @@ function createDriver(path: { steps: { event: ModelEvent }[] }) {
     },
     RELEASE_TIMEOUT: ({ state }: Step) => {
       elapse(timing.releaseTimeoutMs);
+      letGo(state);
+    },
+    FENCE_PASSED: ({ state }: Step) => {
+      elapse(current?.context.fenceMs ?? Number.NaN);
       letGo(state);
     },
     CANCEL_TIMEOUT: () => elapse(timing.cancelTimeoutMs),
@@ -556,7 +671,21 @@ function createDriver(path: { steps: { event: ModelEvent }[] }) {
   return { states: tracked, events, expectSettledAfterPath };
 }
 
-const model = createTestModel(dispatchModel);
+/**
+ * A transition is told apart by its event and the state it leaves, as by default, out of fencing
+ * also by how long the fence is, and out of a state with a worker told to let go by how often it
+ * was told: each way out of fencing and releasing is played after each way into it (releasing
+ * entered back from fencing too, though the job goes back to pending the same way).
+ */
+const model = createTestModel(dispatchModel, {
+  serializeTransition: (state, event, previous) => {
+    if (!event || (previous && JSON.stringify(previous.value) === JSON.stringify(state.value))) return "";
+    const from = previous ? ` from ${JSON.stringify(previous.value)}` : "";
+    const fence = previous?.context.fenceMs == null ? "" : ` after ${previous.context.fenceMs} ms`;
+    const told = previous?.context.released ? ` told ${previous.context.released}x` : "";
+    return ` via ${JSON.stringify(event)}${from}${fence}${told}`;
+  },
+});
 const paths = model.getShortestPaths();
 
 /** Every transition of the model, as "from -EVENT-> to". */
@@ -595,9 +724,41 @@ describe("dispatch (model-based)", () => {
       expect(seen.has(`${value}:once`), value).toBe(true);
       expect(seen.has(`${value}:re`), value).toBe(true);
     }
-    // A lost job only without redispatch: with it, the job goes back to pending.
+    // A lost job only without redispatch: with it, the job is fenced, then goes back to pending.
     expect(seen.has("lost:once")).toBe(true);
     expect(seen.has("lost:re")).toBe(false);
+    expect(seen.has("fencing:re")).toBe(true);
+    expect(seen.has("fencing:once")).toBe(false);
+  });
+
+  it("the paths play every way out of releasing after a released worker came back from fencing", () => {
+    const after = new Set<string>();
+    for (const path of paths) {
+      const values = path.steps.map((s) => s.state.value as string);
+      const back = values.findIndex((v, i) => v === "releasing" && values[i - 1] === "fencing");
+      if (back >= 0 && back + 1 < path.steps.length)
+        after.add(`${path.steps[back + 1]?.event.type} -> ${values[back + 1]}`);
+    }
+    expect([...after].sort()).toEqual(
+      [
+        "BOUND_GONE -> fencing",
+        "CANCEL -> cancelling",
+        "CANCELLED -> pending",
+        "COMPLETED -> completed",
+        "FAILED -> pending",
+        "LEASE_LAPSED -> pending",
+        "RELEASE_TIMEOUT -> fencing",
+        "TAKEN_OVER -> handedOver",
+      ].sort(),
+    );
+    // Cancelled, the lapsed lease is recorded as it is, with or without redispatch.
+    const lapsedWhileCancelling = paths.filter((p) => {
+      const steps = p.steps;
+      return steps.at(-1)?.event.type === "LEASE_LAPSED" && steps.at(-2)?.state.value === "cancelling";
+    });
+    expect(
+      new Set(lapsedWhileCancelling.map((p) => `${p.steps.at(-1)?.state.value}:${p.state.context.redispatch}`)),
+    ).toEqual(new Set(["failed:false", "failed:true"]));
   });
 
   for (const path of paths) {

@@ -3,7 +3,7 @@ import { join } from "node:path";
 import type { AnyStateMachine, InspectionEvent } from "xstate";
 
 /** The machines whose every state and transition must be reached by some test (their ids). */
-export const COVERED_MACHINES = ["slot", "job", "worker", "connection", "session", "dispatch"] as const;
+export const COVERED_MACHINES = ["slot", "job", "lease", "worker", "connection", "session", "dispatch"] as const;
 /**
  * Where the tests of one run write what they reached (emptied by global-setup.ts at the start of a run).
  * MACHINE_COVERAGE_DIR moves it, so that runs sharing a checkout do not wipe each other's recordings.

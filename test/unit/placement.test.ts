@@ -71,6 +71,7 @@ function bus(views: WorkerView[]): NodeBus {
     handOff: async () => undefined,
     publishView: () => {},
     publishGone: () => {},
+    presenceHeldSince: () => Number.NEGATIVE_INFINITY,
   };
 }
 

@@ -14,6 +14,7 @@ const timing: DispatchTiming = {
   dispatchTimeoutMs: 2_000,
   cancelTimeoutMs: 300,
   releaseTimeoutMs: 1_000,
+  leaseFenceMs: 1_500,
 };
 
 type Options = Partial<Omit<DispatchInput, "jobId" | "timing">>;
@@ -70,6 +71,25 @@ function releasing(options: Options = {}) {
   const t = assigned(options);
   t.clock.increment(timing.runningTimeoutMs);
   return t;
+}
+
+/** With redispatch, its worker lost while running: it waits out the worker's lease before moving on. */
+function fencing(options: Options = {}, fenceMs?: number) {
+  const t = running({ redispatch: true, ...options });
+  t.send({ type: "worker_gone", workerId: "w1", ...(fenceMs === undefined ? {} : { fenceMs }) });
+  return t;
+}
+
+/** With redispatch, its worker never confirmed letting go by the release deadline: fenced, still marked released. */
+function fencingReleased() {
+  const t = releasing({ redispatch: true });
+  t.clock.increment(timing.releaseTimeoutMs);
+  return t;
+}
+
+/** Taken over from a dead node with redispatch: its worker is nowhere, but may still run the job. */
+function fenced(ms = 400, options: Options = {}) {
+  return dispatch({ redispatch: true, fence: { workerId: "w5", ms }, ...options });
 }
 
 const status = (s: string, workerId: string | null, attempts: number) => ({
@@ -130,6 +150,7 @@ describe("dispatch machine: finding a worker", () => {
       boundEpoch: 0,
       attempts: 0,
       cause: null,
+      released: false,
       final: null,
     });
 
@@ -376,12 +397,16 @@ describe("dispatch machine: running and ending", () => {
     }
   });
 
-  it("with redispatch a lost worker puts the job back: unbind, pending, the worker tried at its bound epoch", () => {
+  it("with redispatch a lost worker puts the job back after its fence: unbind, pending, the worker tried at its bound epoch", () => {
     for (const t of [assigned({ redispatch: true }), running({ redispatch: true })]) {
       t.fresh();
       t.send({ type: "worker_gone", workerId: "w1" });
+      // It may still run the job there under its lease: nothing is offered until that has run out.
+      expect(t.value()).toBe("fencing");
+      expect(t.fresh()).toEqual([ev("unbind")]);
+      t.elapse(timing.leaseFenceMs);
       expect(t.value()).toEqual({ unassigned: "pending" });
-      expect(t.fresh()).toEqual([ev("unbind"), status("pending", null, 1), needCandidate({ w1: EPOCH })]);
+      expect(t.fresh()).toEqual([status("pending", null, 1), needCandidate({ w1: EPOCH })]);
       expect(t.context()).toMatchObject({ workerId: null, tried: { w1: EPOCH }, attempts: 1 });
       t.send({ type: "candidate", workerId: "w2", epoch: 1 });
       t.send({ type: "answer", workerId: "w2", available: true });
@@ -403,6 +428,8 @@ describe("dispatch machine: running and ending", () => {
 
     const again = dispatch({ adoptedBy: "w7", redispatch: true });
     again.send({ type: "worker_gone", workerId: "w7" });
+    expect(again.value()).toBe("fencing");
+    again.elapse(timing.leaseFenceMs);
     expect(again.value()).toEqual({ unassigned: "pending" });
     expect(again.of("need_candidate").at(-1)).toEqual(needCandidate({ w7: 0 }));
   });
@@ -491,6 +518,54 @@ describe("dispatch machine: cancel", () => {
     expectBalanced(silent);
     expect(silent.of("need_candidate")).toHaveLength(1);
   });
+
+  it("a cancelled job is never offered again: with redispatch, a lapsed lease while cancelling ends it failed", () => {
+    const starts: [string, () => Dispatch][] = [
+      ["assigned", () => assigned({ redispatch: true })],
+      ["running", () => running({ redispatch: true })],
+      // Cancelled while releasing: the worker was told to let go twice over.
+      ["releasing", () => releasing({ redispatch: true })],
+    ];
+    for (const [name, make] of starts) {
+      const t = make();
+      t.send({ type: "cancel", reason: "user" });
+      expect(t.value(), name).toEqual({ bound: "cancelling" });
+      t.fresh();
+      // Another worker's lapsed lease changes nothing.
+      t.send({ type: "job_update", workerId: "w2", status: "failed", reason: "lease_lapsed" });
+      expect(t.value(), name).toEqual({ bound: "cancelling" });
+      expect(t.fresh(), name).toEqual([]);
+      t.send({
+        type: "job_update",
+        workerId: "w1",
+        status: "failed",
+        reason: "lease_lapsed",
+        exitCode: null,
+        signal: "SIGKILL",
+      });
+      expectFinal(t, {
+        status: "failed",
+        reason: "lease_lapsed",
+        workerId: "w1",
+        exitCode: null,
+        signal: "SIGKILL",
+        attempts: 1,
+      });
+      expect(t.fresh(), name).toEqual([ev("unbind"), { type: "finished", jobId: "j1", output: t.output() }]);
+      expect(t.of("need_candidate"), name).toHaveLength(1);
+      expectBalanced(t);
+      // Nothing follows: no fence, no new search, however long.
+      t.clock.increment(timing.leaseFenceMs + timing.dispatchTimeoutMs);
+      expect(t.fresh(), name).toEqual([]);
+
+      const confirmed = make();
+      confirmed.send({ type: "cancel" });
+      confirmed.send({ type: "job_update", workerId: "w1", status: "cancelled", reason: "cancelled" });
+      expectFinal(confirmed, { status: "cancelled", reason: "cancelled", workerId: "w1", attempts: 1 });
+      expect(confirmed.of("need_candidate"), name).toHaveLength(1);
+      expectBalanced(confirmed);
+    }
+  });
 });
 
 describe("dispatch machine: the running deadline (a)", () => {
@@ -519,12 +594,15 @@ describe("dispatch machine: the running deadline (a)", () => {
     expectBalanced(t, { bound: "w1" });
   });
 
-  it("with redispatch: offered elsewhere only after the release deadline, the worker tried at its epoch", () => {
+  it("with redispatch: offered elsewhere only after the release deadline and its fence, the worker tried at its epoch", () => {
     const t = releasing({ redispatch: true });
     t.fresh();
     t.elapse(timing.releaseTimeoutMs);
+    expect(t.value()).toBe("fencing");
+    expect(t.fresh()).toEqual([ev("unbind")]);
+    t.elapse(timing.leaseFenceMs);
     expect(t.value()).toEqual({ unassigned: "pending" });
-    expect(t.fresh()).toEqual([ev("unbind"), status("pending", null, 1), needCandidate({ w1: EPOCH })]);
+    expect(t.fresh()).toEqual([status("pending", null, 1), needCandidate({ w1: EPOCH })]);
     expect(t.context()).toMatchObject({ workerId: null, attempts: 1 });
   });
 
@@ -551,9 +629,11 @@ describe("dispatch machine: the running deadline (a)", () => {
     }
   });
 
-  it("the worker's loss ends the wait: redispatch, or failed without", () => {
+  it("the worker's loss ends the wait: redispatch after its fence, or failed without", () => {
     const again = releasing({ redispatch: true });
     again.send({ type: "worker_gone", workerId: "w1" });
+    expect(again.value()).toBe("fencing");
+    again.elapse(timing.leaseFenceMs);
     expect(again.value()).toEqual({ unassigned: "pending" });
     expect(again.of("need_candidate").at(-1)).toEqual(needCandidate({ w1: EPOCH }));
     expectBalanced(again);
@@ -589,6 +669,384 @@ describe("dispatch machine: the running deadline (a)", () => {
   });
 });
 
+describe("dispatch machine: fencing (the lost worker may still run the job under its lease)", () => {
+  it("worker_gone with fenceMs 0 moves on at once, after a 0 ms delay", () => {
+    const t = running({ redispatch: true });
+    t.fresh();
+    t.send({ type: "worker_gone", workerId: "w1", fenceMs: 0 });
+    expect(t.value()).toBe("fencing");
+    expect(t.context()).toMatchObject({ fenceMs: 0, workerId: "w1" });
+    expect(t.fresh()).toEqual([ev("unbind")]);
+    t.clock.increment(0);
+    expect(t.value()).toEqual({ unassigned: "pending" });
+    expect(t.fresh()).toEqual([status("pending", null, 1), needCandidate({ w1: EPOCH })]);
+    expect(t.context()).toMatchObject({ workerId: null, tried: { w1: EPOCH }, attempts: 1 });
+  });
+
+  it("worker_gone with fenceMs N: still fencing at N − 1, pending at N", () => {
+    const t = fencing({}, 700);
+    expect(t.value()).toBe("fencing");
+    expect(t.context().fenceMs).toBe(700);
+    t.fresh();
+    // elapse: nothing at all happens at N − 1.
+    t.elapse(700);
+    expect(t.value()).toEqual({ unassigned: "pending" });
+    expect(t.fresh()).toEqual([status("pending", null, 1), needCandidate({ w1: EPOCH })]);
+  });
+
+  it("worker_gone without fenceMs waits leaseFenceMs, whether assigned, running or adopted unconfirmed", () => {
+    const cases: [string, () => Dispatch, string, number][] = [
+      ["assigned", () => assigned({ redispatch: true }), "w1", EPOCH],
+      ["running", () => running({ redispatch: true }), "w1", EPOCH],
+      ["unconfirmed", () => dispatch({ redispatch: true, adoptedBy: "w7", adoptedAs: "assigned" }), "w7", 0],
+    ];
+    for (const [name, make, workerId, epoch] of cases) {
+      const t = make();
+      t.send({ type: "worker_gone", workerId });
+      expect(t.value(), name).toBe("fencing");
+      expect(t.context().fenceMs, name).toBe(timing.leaseFenceMs);
+      t.fresh();
+      t.elapse(timing.leaseFenceMs);
+      expect(t.value(), name).toEqual({ unassigned: "pending" });
+      expect(t.fresh(), name).toEqual([status("pending", null, 1), needCandidate({ [workerId]: epoch })]);
+      expectBalanced(t);
+    }
+  });
+
+  it("the release deadline fences for the whole leaseFenceMs", () => {
+    const t = releasing({ redispatch: true });
+    t.fresh();
+    t.elapse(timing.releaseTimeoutMs);
+    expect(t.value()).toBe("fencing");
+    expect(t.context()).toMatchObject({ fenceMs: timing.leaseFenceMs, workerId: "w1" });
+    expect(t.fresh()).toEqual([ev("unbind")]);
+    t.elapse(timing.leaseFenceMs);
+    expect(t.value()).toEqual({ unassigned: "pending" });
+    expect(t.fresh()).toEqual([status("pending", null, 1), needCandidate({ w1: EPOCH })]);
+  });
+
+  it("releasing, then the worker is gone: fenced for the event's fenceMs (leaseFenceMs without)", () => {
+    for (const fenceMs of [250, undefined]) {
+      const t = releasing({ redispatch: true });
+      t.fresh();
+      t.send({ type: "worker_gone", workerId: "w1", ...(fenceMs === undefined ? {} : { fenceMs }) });
+      expect(t.value()).toBe("fencing");
+      expect(t.fresh()).toEqual([ev("unbind")]);
+      t.elapse(fenceMs ?? timing.leaseFenceMs);
+      expect(t.value()).toEqual({ unassigned: "pending" });
+      expect(t.fresh()).toEqual([status("pending", null, 1), needCandidate({ w1: EPOCH })]);
+    }
+  });
+
+  it("the worker coming back and reporting running keeps the job there: bound.running, bind again", () => {
+    const t = fencing({}, 700);
+    t.clock.increment(699);
+    t.fresh();
+    t.send({ type: "job_update", workerId: "w1", status: "running" });
+    expect(t.value()).toEqual({ bound: "running" });
+    expect(t.fresh()).toEqual([ev("bind"), status("running", "w1", 1)]);
+    expect(t.context()).toMatchObject({ workerId: "w1", attempts: 1 });
+    expect(t.of("bind").map((e) => e.workerId)).toEqual(["w1", "w1"]);
+    expectBalanced(t, { bound: "w1" });
+    // The fence timer went with the state: nothing happens when it would have passed.
+    t.clock.increment(timing.leaseFenceMs + timing.dispatchTimeoutMs);
+    expect(t.value()).toEqual({ bound: "running" });
+    expect(t.fresh()).toEqual([]);
+    t.send({ type: "job_update", workerId: "w1", status: "completed" });
+    expectFinal(t, { status: "completed", workerId: "w1", attempts: 1 });
+    expectBalanced(t);
+    expect(t.of("need_candidate")).toHaveLength(1);
+  });
+
+  it("not told to let go (lost while assigned, unconfirmed or running, or a fenced start): its running report keeps it running", () => {
+    const cases: [string, () => Dispatch, string, number][] = [
+      ["assigned", () => assigned({ redispatch: true }), "w1", 1],
+      ["unconfirmed", () => dispatch({ redispatch: true, adoptedBy: "w7", adoptedAs: "assigned" }), "w7", 1],
+      ["running", () => running({ redispatch: true }), "w1", 1],
+      ["fenced start", () => fenced(), "w5", 1],
+    ];
+    for (const [name, make, workerId, attempts] of cases) {
+      const t = make();
+      if (name !== "fenced start") t.send({ type: "worker_gone", workerId });
+      expect(t.value(), name).toBe("fencing");
+      expect(t.context().released, name).toBe(false);
+      t.fresh();
+      t.send({ type: "job_update", workerId, status: "running" });
+      expect(t.value(), name).toEqual({ bound: "running" });
+      expect(t.fresh(), name).toEqual([ev("bind", workerId), status("running", workerId, attempts)]);
+      expect(t.of("terminate"), name).toEqual([]);
+    }
+  });
+
+  it("the running deadline marks the worker released; letting it go clears the mark", () => {
+    const t = assigned({ redispatch: true });
+    expect(t.context().released).toBe(false);
+    t.clock.increment(timing.runningTimeoutMs);
+    expect(t.value()).toEqual({ bound: "releasing" });
+    expect(t.context().released).toBe(true);
+    t.clock.increment(timing.releaseTimeoutMs);
+    expect(t.value()).toBe("fencing");
+    expect(t.context().released).toBe(true);
+    t.clock.increment(timing.leaseFenceMs);
+    expect(t.value()).toEqual({ unassigned: "pending" });
+    expect(t.context()).toMatchObject({ released: false, workerId: null });
+    // The next worker, lost while assigned, runs the job when it comes back: it was never told to let go.
+    t.send({ type: "candidate", workerId: "w2", epoch: 1 });
+    t.send({ type: "answer", workerId: "w2", available: true });
+    t.send({ type: "worker_gone", workerId: "w2" });
+    t.send({ type: "job_update", workerId: "w2", status: "running" });
+    expect(t.value()).toEqual({ bound: "running" });
+    expect(t.of("terminate").map((e) => e.workerId)).toEqual(["w1"]);
+
+    // The worker's final report (with redispatch) and a final report while fenced clear it too.
+    const confirmed = releasing({ redispatch: true });
+    confirmed.send({ type: "job_update", workerId: "w1", status: "cancelled" });
+    expect(confirmed.value()).toEqual({ unassigned: "pending" });
+    expect(confirmed.context().released).toBe(false);
+    const stopped = fencingReleased();
+    stopped.send({ type: "job_update", workerId: "w1", status: "failed", reason: "lease_lapsed" });
+    expect(stopped.value()).toEqual({ unassigned: "pending" });
+    expect(stopped.context().released).toBe(false);
+
+    // An adopted unconfirmed job's worker is marked too.
+    const adopted = dispatch({ redispatch: true, adoptedBy: "w7", adoptedAs: "assigned" });
+    adopted.clock.increment(timing.runningTimeoutMs);
+    expect(adopted.context()).toMatchObject({ released: true, workerId: "w7" });
+  });
+
+  it("a released worker coming back running is told again to let go: back to releasing, not running", () => {
+    const ways: [string, (t: Dispatch) => void][] = [
+      ["release deadline", (t) => t.clock.increment(timing.releaseTimeoutMs)],
+      ["lost while releasing", (t) => t.send({ type: "worker_gone", workerId: "w1", fenceMs: 700 })],
+    ];
+    for (const [name, into] of ways) {
+      const t = releasing({ redispatch: true });
+      into(t);
+      expect(t.value(), name).toBe("fencing");
+      expect(t.context().released, name).toBe(true);
+      t.clock.increment(100);
+      t.fresh();
+      t.send({ type: "job_update", workerId: "w2", status: "running" });
+      expect(t.value(), name).toBe("fencing");
+      t.send({ type: "job_update", workerId: "w1", status: "running" });
+      expect(t.value(), name).toEqual({ bound: "releasing" });
+      // Its first termination may have gone with its connection: it is sent again. No status: it is
+      // not running as far as the dispatch is concerned.
+      expect(t.fresh(), name).toEqual([{ ...ev("terminate"), reason: "did not start in time" }, ev("bind")]);
+      expect(t.context(), name).toMatchObject({ workerId: "w1", released: true, attempts: 1 });
+      expectBalanced(t, { bound: "w1" });
+      // Running again changes nothing; the fence timer went with fencing; the release deadline runs again, whole.
+      t.send({ type: "job_update", workerId: "w1", status: "running" });
+      t.elapse(timing.releaseTimeoutMs);
+      expect(t.value(), name).toBe("fencing");
+      expect(t.fresh(), name).toEqual([ev("unbind")]);
+      expect(t.context(), name).toMatchObject({ workerId: "w1", released: true, fenceMs: timing.leaseFenceMs });
+      t.elapse(timing.leaseFenceMs);
+      expect(t.value(), name).toEqual({ unassigned: "pending" });
+      expect(t.fresh(), name).toEqual([status("pending", null, 1), needCandidate({ w1: EPOCH })]);
+      expectBalanced(t);
+    }
+  });
+
+  it("from releasing re-entered from fencing, the worker's cancelled report puts the job back as in releasing", () => {
+    const t = fencingReleased();
+    t.send({ type: "job_update", workerId: "w1", status: "running" });
+    expect(t.value()).toEqual({ bound: "releasing" });
+    t.fresh();
+    t.send({ type: "job_update", workerId: "w1", status: "cancelled", reason: "did not start in time" });
+    expect(t.value()).toEqual({ unassigned: "pending" });
+    expect(t.fresh()).toEqual([ev("unbind"), status("pending", null, 1), needCandidate({ w1: EPOCH })]);
+    expect(t.context()).toMatchObject({ workerId: null, released: false, final: null, tried: { w1: EPOCH } });
+    expect(t.of("finished")).toEqual([]);
+    expectBalanced(t);
+
+    // Or it ran the job after all and says it completed: that is what happened.
+    const done = fencingReleased();
+    done.send({ type: "job_update", workerId: "w1", status: "running" });
+    done.send({ type: "job_update", workerId: "w1", status: "completed" });
+    expectFinal(done, { status: "completed", workerId: "w1", attempts: 1 });
+    expectBalanced(done);
+  });
+
+  it("the worker reporting completed while fenced ends it completed (through settling)", () => {
+    const t = fencing();
+    t.send({ type: "job_update", workerId: "w1", status: "completed", reason: "done while cut off" });
+    expectFinal(t, { status: "completed", reason: "done while cut off", workerId: "w1", attempts: 1 });
+    expectBalanced(t);
+    expect(t.of("need_candidate")).toHaveLength(1);
+    expect(t.of("bind")).toHaveLength(1);
+  });
+
+  it("any other final report from it while fenced: it stopped, offered elsewhere at once, tried at its epoch", () => {
+    for (const s of ["failed", "cancelled"] as const) {
+      const t = fencing({}, 700);
+      t.clock.increment(100);
+      t.fresh();
+      t.send({ type: "job_update", workerId: "w1", status: s, reason: "lease_lapsed" });
+      expect(t.value(), s).toEqual({ unassigned: "pending" });
+      expect(t.fresh(), s).toEqual([status("pending", null, 1), needCandidate({ w1: EPOCH })]);
+      expect(t.context(), s).toMatchObject({ workerId: null, tried: { w1: EPOCH }, final: null, attempts: 1 });
+      // The fence timer went with the state: no second search when it would have passed.
+      t.clock.increment(600);
+      expect(t.fresh(), s).toEqual([]);
+      expectBalanced(t);
+    }
+  });
+
+  it('a cancel while fenced ends it cancelled "cancelled while its worker was unreachable"', () => {
+    const t = fencing();
+    t.fresh();
+    t.send({ type: "cancel", reason: "user" });
+    expectFinal(t, {
+      status: "cancelled",
+      reason: "cancelled while its worker was unreachable",
+      workerId: "w1",
+      attempts: 1,
+    });
+    // Nothing can reach the worker: no termination is sent.
+    expect(t.fresh()).toEqual([{ type: "finished", jobId: "j1", output: t.output() }]);
+    t.clock.increment(timing.leaseFenceMs + timing.dispatchTimeoutMs);
+    expect(t.fresh()).toEqual([]);
+    expectBalanced(t);
+  });
+
+  it("while fenced, worker_gone (even with a shorter fenceMs) and other workers' reports change nothing", () => {
+    const t = fencing({}, 700);
+    t.fresh();
+    t.clock.increment(100);
+    for (const e of [
+      { type: "worker_gone", workerId: "w1" },
+      { type: "worker_gone", workerId: "w1", fenceMs: 0 },
+      { type: "worker_gone", workerId: "w2", fenceMs: 0 },
+      { type: "job_update", workerId: "w2", status: "running" },
+      { type: "job_update", workerId: "w2", status: "completed" },
+      { type: "job_update", workerId: "w2", status: "failed" },
+      { type: "candidate", workerId: "w2", epoch: 1 },
+      { type: "no_candidate", cause: "x" },
+      { type: "capacity_changed" },
+      { type: "answer", workerId: "w1", available: true },
+      { type: "assignment_fenced", workerId: "w1" },
+    ] as DispatchEvent[]) {
+      t.send(e);
+      t.clock.increment(0);
+      expect(t.value()).toBe("fencing");
+    }
+    expect(t.fresh()).toEqual([]);
+    expect(t.context()).toMatchObject({ workerId: "w1", fenceMs: 700, candidate: null });
+    // The fence still ends when it was first due.
+    t.elapse(600);
+    expect(t.value()).toEqual({ unassigned: "pending" });
+  });
+
+  it("input fence: starts fencing its worker (nothing emitted, one attempt: the dead node's), then offers the job after ms", () => {
+    const t = fenced(400, { prefer: "w9", hops: 1, tried: { w4: 2 } });
+    expect(t.value()).toBe("fencing");
+    expect(t.fresh()).toEqual([]);
+    expect(t.context()).toMatchObject({
+      workerId: "w5",
+      adoptedAs: null,
+      boundEpoch: 0,
+      attempts: 1,
+      fenceMs: 400,
+      released: false,
+      tried: { w4: 2 },
+    });
+    t.elapse(400);
+    expect(t.value()).toEqual({ unassigned: "pending" });
+    expect(t.fresh()).toEqual([status("pending", null, 1), needCandidate({ w4: 2, w5: 0 }, "w9", 1)]);
+    expect(t.context().workerId).toBeNull();
+    expectBalanced(t);
+    // The next worker is its second attempt.
+    t.send({ type: "candidate", workerId: "w9", epoch: 1 });
+    t.send({ type: "answer", workerId: "w9", available: true });
+    expect(t.of("status").at(-1)).toEqual(status("assigned", "w9", 2));
+  });
+
+  it("input fence: its worker reporting running binds it; cancel ends it; adoptedBy wins over fence", () => {
+    const back = fenced();
+    back.send({ type: "job_update", workerId: "w5", status: "running" });
+    expect(back.value()).toEqual({ bound: "running" });
+    expect(back.fresh()).toEqual([ev("bind", "w5"), status("running", "w5", 1)]);
+    back.clock.increment(400);
+    expect(back.value()).toEqual({ bound: "running" });
+
+    const cancelled = fenced();
+    cancelled.send({ type: "cancel" });
+    expectFinal(cancelled, {
+      status: "cancelled",
+      reason: "cancelled while its worker was unreachable",
+      workerId: "w5",
+      attempts: 1,
+    });
+
+    const adopted = dispatch({ redispatch: true, adoptedBy: "w7", fence: { workerId: "w5", ms: 400 } });
+    expect(adopted.value()).toEqual({ bound: "running" });
+    expect(adopted.context()).toMatchObject({ workerId: "w7", fenceMs: 0 });
+  });
+
+  it("the dispatch deadline starts counting only once the fence has passed", () => {
+    // A fence longer than the dispatch deadline: had the deadline run during it, it would be rejected.
+    const fenceMs = timing.dispatchTimeoutMs + 500;
+    const cases: [string, () => Dispatch][] = [
+      ["lost worker", () => fencing({}, fenceMs)],
+      ["fenced start", () => fenced(fenceMs)],
+    ];
+    for (const [name, make] of cases) {
+      const t = make();
+      t.elapse(fenceMs);
+      expect(t.value(), name).toEqual({ unassigned: "pending" });
+      t.send({ type: "no_candidate", cause: "no worker serves A" });
+      t.elapse(timing.dispatchTimeoutMs);
+      expect(t.value(), name).toBe("rejected");
+      expect(t.output(), name).toMatchObject({ status: "rejected", reason: "no worker serves A", workerId: null });
+    }
+  });
+});
+
+describe("dispatch machine: the worker's lease lapsed", () => {
+  const lapsed = { type: "job_update", workerId: "w1", status: "failed", reason: "lease_lapsed" } as const;
+
+  it("with redispatch, its report from assigned or running puts the job back at once: no fence", () => {
+    for (const [name, make] of [
+      ["assigned", () => assigned({ redispatch: true })],
+      ["running", () => running({ redispatch: true })],
+    ] as const) {
+      const t = make();
+      t.fresh();
+      t.send(lapsed);
+      expect(t.value(), name).toEqual({ unassigned: "pending" });
+      expect(t.fresh(), name).toEqual([ev("unbind"), status("pending", null, 1), needCandidate({ w1: EPOCH })]);
+      expect(t.context(), name).toMatchObject({ workerId: null, tried: { w1: EPOCH }, final: null });
+      expectBalanced(t);
+    }
+  });
+
+  it("from another worker it changes nothing", () => {
+    const t = running({ redispatch: true });
+    t.fresh();
+    t.send({ ...lapsed, workerId: "w2" });
+    expect(t.value()).toEqual({ bound: "running" });
+    expect(t.fresh()).toEqual([]);
+  });
+
+  it("without redispatch it is recorded as it is: failed, lease_lapsed", () => {
+    for (const make of [assigned, running]) {
+      const t = make();
+      t.send({ ...lapsed, exitCode: null, signal: "SIGKILL" });
+      expectFinal(t, {
+        status: "failed",
+        reason: "lease_lapsed",
+        workerId: "w1",
+        exitCode: null,
+        signal: "SIGKILL",
+        attempts: 1,
+      });
+      expect(t.of("need_candidate")).toHaveLength(1);
+      expectBalanced(t);
+    }
+  });
+});
+
 describe("dispatch machine: taken over", () => {
   it("lets go from any live state without recording an outcome, releasing or unbinding what it held", () => {
     const cases: [string, () => Dispatch, { offering?: string; bound?: string; waiting?: boolean }][] = [
@@ -608,6 +1066,9 @@ describe("dispatch machine: taken over", () => {
       ["cancelling", () => cancelling(), { bound: "w1" }],
       ["releasing", () => releasing(), { bound: "w1" }],
       ["adopted", () => dispatch({ adoptedBy: "w1" }), { bound: "w1" }],
+      ["fencing", () => fencing(), {}],
+      ["fencing, released", fencingReleased, {}],
+      ["fenced start", () => fenced(), {}],
     ];
     for (const [name, make, held] of cases) {
       const t = make();
@@ -688,7 +1149,22 @@ describe("dispatch machine: reserve/release, bind/unbind and waiting/waiting_ove
       ["running: cancelled", () => running(), report("cancelled")],
       ["running: lost", () => running(), gone],
       ["running: lost, redispatch", () => running({ redispatch: true }), gone],
+      [
+        "running: lease lapsed, redispatch",
+        () => running({ redispatch: true }),
+        (t) => t.send({ type: "job_update", workerId: "w1", status: "failed", reason: "lease_lapsed" }),
+      ],
+      [
+        "assigned: lease lapsed, redispatch",
+        () => assigned({ redispatch: true }),
+        (t) => t.send({ type: "job_update", workerId: "w1", status: "failed", reason: "lease_lapsed" }),
+      ],
       ["cancelling: report", () => cancelling(), report("cancelled")],
+      [
+        "cancelling: lease lapsed, redispatch",
+        () => cancelling({ redispatch: true }),
+        (t) => t.send({ type: "job_update", workerId: "w1", status: "failed", reason: "lease_lapsed" }),
+      ],
       ["cancelling: lost", () => cancelling(), gone],
       ["cancelling: timeout", () => cancelling(), (t) => t.clock.increment(timing.cancelTimeoutMs)],
       ["releasing: timeout", () => releasing(), (t) => t.clock.increment(timing.releaseTimeoutMs)],
@@ -731,6 +1207,10 @@ describe("dispatch machine: robustness", () => {
     { type: "job_update", workerId: "w2", status: "failed" },
     { type: "worker_gone", workerId: "w1" },
     { type: "worker_gone", workerId: "w3" },
+    { type: "worker_gone", workerId: "w5", fenceMs: 0 },
+    { type: "job_update", workerId: "w5", status: "running" },
+    { type: "job_update", workerId: "w1", status: "failed", reason: "lease_lapsed" },
+    { type: "assignment_fenced", workerId: "w1" },
     { type: "cancel" },
   ];
 
@@ -743,6 +1223,10 @@ describe("dispatch machine: robustness", () => {
       () => releasing(),
       () => cancelling(),
       () => dispatch({ adoptedBy: "w1" }),
+      () => fencing(),
+      () => fencing({}, 0),
+      fencingReleased,
+      () => fenced(),
     ];
     const check = (t: Dispatch) => {
       expect(t.status()).not.toBe("error");
@@ -774,13 +1258,21 @@ describe("dispatch machine: robustness", () => {
 
   it("at most one worker is ever bound at a time", () => {
     const t = running({ redispatch: true });
-    t.send({ type: "worker_gone", workerId: "w1" });
+    t.send({ type: "worker_gone", workerId: "w1", fenceMs: 200 });
+    // No worker is asked while the lost one may still run the job.
+    t.send({ type: "candidate", workerId: "w2", epoch: 1 });
+    t.send({ type: "answer", workerId: "w2", available: true });
+    expect(t.value()).toBe("fencing");
+    t.clock.increment(200);
     t.send({ type: "candidate", workerId: "w2", epoch: 1 });
     t.send({ type: "answer", workerId: "w2", available: true });
     t.clock.increment(timing.runningTimeoutMs);
     t.send({ type: "candidate", workerId: "w3", epoch: 1 });
     expect(t.value()).toEqual({ bound: "releasing" });
     t.clock.increment(timing.releaseTimeoutMs);
+    t.send({ type: "candidate", workerId: "w3", epoch: 1 });
+    expect(t.value()).toBe("fencing");
+    t.clock.increment(timing.leaseFenceMs);
     t.send({ type: "candidate", workerId: "w3", epoch: 1 });
     t.send({ type: "answer", workerId: "w3", available: true });
     let bound = 0;

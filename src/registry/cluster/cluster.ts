@@ -5,6 +5,7 @@ import type { JobRecord, RetentionOptions } from "../store.ts";
 import { ClusterHousekeeping, type HousekeepingRedis } from "./housekeeping.ts";
 import { INBOX_LENGTH, NodeInbox } from "./inbox.ts";
 import { type NodeMessage, nodeMessage, type ViewMessage, viewMessage, type WorkerView } from "./messages.ts";
+import { Presence } from "./presence.ts";
 import { RedisJobStore } from "./redis-store.ts";
 
 export interface ClusterSettings {
@@ -36,8 +37,12 @@ export interface ClusterHost {
   hasWorker(workerId: string): boolean;
   /** This node runs a dispatch (offering, waiting, or watching a running job) for the job. */
   hasDispatch(jobId: string): boolean;
-  /** Run this node's dispatch for a record it has just claimed; adopted when `runningOn` is given. */
-  resume(record: JobRecord, runningOn?: string): void;
+  /**
+   * Run this node's dispatch for a record it has just claimed; adopted when `runningOn` is given.
+   * `fencedFrom`: the worker that had it is nowhere, but may still run it under a lease another node
+   * renewed; it is offered elsewhere once that has surely run out.
+   */
+  resume(record: JobRecord, runningOn?: string, fencedFrom?: string): void;
 }
 
 // KEYS: workers hash. ARGV: workerId, nodeId. Deletes the view only while that node still holds it.
@@ -67,6 +72,7 @@ export class RegistryCluster {
   readonly #heartbeatMs: number;
   readonly #nodeTtlMs: number;
   readonly #housekeeping: ClusterHousekeeping;
+  readonly #presence: Presence;
   #host: ClusterHost | undefined;
   /** Presence renewal, on its own schedule: slow reaping or sweeping must never make this node look dead. */
   #presenceTimer: NodeJS.Timeout | undefined;
@@ -82,6 +88,7 @@ export class RegistryCluster {
     this.#prefix = settings.prefix ?? "troupe:";
     this.#heartbeatMs = settings.heartbeatMs ?? 1_000;
     this.#nodeTtlMs = settings.nodeTtlMs ?? 3 * this.#heartbeatMs;
+    this.#presence = new Presence(this.#nodeTtlMs, () => Date.now());
     const connect = (enableAutoPipelining = true) => {
       const client = new Redis(settings.redisUrl, { maxRetriesPerRequest: 3, enableAutoPipelining });
       client.on("error", (error) => this.logger.warn({ err: error.message }, "redis connection error"));
@@ -275,13 +282,23 @@ export class RegistryCluster {
   }
 
   async #renew(): Promise<void> {
-    await this.#redis
-      .multi()
-      .set(this.#key(`nodeAlive:${this.nodeId}`), String(Date.now()), "PX", this.#nodeTtlMs)
-      .sadd(this.#key("nodes"), this.nodeId)
-      // Alive after all (it was only slow): the clock of a death that did not happen starts over.
-      .del(this.#key(`diedAt:${this.nodeId}`))
-      .exec();
+    await this.#presence.renew(() =>
+      this.#redis
+        .multi()
+        .set(this.#key(`nodeAlive:${this.nodeId}`), String(Date.now()), "PX", this.#nodeTtlMs)
+        .sadd(this.#key("nodes"), this.nodeId)
+        // Alive after all (it was only slow): the clock of a death that did not happen starts over.
+        .del(this.#key(`diedAt:${this.nodeId}`))
+        .exec()
+        .then((replies) => {
+          const failed = replies?.find(([error]) => error);
+          if (!replies || failed) throw failed?.[0] ?? new Error("presence renewal discarded");
+        }),
+    );
+  }
+
+  presenceHeldSince(): number {
+    return this.#closed ? Number.POSITIVE_INFINITY : this.#presence.heldSince();
   }
 
   /** One round at a time: the next is scheduled only when this one has finished, however long it took. */
@@ -319,6 +336,8 @@ export class RegistryCluster {
           }
         }
       },
+      claimFromDead: (jobId, deadNode) =>
+        this.store.claimFromDead(jobId, deadNode, this.nodeId, this.#key(`nodeAlive:${deadNode}`)),
       forget: async (deadNode) => {
         await redis
           .multi()

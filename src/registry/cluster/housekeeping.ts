@@ -18,6 +18,11 @@ export interface HousekeepingRedis {
   dropViewsOf(deadNode: string): Promise<void>;
   /** Every job of the dead node is settled: it leaves the member set, and its inbox goes. */
   forget(deadNode: string): Promise<void>;
+  /**
+   * Claims a job of a node found dead for this one (as JobStore.claim), in one step with checking
+   * that node's presence key is still gone: a node that was only slow and has renewed keeps its jobs.
+   */
+  claimFromDead(jobId: string, deadNode: string): Promise<JobRecord | undefined>;
 }
 
 export interface HousekeepingSettings {
@@ -128,7 +133,7 @@ export class ClusterHousekeeping {
       if (workerId && !this.#whereNow(host, workerId) && !pastDeadline) continue;
       // Claimed first, then decided on the record as the claim found it: the dead node may have
       // bound the job after the listing above (it was only slow, not dead), and then it is running.
-      const claimed = await this.store.claim(stale.id, deadNode, nodeId);
+      const claimed = await this.redis.claimFromDead(stale.id, deadNode);
       if (!claimed) continue;
       // Told even though it is believed dead: one that was only slow must let go of the job.
       this.send(deadNode, { type: "handover", jobId: claimed.id, to: nodeId });
@@ -188,7 +193,8 @@ export class ClusterHousekeeping {
         { status: "pending", reason: "worker lost with its registry node; dispatched again" },
         nodeId,
       );
-      if (again) host.resume(again);
+      // Its worker may still run it under the lease the dead node last renewed: offered once that has run out.
+      if (again) host.resume(again, undefined, bound);
       return "dispatched_again";
     }
     await this.store.update(claimed.id, { status: "lost", reason: lostReason }, nodeId);

@@ -142,11 +142,18 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'message', ARGV[3])
 return redis.call('HGETALL', KEYS[1])
 `;
 
+// KEYS: job, the presence key of the node it is claimed from. ARGV: as CLAIM. A node found dead that
+// renewed its presence since (it was only slow) keeps its jobs.
+const CLAIM_FROM_DEAD = `
+if redis.call('EXISTS', KEYS[2]) == 1 then return nil end
+${CLAIM}`;
+
 interface ScriptedRedis extends Redis {
   troupeCreate(...args: (string | number)[]): Promise<[number, string[]]>;
   troupeUpdate(...args: (string | number)[]): Promise<string[] | null>;
   troupeClaim(...args: (string | number)[]): Promise<string[] | null>;
   troupeClaimAndSend(...args: (string | number)[]): Promise<string[] | null>;
+  troupeClaimFromDead(...args: (string | number)[]): Promise<string[] | null>;
   troupeRetained(...args: string[]): Promise<[number, string]>;
 }
 
@@ -175,6 +182,7 @@ export class RedisJobStore implements JobStore {
     client.defineCommand("troupeUpdate", { numberOfKeys: 6, lua: UPDATE });
     client.defineCommand("troupeClaim", { numberOfKeys: 1, lua: CLAIM });
     client.defineCommand("troupeClaimAndSend", { numberOfKeys: 2, lua: CLAIM_AND_SEND });
+    client.defineCommand("troupeClaimFromDead", { numberOfKeys: 2, lua: CLAIM_FROM_DEAD });
     client.defineCommand("troupeRetained", { numberOfKeys: 3, lua: RETAINED });
     this.redis = client as ScriptedRedis;
     this.prefix = options.prefix ?? "troupe:";
@@ -268,6 +276,17 @@ export class RedisJobStore implements JobStore {
     const fields = await this.redis.troupeClaim(
       this.#key(`job:${id}`),
       from === undefined ? "" : JSON.stringify(from),
+      JSON.stringify(to),
+    );
+    return fields ? decodeRecord(fields) : undefined;
+  }
+
+  /** Claims the job from a node found dead (as `claim`), only while its presence key `aliveKey` is absent. */
+  async claimFromDead(id: string, from: string, to: string, aliveKey: string) {
+    const fields = await this.redis.troupeClaimFromDead(
+      this.#key(`job:${id}`),
+      aliveKey,
+      JSON.stringify(from),
       JSON.stringify(to),
     );
     return fields ? decodeRecord(fields) : undefined;

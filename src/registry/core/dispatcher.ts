@@ -9,6 +9,7 @@ import {
 import { DispatchTrace } from "../../observability/tracing/dispatch-trace.ts";
 import { type DispatchOrigin, dispatchReasonLabel, OFFER_ANSWER_LABELS } from "../metrics.ts";
 import type { JobRecord } from "../store.ts";
+import { LEASE_MARGIN_MS } from "../timing.ts";
 import type { NodeStrategy } from "./node-strategy.ts";
 import { place } from "./placement.ts";
 import type { RegistryDeps, RoomAssignment } from "./ports.ts";
@@ -22,6 +23,20 @@ export interface LiveDispatch {
   room: RoomAssignment | undefined;
   /** Its OpenTelemetry spans, derived from what its machine emits. */
   trace: DispatchTrace;
+  /** clock.now() when this node started it: no lease this node renewed for the job is older. */
+  startedAt: number;
+  /** clock.now() when its latest assignment left for its worker, which counts the job's lease from before then. */
+  assignedAt: number;
+  /**
+   * When this node last sent a write that the store took only because the record named this node
+   * (−∞ before one). It vouches for the job's lease only if it has surely been alive since
+   * (NodeStrategy.vouchesSince), so no reaper can have claimed the job in between.
+   */
+  ownedAt: number;
+  /** A write confirming ownedAt is on its way (one at a time). */
+  confirming: boolean;
+  /** Its first start is this node's (not adopted, not fenced): the dispatch latency is observed then. */
+  measuresLatency: boolean;
 }
 
 export interface DispatchStart {
@@ -36,6 +51,8 @@ export interface DispatchStart {
   tried?: Record<string, number>;
   /** The dispatch span opened with the request; absent: this node takes the job over (a child span). */
   trace?: DispatchTrace;
+  /** Taken from a dead node: its worker is nowhere, but may still run it under the dead node's lease. */
+  fencedFrom?: string;
 }
 
 /**
@@ -88,7 +105,9 @@ export class Dispatcher {
       timing: {
         ...this.deps.timing,
         releaseTimeoutMs: this.deps.timing.pingIntervalMs + this.deps.timing.pongTimeoutMs,
+        leaseFenceMs: this.#leaseFenceMs,
       },
+      ...(start.fencedFrom ? { fence: { workerId: start.fencedFrom, ms: this.#leaseFenceMs } } : {}),
       ...(start.adoptedBy ? { adoptedBy: start.adoptedBy } : {}),
       ...(start.adoptedAs ? { adoptedAs: start.adoptedAs } : {}),
       ...(start.prefer ? { prefer: start.prefer } : {}),
@@ -103,7 +122,18 @@ export class Dispatcher {
     });
     const trace =
       start.trace ?? DispatchTrace.resume(record, start.origin ?? (start.adoptedBy ? "adopted" : "created"));
-    const live: LiveDispatch = { actor, record, room: start.room, trace };
+    const now = this.deps.clock.now();
+    const live: LiveDispatch = {
+      actor,
+      record,
+      room: start.room,
+      trace,
+      startedAt: now,
+      assignedAt: now,
+      ownedAt: Number.NEGATIVE_INFINITY,
+      confirming: false,
+      measuresLatency: !start.adoptedBy && !start.fencedFrom,
+    };
     this.#live.set(record.id, live);
     this.deps.metrics.dispatches.inc({ origin: start.origin ?? (start.adoptedBy ? "adopted" : "created") });
     actor.on("*", (event) => this.#perform(live, event as DispatchEmitted));
@@ -115,9 +145,46 @@ export class Dispatcher {
     return live;
   }
 
-  /** Every dispatch involving the worker learns it is gone. */
-  workerGone(workerId: string): void {
-    for (const live of [...this.#live.values()]) live.actor.send({ type: "worker_gone", workerId });
+  /**
+   * Every dispatch involving the worker learns it is gone, and how long each job may still run
+   * there: until the lease this node last renewed for it (`lastLeaseAt`, or its assignment, or its
+   * start here) has surely run out.
+   */
+  workerGone(workerId: string, lastLeaseAt = Number.NEGATIVE_INFINITY): void {
+    const now = this.deps.clock.now();
+    for (const live of [...this.#live.values()]) {
+      const leasedFrom = Math.max(lastLeaseAt, live.startedAt, live.assignedAt);
+      const fenceMs = Math.max(0, leasedFrom + this.#leaseFenceMs - now);
+      live.actor.send({ type: "worker_gone", workerId, fenceMs });
+    }
+  }
+
+  /**
+   * This node may renew the job's lease now. When it cannot only because it may have been taken for
+   * dead since it last knew the job was its, a write fenced on this node finds out, for the next time.
+   */
+  vouchesFor(live: LiveDispatch): boolean {
+    const since = this.node.vouchesSince();
+    if (live.ownedAt >= since) return true;
+    if (since !== Number.POSITIVE_INFINITY && !live.confirming) {
+      live.confirming = true;
+      const sentAt = this.deps.clock.now();
+      this.persist(
+        this.deps.store
+          .update(live.record.id, {}, this.node.nodeId)
+          .then((after) => {
+            if (after?.node === this.node.nodeId) live.ownedAt = Math.max(live.ownedAt, sentAt);
+          })
+          .finally(() => {
+            live.confirming = false;
+          }),
+      );
+    }
+    return false;
+  }
+
+  get #leaseFenceMs(): number {
+    return this.deps.timing.leaseMs + LEASE_MARGIN_MS;
   }
 
   /** Dispatches of this agent waiting for a worker try again. */
@@ -243,7 +310,8 @@ export class Dispatcher {
       case "unbind":
         if (this.directory.get(event.workerId)?.jobs.delete(record.id)) this.onCapacity(event.workerId);
         break;
-      case "assign":
+      case "assign": {
+        const sentAt = this.deps.clock.now();
         this.persist(
           this.node.fenceAssignment(record.id, event.workerId).then((safe) => {
             if (this.#live.get(record.id) !== live) return;
@@ -252,10 +320,12 @@ export class Dispatcher {
               live.actor.send({ type: "taken_over" });
               return;
             }
+            live.ownedAt = Math.max(live.ownedAt, sentAt);
             live.actor.send({ type: "assignment_fenced", workerId: event.workerId });
           }),
         );
         break;
+      }
       case "send_assignment":
         this.#sendAssignment(live, event.workerId);
         break;
@@ -266,8 +336,9 @@ export class Dispatcher {
         break;
       }
       case "status":
-        // The first start of a dispatch made here (an adopted one starts running: no latency to tell).
-        if (event.status === "running" && event.attempts === 1 && live.actor.getSnapshot().context.adoptedAs === null) {
+        // The first start of a dispatch made here (an adopted one starts running, and a fenced one was
+        // started by a node that died: no latency to tell).
+        if (event.status === "running" && event.attempts === 1 && live.measuresLatency) {
           // A forwarded record was created by another node, whose clock may be a little ahead.
           this.deps.metrics.dispatchLatency.observe(Math.max(0, this.deps.clock.now() - record.createdAt) / 1000);
         }
@@ -371,6 +442,16 @@ export class Dispatcher {
     const { record } = live;
     const link = this.directory.get(workerId);
     if (!link) return;
+    if (record.redispatch && !this.vouchesFor(live)) {
+      // Its lease would count from now, when another node may already count it as a dead node's
+      // job: not sent, and the running deadline lets the job go elsewhere, fenced.
+      this.deps.logger.warn(
+        { jobId: record.id, workerId },
+        "not assigning a redispatch job: this node may be taken for dead",
+      );
+      return;
+    }
+    live.assignedAt = this.deps.clock.now();
     this.deps.transport.send(link.connectionId, {
       type: "job_assignment",
       job_id: record.id,
@@ -380,6 +461,7 @@ export class Dispatcher {
       room_options: record.roomOptions,
       metadata: record.metadata,
       ...(record.maxDuration ? { max_duration: record.maxDuration } : {}),
+      ...(record.redispatch ? { lease_ms: this.deps.timing.leaseMs } : {}),
       ...live.trace.assignmentCarrier(),
     });
   }

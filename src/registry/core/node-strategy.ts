@@ -28,6 +28,13 @@ export interface NodeStrategy {
   tookOver(previousOwner: string | undefined, jobId: string): void;
   /** Tells the owner of a job to cancel it; true when the owner is alive to do it. */
   cancelElsewhere(record: JobRecord, reason: string): boolean;
+  /**
+   * This node vouches for the leases of the jobs it started since then (+∞: none now). A cluster
+   * node whose presence key may have lapsed may have been reaped, and a reaper counts the leases of
+   * the jobs it claimed from then on; so a node vouches only while its key surely stands, and only
+   * for jobs it started since it last could not rule a break out. One node vouches for all.
+   */
+  vouchesSince(): number;
 }
 
 export function singleNode(): NodeStrategy {
@@ -42,6 +49,7 @@ export function singleNode(): NodeStrategy {
     publishGone: () => {},
     tookOver: () => {},
     cancelElsewhere: () => false,
+    vouchesSince: () => Number.NEGATIVE_INFINITY,
   };
 }
 
@@ -84,5 +92,6 @@ export function clusterNode(bus: NodeBus, deps: Pick<RegistryDeps, "store" | "lo
       bus.send(owner, { type: "cancel", jobId: record.id, reason });
       return bus.isLive(owner);
     },
+    vouchesSince: () => bus.presenceHeldSince(),
   };
 }

@@ -66,6 +66,12 @@ export interface NodeBus {
   readonly nodeId: string;
   /** Connected to the shared store and bus: the node can serve. */
   readonly connected: boolean;
+  /**
+   * Since when this node's presence key has surely stood without a break (see
+   * src/registry/cluster/presence.ts), or +∞ when it may be gone now: no other node can have taken
+   * this one for dead since then.
+   */
+  presenceHeldSince(): number;
   /** Workers connected to other live nodes, as they last published them. */
   remoteViews(): WorkerView[];
   isLive(nodeId: string): boolean;

@@ -62,6 +62,7 @@ export class RegistryCore implements ClusterHost {
           success: true,
           worker_id: link.workerId,
           protocol_version: PROTOCOL_VERSION,
+          lease_ms: deps.timing.leaseMs,
         });
         this.#reconciler.inventory(link, message.jobs);
         this.#viewChanged(link);
@@ -166,7 +167,11 @@ export class RegistryCore implements ClusterHost {
         break;
       }
       case "ping":
-        this.deps.transport.send(link.connectionId, { type: "pong", timestamp: message.timestamp });
+        this.deps.transport.send(link.connectionId, {
+          type: "pong",
+          timestamp: message.timestamp,
+          ...this.#leasesFor(link),
+        });
         break;
       case "pong":
       case "register":
@@ -282,7 +287,7 @@ export class RegistryCore implements ClusterHost {
   }
 
   /** Runs this node's dispatch for a record it has just claimed from a dead node. */
-  resume(record: JobRecord, runningOn?: string): void {
+  resume(record: JobRecord, runningOn?: string, fencedFrom?: string): void {
     if (this.#closing || this.dispatcher.has(record.id)) return;
     if (runningOn) {
       this.#resumeOnWorker(record, runningOn);
@@ -293,12 +298,18 @@ export class RegistryCore implements ClusterHost {
     if (record.roomId && rooms) {
       this.#persist(
         rooms.forAgent(record.roomId, record.id, record.agentName).then((room) => {
-          if (!this.#closing) this.#start(record, { origin: "resumed", room } satisfies DispatchStart);
+          if (!this.#closing) {
+            this.#start(record, {
+              origin: "resumed",
+              room,
+              ...(fencedFrom ? { fencedFrom } : {}),
+            } satisfies DispatchStart);
+          }
         }),
       );
       return;
     }
-    this.#start(record, { origin: "resumed" });
+    this.#start(record, { origin: "resumed", ...(fencedFrom ? { fencedFrom } : {}) });
   }
 
   /**
@@ -394,13 +405,28 @@ export class RegistryCore implements ClusterHost {
     return [...local, ...remote];
   }
 
+  /**
+   * The leases a pong renews: the `redispatch` jobs bound to the worker that this node vouches for
+   * (see NodeStrategy.vouchesSince). Nothing while this node may have been taken for dead.
+   */
+  #leasesFor(link: WorkerLink): { leased?: string[] } {
+    if (this.#node.vouchesSince() === Number.POSITIVE_INFINITY) return {};
+    link.lastLeaseAt = this.deps.clock.now();
+    const leased: string[] = [];
+    for (const jobId of link.jobs) {
+      const live = this.dispatcher.get(jobId);
+      if (live?.record.redispatch && this.dispatcher.vouchesFor(live)) leased.push(jobId);
+    }
+    return { leased };
+  }
+
   #workerGone(link: WorkerLink, reason: string): void {
     const fields = { workerId: link.workerId, reason, jobs: [...link.jobs] };
     // A worker that drained and closed its connection left on purpose: not a warning.
     if (reason === "drained and left") this.deps.logger.info(fields, "worker left");
     else this.deps.logger.warn(fields, "worker gone");
     this.#node.publishGone(link.workerId);
-    this.dispatcher.workerGone(link.workerId);
+    this.dispatcher.workerGone(link.workerId, link.lastLeaseAt);
   }
 
   /** The worker may have room it did not have: dispatches waiting for capacity try again. */

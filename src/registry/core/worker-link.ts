@@ -19,6 +19,8 @@ export class WorkerLink {
   slots: SlotSummary[] = [];
   /** clock.now() of the last frame: any frame shows the worker is alive. */
   lastHeardAt: number;
+  /** clock.now() of the last pong that renewed the worker's leases (−∞: none yet). */
+  lastLeaseAt = Number.NEGATIVE_INFINITY;
   /** Jobs bound to this worker: kept by the dispatch machines' bind/unbind, and only there. */
   readonly jobs = new Set<string>();
   /**

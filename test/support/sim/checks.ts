@@ -13,8 +13,6 @@ export interface Observed {
   /** Every incarnation that ever ran. */
   readonly allWorkers: SimWorker[];
   readonly starts: JobStarts;
-  /** How long no node has heard from the worker known by this registry id. */
-  silenceOf(workerId: string): number;
   /** When the faults stopped and the slow Redis commands sent before that had run; +∞ until then. */
   readonly healedAt: number;
 }
@@ -26,12 +24,9 @@ interface LedgerEntry {
   status: JobStatus;
   /** Every status the record had, in order. */
   history: JobStatus[];
-  /** The node that owns the job now, and the nodes it was claimed from. */
+  /** The node that owns the job now. */
   node: string | undefined;
   workerId: string | undefined;
-  claimedFrom: string[];
-  /** Each time the record went from a bound status back to `pending`: the reason, and how long its worker had been silent. */
-  requeued: { reason: string; silentMs: number }[];
   redispatch: boolean;
   idempotencyKey: string | undefined;
 }
@@ -60,18 +55,13 @@ export class Invariants {
       this.ledger.set(record.id, {
         status: record.status,
         history: [record.status],
-        requeued: [],
         node: record.node,
         workerId: record.workerId,
-        claimedFrom: [],
         redispatch: record.redispatch,
         idempotencyKey: record.idempotencyKey,
       });
       if (sim.tracing) sim.trace("store", `${record.id} created ${record.status} by ${by}`);
       return;
-    }
-    if ((op === "claim" || op === "handOff") && before.node !== record.node && before.node) {
-      before.claimedFrom.push(before.node);
     }
     if (op === "handOff" && record.node) this.handOffs.set(record.id, { to: record.node, at: sim.clock.now() });
     if (sim.tracing && before.node !== record.node) {
@@ -102,12 +92,6 @@ export class Invariants {
       sim.violation(
         `record ${record.id} says completed on ${record.workerId ?? "no worker"}, whose job machine did not complete it`,
       );
-    }
-    if (record.status === "pending" && (before.status === "assigned" || before.status === "running")) {
-      before.requeued.push({
-        reason: record.reason ?? "",
-        silentMs: record.workerId ? this.world.silenceOf(record.workerId) : Number.POSITIVE_INFINITY,
-      });
     }
     before.status = record.status;
     before.history.push(record.status);

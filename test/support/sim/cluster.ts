@@ -8,6 +8,7 @@ import {
   viewMessage,
   type WorkerView,
 } from "../../../src/registry/cluster/messages.ts";
+import { Presence } from "../../../src/registry/cluster/presence.ts";
 import type { NodeBus } from "../../../src/registry/core/ports.ts";
 import type { JobRecord } from "../../../src/registry/store.ts";
 import type { SimClock } from "./clock.ts";
@@ -32,6 +33,7 @@ export interface ClusterTiming {
 export class SimCluster implements NodeBus {
   readonly remote = new Map<string, WorkerView>();
   readonly #housekeeping: ClusterHousekeeping;
+  readonly #presence: Presence;
   #host: ClusterHost | undefined;
   #presenceTimer: number | undefined;
   #housekeepingTimer: number | undefined;
@@ -53,6 +55,7 @@ export class SimCluster implements NodeBus {
     onReap: (deadNode: string) => void = () => {},
   ) {
     this.#reader = new RedisClient(client.slot, `${client.name} inbox`);
+    this.#presence = new Presence(timing.nodeTtlMs, () => clock.now());
     const line = (fields: object, message: string) => this.log(`${message} ${JSON.stringify(fields)}`);
     this.#housekeeping = new ClusterHousekeeping(
       {
@@ -267,11 +270,17 @@ export class SimCluster implements NodeBus {
   }
 
   async #renew(): Promise<void> {
-    await this.redis.call(this.client, "renew", () => {
-      this.redis.alive.set(this.nodeId, this.clock.now() + this.timing.nodeTtlMs);
-      this.redis.nodes.add(this.nodeId);
-      this.redis.diedAt.delete(this.nodeId);
-    });
+    await this.#presence.renew(() =>
+      this.redis.call(this.client, "renew", () => {
+        this.redis.alive.set(this.nodeId, this.clock.now() + this.timing.nodeTtlMs);
+        this.redis.nodes.add(this.nodeId);
+        this.redis.diedAt.delete(this.nodeId);
+      }),
+    );
+  }
+
+  presenceHeldSince(): number {
+    return this.#closed ? Number.POSITIVE_INFINITY : this.#presence.heldSince();
   }
 
   #scheduleHousekeeping(): void {
@@ -308,6 +317,7 @@ export class SimCluster implements NodeBus {
           if ((JSON.parse(text) as { nodeId?: string }).nodeId === deadNode) await this.#dropView(workerId, deadNode);
         }
       },
+      claimFromDead: (jobId, deadNode) => this.store.claimFromDead(jobId, deadNode, this.nodeId),
       forget: (deadNode) =>
         redis.call(client, "forget node", () => {
           redis.nodes.delete(deadNode);

@@ -68,6 +68,16 @@ export class SimStore implements JobStore {
     });
   }
 
+  /** RedisJobStore.claimFromDead: the claim, only while the node it is taken from has no presence key. */
+  claimFromDead(id: string, from: string, to: string) {
+    return this.redis.call(this.client, "claimFromDead", async () => {
+      if (this.redis.isAlive(from)) return undefined;
+      const claimed = await this.redis.records.claim(id, from, to);
+      if (claimed) this.onWrite({ op: "claim", by: this.client.name, record: claimed });
+      return claimed;
+    });
+  }
+
   /** RedisJobStore.claimAndSend: the claim and, if it wins, the message into `to`'s inbox, atomically. */
   claimAndSend(id: string, from: string | undefined, to: string, message: string) {
     return this.redis.call(this.client, "claimAndSend", async () => {

@@ -9,6 +9,7 @@ import type { JobOutput } from "../../../machines/job.ts";
 import type { ProcessCommand, ProcessEvent, ProcessInput } from "../../../machines/slot.ts";
 import { slotMachine } from "../../../machines/slot.ts";
 import { type WorkerInput, workerMachine } from "../../../machines/worker.ts";
+import { LeaseClock } from "../../../src/worker/lease-clock.ts";
 import { parseRegistryFrame, toSocketEvent, toWorkerMessage } from "../../../src/worker/registry-wire.ts";
 import { FakeProcess } from "../fake-process.ts";
 import type { SimContext } from "./context.ts";
@@ -224,6 +225,7 @@ export class SimWorker {
       finished = true;
       sendBack(event);
     };
+    const leaseClock = new LeaseClock();
     const socket = sim.network.connect(this.slot, this.name, {
       open: () => {
         if (!finished) sendBack({ type: "socket.open" });
@@ -239,8 +241,11 @@ export class SimWorker {
         // The real socket's path (JSON text, the schema, the translation); for the frequent pings and pongs
         // only in some seeds (SimContext.validateAll), the translation alone in the rest.
         const frequent = message.type === "ping" || message.type === "pong";
+        const now = sim.clock.now();
         sendBack(
-          sim.validateAll || !frequent ? parseRegistryFrame(JSON.stringify(message)).event : toSocketEvent(message),
+          sim.validateAll || !frequent
+            ? parseRegistryFrame(JSON.stringify(message), { clock: leaseClock, now }).event
+            : leaseClock.received(message, toSocketEvent(message), now),
         );
       },
       closed: (code, reason) => {
@@ -256,7 +261,10 @@ export class SimWorker {
     if (this.sockets.length > 8) this.sockets.shift();
     receive((command) => {
       if (finished) return;
-      socket.send(toWorkerMessage(command, sim.clock.now()));
+      const now = sim.clock.now();
+      const message = toWorkerMessage(command, now);
+      leaseClock.sent(message, now);
+      socket.send(message);
     });
     return () => {
       finished = true;

@@ -46,10 +46,6 @@ export class World implements SimContext, Observed {
   readonly pending = new Set<PendingCall>();
   /** Jobs the clients know of (dispatch answers), for cancels. */
   readonly knownJobs: string[] = [];
-  /** Per job, each time a dispatch machine gave up on its worker: the event, and how long the worker had been silent. */
-  readonly giveUps = new Map<string, { cause: string; silentMs: number }[]>();
-  /** Nodes a reaper settled as dead while they were serving. */
-  readonly reapedAlive = new Set<string>();
   /** When a frame from each worker (by name) last reached a node. */
   readonly lastHeard = new Map<string, number>();
   readonly shape: WorldShape;
@@ -114,15 +110,11 @@ export class World implements SimContext, Observed {
       onGiveUp: (jobId, workerId, cause) => {
         const silentMs = this.silenceOf(workerId);
         this.trace(node.name, `gives up on ${workerId} for ${jobId} (${cause}; silent for ${silentMs} ms)`);
-        const giveUps = this.giveUps.get(jobId) ?? [];
-        giveUps.push({ cause, silentMs });
-        this.giveUps.set(jobId, giveUps);
       },
       onHeard: (workerName) => this.lastHeard.set(workerName, this.clock.now()),
       onReap: (deadNode) => {
         if (this.nodes.some((other) => other?.up && other.settings.nodeId === deadNode)) {
           this.trace(node.name, `reaps ${deadNode}, which is alive`);
-          this.reapedAlive.add(deadNode);
         }
       },
     });
