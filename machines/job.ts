@@ -172,14 +172,15 @@ export const jobMachine = setup({
   invoke: {
     id: "lease",
     src: "lease",
+    // An offer holds no lease: it starts with the assignment (takeLease), or here for a job that comes assigned.
     input: ({ context }) =>
-      context.spec.leaseValidForMs === undefined ? {} : { validForMs: context.spec.leaseValidForMs },
+      context.preassigned && context.spec.leaseValidForMs !== undefined
+        ? { validForMs: context.spec.leaseValidForMs }
+        : {},
   },
   initial: "received",
   on: {
     "job.lease_renewed": { actions: "renewLease" },
-    // Nothing of this job is running (an offer, or a job already ending the way it must).
-    "xstate.done.actor.lease": {},
     // Late or repeated reports from a slot or the registry change nothing once the job moved on.
     "job.assigned": {},
     "job.launching": {},
@@ -206,6 +207,8 @@ export const jobMachine = setup({
       },
       after: { offerTtl: { target: "declined", actions: ["declineOnTimeout", "answerNo"] } },
       on: {
+        // The lease starts with the assignment, which brings its own validity.
+        "job.lease_renewed": {},
         "job.cancel": { target: "declined", actions: ["declineBecause", "answerNo"] },
         "job.shutdown": { target: "declined", actions: ["declineBecause", "answerNo"] },
       },
@@ -213,6 +216,9 @@ export const jobMachine = setup({
     offered: {
       after: { offerTtl: "expired" },
       on: {
+        // The registry may renew a lease as soon as it has the worker's yes, before the assignment:
+        // the lease starts with the assignment, which brings its own validity.
+        "job.lease_renewed": {},
         "job.assigned": { target: "assigned", actions: ["mergeAssignment", "takeLease"] },
         "job.cancel": "cancelled",
         "job.shutdown": { target: "failed", actions: { type: "fail", params: { reason: "worker_shutdown" } } },

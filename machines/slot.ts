@@ -363,8 +363,9 @@ export const slotMachine = setup({
         },
         /** The job ended by itself; the child runs its shutdown callbacks and exits. */
         ending: {
-          // Going down already, but gracefully: a lapsed lease cuts it short (the first reason stays).
-          on: { "slot.stop": { guard: "stopAtOnce", target: "killing" } },
+          // The job ended by itself, but its process is still closing: a lapsed lease cuts that short,
+          // and is why the job is reported to have ended (it may have run on past its lease).
+          on: { "slot.stop": { guard: "stopAtOnce", target: "killing", actions: "recordStopRequest" } },
           after: {
             closeTimeout: {
               target: "terminating",

@@ -39,7 +39,11 @@ export const DEFAULT_REGISTRY_TIMING: RegistryTiming = {
   leaseMs: 10_000,
 };
 
-const duration = z.number().int().positive().max(24 * 3_600_000);
+const duration = z
+  .number()
+  .int()
+  .positive()
+  .max(24 * 3_600_000);
 
 /** `timing` as createRegistry takes it: any of the durations, whole milliseconds, up to a day. */
 const timingOverrides = z

@@ -6,7 +6,8 @@ import type { RegistryMessage, WorkerMessage } from "../protocol/registry.ts";
  * the socket measures here and hands the machines durations). A lease counts from the moment the
  * worker sent what the registry answered (its `register` or a ping), never from when the answer
  * arrived: the registry answered after that moment, so the worker's lease always ends before the
- * one the registry counts, however slow the link was. One per socket (one connection).
+ * one the registry counts, however slow the link was. One per socket (one connection). `now` must
+ * be a clock that never steps back (see monotonicNow).
  */
 export class LeaseClock {
   #leaseMs: number | null = null;
@@ -40,7 +41,7 @@ export class LeaseClock {
         if (message.lease_ms === undefined || event.type !== "registry.assigned") return event;
         // The registry sent this after answering the newest round trip heard back (one ordered link),
         // and counts the job's lease from no earlier than sending it.
-        const validForMs = Math.max(0, this.#answeredSentAt + message.lease_ms - now);
+        const validForMs = Math.min(message.lease_ms, Math.max(0, this.#answeredSentAt + message.lease_ms - now));
         return { ...event, spec: { ...event.spec, leaseValidForMs: validForMs } };
       }
       default:
@@ -51,4 +52,9 @@ export class LeaseClock {
   #answered(sentAt: number, now: number): void {
     if (sentAt <= now) this.#answeredSentAt = Math.max(this.#answeredSentAt, sentAt);
   }
+}
+
+/** Milliseconds on a clock that never steps back (unlike Date.now()), for pings and leases. */
+export function monotonicNow(): number {
+  return performance.timeOrigin + performance.now();
 }

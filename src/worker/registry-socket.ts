@@ -5,7 +5,7 @@ import type { ConnectionInput, SocketCommand, SocketEvent } from "../../machines
 import type { Logger } from "../observability/logger.ts";
 import { MAX_FRAME_BYTES, type StatusUpdateMessage } from "../protocol/registry.ts";
 import { assignmentReceived, handoutAbandoned } from "./handout-tracing.ts";
-import { LeaseClock } from "./lease-clock.ts";
+import { LeaseClock, monotonicNow } from "./lease-clock.ts";
 import { parseRegistryFrame, toWorkerMessage } from "./registry-wire.ts";
 
 export interface RegistrySocketSettings {
@@ -192,7 +192,7 @@ export function createRegistrySocket(settings: RegistrySocketSettings) {
       socket.on("message", (data, isBinary) => {
         if (ws !== socket) return;
         if (isBinary) return report({ type: "socket.invalid", error: "binary frame" });
-        const { event, issues } = parseRegistryFrame(data.toString(), { clock: leaseClock, now: Date.now() });
+        const { event, issues } = parseRegistryFrame(data.toString(), { clock: leaseClock, now: monotonicNow() });
         if (issues) logger.warn({ issues }, "invalid frame from registry");
         if (event.type === "registry.registered" && event.workerId) registeredAs = event.workerId;
         if (event.type === "registry.assigned") assignmentReceived(event.spec, registeredAs);
@@ -229,7 +229,7 @@ export function createRegistrySocket(settings: RegistrySocketSettings) {
       const socket = ws;
       if (finished || !socket || socket.readyState !== WebSocket.OPEN) return;
       try {
-        const now = Date.now();
+        const now = monotonicNow();
         const message = toWorkerMessage(command, now);
         leaseClock.sent(message, now);
         if (message.type === "job_update" && message.status !== "running") {

@@ -21,6 +21,9 @@ const timing: ConnectionTiming = {
   backoffMaxMs: 400,
 };
 
+/** The registry's lease length when it grants leases: the link then pings every LEASE_MS / 3 (< pingInterval). */
+const LEASE_MS = 600;
+
 interface ModelContext {
   /** Consecutive failures, as the real machine counts them. */
   retries: number;
@@ -28,6 +31,10 @@ interface ModelContext {
   workerId: string;
   /** The last failure dropped a registered link: the link says "lost" before it retries or gives up. */
   lost: boolean;
+  /** The current session's registration granted leases (leaseMs). */
+  leased: boolean;
+  /** A pong of the current session renewed leases, which went to the worker. */
+  forwarded: boolean;
 }
 
 /**
@@ -58,13 +65,20 @@ const UNAUTHORIZED = "unauthorized";
 const connectionModel = setup({
   types: { context: {} as ModelContext },
   actions: {
-    countFailure: assign({ retries: ({ context }) => context.retries + 1, lost: false }),
-    countLoss: assign({ retries: ({ context }) => context.retries + 1, lost: true }),
+    countFailure: assign({
+      retries: ({ context }) => context.retries + 1,
+      lost: false,
+      leased: false,
+      forwarded: false,
+    }),
+    countLoss: assign({ retries: ({ context }) => context.retries + 1, lost: true, leased: false, forwarded: false }),
     acceptRegistration: assign({ retries: 0, workerId: "w-1", lost: false }),
+    grantLeases: assign({ leased: true }),
+    forwardLease: assign({ forwarded: true }),
   },
 }).createMachine({
   id: "connectionModel",
-  context: { retries: 0, workerId: "", lost: false },
+  context: { retries: 0, workerId: "", lost: false, leased: false, forwarded: false },
   initial: "connecting",
   states: {
     connecting: {
@@ -79,6 +93,7 @@ const connectionModel = setup({
     registering: {
       on: {
         REGISTER_OK: { target: "quiet", actions: "acceptRegistration" },
+        REGISTER_OK_LEASED: { target: "quiet", actions: ["acceptRegistration", "grantLeases"] },
         REGISTER_REFUSED: failure,
         REGISTER_TIMEOUT: failure,
         DROP: failure,
@@ -86,10 +101,22 @@ const connectionModel = setup({
       },
     },
     quiet: {
-      on: { PING_DUE: "awaitingPong", DROP: lostLink, SOCKET_ERROR: lostLink },
+      on: {
+        PING_DUE: "awaitingPong",
+        // A pong after its ping's deadline (its ping was answered late) still renews the leases it lists.
+        LATE_PONG_LEASED: { target: "quiet", actions: "forwardLease" },
+        DROP: lostLink,
+        SOCKET_ERROR: lostLink,
+      },
     },
     awaitingPong: {
-      on: { PONG: "quiet", PONG_TIMEOUT: lostLink, DROP: lostLink, SOCKET_ERROR: lostLink },
+      on: {
+        PONG: "quiet",
+        PONG_LEASED: { target: "quiet", actions: "forwardLease" },
+        PONG_TIMEOUT: lostLink,
+        DROP: lostLink,
+        SOCKET_ERROR: lostLink,
+      },
     },
     backoff: {
       on: { BACKOFF_ELAPSED: "connecting" },
@@ -149,9 +176,27 @@ function createSut() {
 describe("connection machine (model-based)", () => {
   const paths = createTestModel(connectionModel).getShortestPaths();
 
-  it("the paths visit every state of the model", () => {
+  it("the paths visit every state of the model, and take each lease transition", () => {
     const reached = new Set(paths.flatMap((p) => p.steps.map((s) => s.state.value as string)));
     expect([...reached].sort()).toEqual(Object.keys(connectionModel.states).sort());
+    const edges = new Set<string>();
+    for (const path of paths) {
+      for (let i = 1; i < path.steps.length; i++) {
+        const from = path.steps[i - 1]?.state.value as string;
+        const step = path.steps[i];
+        if (step) edges.add(`${from} -${step.event.type}-> ${step.state.value as string}`);
+      }
+    }
+    // (A registered link's loss never gives up in the model: a registration resets the count below MAX_RETRY.)
+    for (const edge of [
+      "registering -REGISTER_OK_LEASED-> quiet",
+      "quiet -PING_DUE-> awaitingPong",
+      "quiet -LATE_PONG_LEASED-> quiet",
+      "awaitingPong -PONG_LEASED-> quiet",
+      "awaitingPong -PONG-> quiet",
+    ]) {
+      expect(edges).toContain(edge);
+    }
   });
 
   it("the paths reach failed and backoff at every retry count below MAX_RETRY", () => {
@@ -164,11 +209,28 @@ describe("connection machine (model-based)", () => {
     it(path.description, async () => {
       const sut = createSut();
       const value = () => sut.snap().value;
+      /** The lease renewals the worker must have been given, in order. */
+      const forwarded: { type: "worker.lease_renewed"; jobIds: string[]; validForMs: number }[] = [];
+      /** How many of them came in the current session (since the last accepted registration). */
+      let sessionForwards = 0;
       const healthy = (model: { context: ModelContext }) => {
         expect(sut.snap().status).not.toBe("error");
         expect(sut.host.getSnapshot().status).toBe("active");
         expect(sut.snap().context.retries).toBe(model.context.retries);
         expect(sut.snap().context.workerId).toBe(model.context.workerId);
+        expect(sut.ofType("worker.lease_renewed")).toEqual(forwarded);
+      };
+      /** A live session: the lease the registration granted, and the renewals of its pongs. */
+      const session = (model: { context: ModelContext }) => {
+        expect(sut.snap().context.leaseMs).toBe(model.context.leased ? LEASE_MS : null);
+        expect(sessionForwards > 0).toBe(model.context.forwarded);
+      };
+      /** A pong that renews the leases of two jobs; the worker must get them as they are. */
+      const leasedPong = () => {
+        const lease = { jobIds: ["job-a", "job-b"], validForMs: 450 + forwarded.length };
+        sut.emit({ type: "registry.pong", timestamp: 1, lease });
+        forwarded.push({ type: "worker.lease_renewed", ...lease });
+        sessionForwards++;
       };
       await path.test({
         states: {
@@ -186,6 +248,7 @@ describe("connection machine (model-based)", () => {
           },
           quiet: (model) => {
             healthy(model);
+            session(model);
             expect(value()).toEqual({ online: { registered: "quiet" } });
             expect(sut.emitted.filter((e) => e.type === "link.connected").at(-1)).toEqual({
               type: "link.connected",
@@ -194,6 +257,7 @@ describe("connection machine (model-based)", () => {
           },
           awaitingPong: (model) => {
             healthy(model);
+            session(model);
             expect(value()).toEqual({ online: { registered: "awaitingPong" } });
             expect(sut.commands().at(-1)).toEqual({ type: "send.ping" });
           },
@@ -242,7 +306,14 @@ describe("connection machine (model-based)", () => {
         },
         events: {
           OPEN: () => sut.emit({ type: "socket.open" }),
-          REGISTER_OK: () => sut.emit({ type: "registry.registered", workerId: "w-1" }),
+          REGISTER_OK: () => {
+            sessionForwards = 0;
+            sut.emit({ type: "registry.registered", workerId: "w-1" });
+          },
+          REGISTER_OK_LEASED: () => {
+            sessionForwards = 0;
+            sut.emit({ type: "registry.registered", workerId: "w-1", leaseMs: LEASE_MS });
+          },
           REGISTER_REFUSED: () => sut.emit({ type: "registry.refused", message: "no" }),
           REGISTER_TIMEOUT: () => {
             sut.clock.increment(timing.registrationTimeoutMs - 1);
@@ -253,12 +324,16 @@ describe("connection machine (model-based)", () => {
           CONNECT_FAILED: () => sut.emit({ type: "socket.failed", error: "connection refused" }),
           UNAUTHORIZED: () => sut.emit({ type: "socket.unauthorized", status: 401, error: "401 bad token" }),
           SOCKET_ERROR: () => sut.crash(),
-          PING_DUE: () => {
-            sut.clock.increment(timing.pingIntervalMs - 1);
+          // min(pingInterval, leaseMs / 3) once the registry grants leases.
+          PING_DUE: ({ state }) => {
+            const interval = state.context.leased ? LEASE_MS / 3 : timing.pingIntervalMs;
+            sut.clock.increment(interval - 1);
             expect(value()).toEqual({ online: { registered: "quiet" } });
             sut.clock.increment(1);
           },
           PONG: () => sut.emit({ type: "registry.pong", timestamp: 1 }),
+          PONG_LEASED: () => leasedPong(),
+          LATE_PONG_LEASED: () => leasedPong(),
           PONG_TIMEOUT: () => {
             sut.clock.increment(timing.pongTimeoutMs - 1);
             expect(value()).toEqual({ online: { registered: "awaitingPong" } });

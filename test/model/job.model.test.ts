@@ -1,5 +1,5 @@
 import { describe, expect, it, vi } from "vitest";
-import { type AnyStateMachine, assign, fromPromise, type SnapshotFrom, setup } from "xstate";
+import { type AnyActorRef, type AnyStateMachine, assign, fromPromise, type SnapshotFrom, setup } from "xstate";
 import { createTestModel } from "xstate/graph";
 import { type JobInput, type JobNotification, type JobOutput, type JobTiming, jobMachine } from "../../machines/job.ts";
 import type { FailureReason, JobSpec } from "../../machines/shared.ts";
@@ -10,30 +10,37 @@ const LAUNCH_TIMEOUT = 5_000;
 const MAX_DURATION = 60_000;
 const TIMING: JobTiming = { offerTtlMs: OFFER_TTL, launchTimeoutMs: LAUNCH_TIMEOUT, maxDurationMs: MAX_DURATION };
 const JOB_ID = "j1";
+/** A leased job's validity: shorter than the launch deadline, so an unrenewed lease lapses first. */
+const LEASE = 3_000;
 
 type StopReason = Extract<JobNotification, { type: "job.stop" }>["reason"];
 
 interface ModelContext {
-  /** The stop the job must have asked for (once), when it asked for one. */
-  stop: StopReason | null;
+  /** The stops the job must have asked for, in order: one, and a second when its lease lapsed while ending. */
+  stops: StopReason[];
   /** The reason the final output must carry (declined and failed). */
   reason: string | null;
+  /** The job holds a lease from the registry that has not lapsed (the driver renews it as time passes). */
+  leased: boolean;
 }
 
 type ModelEvent =
   | { type: "OFFER" }
   | { type: "PREASSIGNED" }
+  | { type: "PREASSIGNED_LEASED" }
   | { type: "ACCEPT" }
   | { type: "DECLINE" }
   | { type: "DECIDE_ERROR" }
   | { type: "DECIDE_TIMEOUT" }
   | { type: "OFFER_TTL" }
   | { type: "ASSIGN" }
+  | { type: "ASSIGN_LEASED" }
   | { type: "LAUNCH" }
   | { type: "RUNNING" }
   | { type: "UNPLACED" }
   | { type: "LAUNCH_TIMEOUT" }
   | { type: "MAX_DURATION" }
+  | { type: "LEASE_LAPSED" }
   | { type: "CANCEL" }
   | { type: "SHUTDOWN" }
   | { type: "ENDED_OK" }
@@ -41,6 +48,8 @@ type ModelEvent =
   | { type: "ENDED_CANCELLED" };
 
 const stopWith = (reason: StopReason) => ({ type: "expectStop", params: { reason } }) as const;
+/** The lease runs out unrenewed: the job asks its slot to stop (lease_lapsed) and holds no lease any more. */
+const lapseAndStop = { guard: "leased", target: "ending", actions: [stopWith("lease_lapsed"), "dropLease"] } as const;
 const failWith = (reason: string) => ({ type: "expectReason", params: { reason } }) as const;
 const slotEndings = {
   ENDED_OK: "completed",
@@ -48,28 +57,47 @@ const slotEndings = {
   ENDED_CANCELLED: "cancelled",
 } as const;
 
+const lastStop = (context: ModelContext) => context.stops.at(-1) ?? null;
+
 /**
- * The job as its parent sees it. No invoke and no timers: requestFn's answer, each deadline and
- * each report from the worker is an abstract event that the test performs on the real machine.
+ * The job as its parent sees it. No invoke and no timers: requestFn's answer, each deadline, the
+ * lease running out and each report from the worker is an abstract event that the test performs on
+ * the real machine. A leased job's lease is renewed by the driver whenever other time passes.
  */
 const jobModel = setup({
   types: { context: {} as ModelContext, events: {} as ModelEvent },
+  guards: {
+    leased: ({ context }) => context.leased,
+    stoppedToCancel: ({ context }) => lastStop(context) === "cancelled",
+  },
   actions: {
-    expectStop: assign({ stop: (_, params: { reason: StopReason }) => params.reason }),
+    expectStop: assign({ stops: ({ context }, params: { reason: StopReason }) => [...context.stops, params.reason] }),
     expectReason: assign({ reason: (_, params: { reason: string }) => params.reason }),
-    expectStopAsFailure: assign({ reason: ({ context }) => context.stop }),
-    // After a stop the slot reports that stop's reason; without one, its process crashed.
+    // The job's last stop request decides when no outcome comes.
+    expectStopAsFailure: assign({ reason: ({ context }) => lastStop(context) }),
+    // After a stop the slot reports that (its first) stop's reason; without one, its process crashed.
     expectSlotFailure: assign({
-      reason: ({ context }) => (context.stop && context.stop !== "cancelled" ? context.stop : "crashed"),
+      reason: ({ context }) => {
+        const first = context.stops[0] ?? null;
+        return first && first !== "cancelled" ? first : "crashed";
+      },
     }),
+    takeLease: assign({ leased: true }),
+    dropLease: assign({ leased: false }),
   },
 }).createMachine({
   id: "jobModel",
-  context: { stop: null, reason: null },
+  context: { stops: [], reason: null, leased: false },
   initial: "idle",
   states: {
     /** Before the worker created the job. */
-    idle: { on: { OFFER: "deciding", PREASSIGNED: "assigned" } },
+    idle: {
+      on: {
+        OFFER: "deciding",
+        PREASSIGNED: "assigned",
+        PREASSIGNED_LEASED: { target: "assigned", actions: "takeLease" },
+      },
+    },
     deciding: {
       on: {
         ACCEPT: "offered",
@@ -83,6 +111,7 @@ const jobModel = setup({
     offered: {
       on: {
         ASSIGN: "assigned",
+        ASSIGN_LEASED: { target: "assigned", actions: "takeLease" },
         OFFER_TTL: "expired",
         CANCEL: "cancelled",
         SHUTDOWN: { target: "failed", actions: failWith("worker_shutdown") },
@@ -92,6 +121,7 @@ const jobModel = setup({
       on: {
         LAUNCH: "launching",
         LAUNCH_TIMEOUT: { target: "failed", actions: failWith("launch_failed") },
+        LEASE_LAPSED: { guard: "leased", target: "failed", actions: [failWith("lease_lapsed"), "dropLease"] },
         CANCEL: "cancelled",
         SHUTDOWN: { target: "failed", actions: failWith("worker_shutdown") },
       },
@@ -101,6 +131,7 @@ const jobModel = setup({
         RUNNING: "running",
         UNPLACED: "assigned",
         LAUNCH_TIMEOUT: { target: "ending", actions: stopWith("launch_failed") },
+        LEASE_LAPSED: lapseAndStop,
         CANCEL: { target: "ending", actions: stopWith("cancelled") },
         SHUTDOWN: { target: "ending", actions: stopWith("worker_shutdown") },
         ...slotEndings,
@@ -109,6 +140,7 @@ const jobModel = setup({
     running: {
       on: {
         MAX_DURATION: { target: "ending", actions: stopWith("max_duration") },
+        LEASE_LAPSED: lapseAndStop,
         CANCEL: { target: "ending", actions: stopWith("cancelled") },
         SHUTDOWN: { target: "ending", actions: stopWith("worker_shutdown") },
         ...slotEndings,
@@ -117,11 +149,13 @@ const jobModel = setup({
     ending: {
       on: {
         ...slotEndings,
-        // The slot exited before its process took the job: no outcome will come, the stop decides.
+        // The slot exited before its process took the job: no outcome will come, the last stop decides.
         UNPLACED: [
-          { guard: ({ context }) => context.stop === "cancelled", target: "cancelled" },
+          { guard: "stoppedToCancel", target: "cancelled" },
           { target: "failed", actions: "expectStopAsFailure" },
         ],
+        // A graceful stop is cut short: the job asks again, now with lease_lapsed.
+        LEASE_LAPSED: lapseAndStop,
       },
     },
     completed: { type: "final" },
@@ -136,15 +170,20 @@ const jobModel = setup({
 const settle = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 /** The real job machine under a recording host, created by the model's OFFER or PREASSIGNED. */
-function startJob(preassigned: boolean) {
+function startJob(preassigned: boolean, leased = false) {
   const decision = deferred<boolean>();
   const machine = jobMachine.provide({
     actors: { decideOffer: fromPromise<boolean, JobSpec>(() => decision.promise) },
   });
-  const input: JobInput = { spec: { jobId: JOB_ID, agentName: "agent" }, preassigned, timing: TIMING };
+  const spec: JobSpec = { jobId: JOB_ID, agentName: "agent", ...(leased ? { leaseValidForMs: LEASE } : {}) };
+  const input: JobInput = { spec, preassigned, timing: TIMING };
   const h = hostChild(machine, input);
   const snapshot = () => h.snapshot() as SnapshotFrom<typeof jobMachine>;
-  return { ...h, decision, snapshot };
+  const leaseActor = () => snapshot().children.lease as AnyActorRef | undefined;
+  /** The state of the job's lease actor (none, held, lapsed), and whether it still runs. */
+  const lease = () => leaseActor()?.getSnapshot().value;
+  const leaseStatus = () => leaseActor()?.getSnapshot().status;
+  return { ...h, decision, snapshot, lease, leaseStatus };
 }
 
 type ModelSnapshot = SnapshotFrom<typeof jobModel>;
@@ -154,18 +193,52 @@ function createDriver() {
   let job: ReturnType<typeof startJob> | undefined;
   let slots = 0;
   let slotRequests = 0;
+  /** When the job's lease must lapse (clock time); null while it holds none. */
+  let leaseDeadline: number | null = null;
+  let renewals = 0;
   const sut = () => {
     if (!job) throw new Error("the job was not created yet");
     return job;
   };
   const currentSlot = () => `slot.${slots - 1}`;
+  const now = () => sut().clock.now();
+
+  /** The registry vouches for the job again: its lease runs LEASE from now. */
+  const renewLease = () => {
+    sut().send({ type: "job.lease_renewed", validForMs: LEASE });
+    leaseDeadline = now() + LEASE;
+    renewals++;
+  };
+
+  /** Lets time pass; a held lease is renewed before it could lapse, as a live link does. */
+  const advance = (ms: number) => {
+    let left = ms;
+    while (left > 0) {
+      if (leaseDeadline !== null) renewLease();
+      const step = Math.min(left, LEASE - 1);
+      sut().clock.increment(step);
+      left -= step;
+    }
+  };
 
   /** Advances a deadline in two steps: nothing happens a millisecond early. */
   const elapse = (ms: number) => {
     const before = sut().snapshot().value;
-    sut().clock.increment(ms - 1);
+    advance(ms - 1);
     expect(sut().snapshot().value).toBe(before);
+    if (leaseDeadline !== null) renewLease();
     sut().clock.increment(1);
+  };
+
+  /** The lease's own deadline, unrenewed: nothing happens a millisecond early either. */
+  const lapse = () => {
+    if (leaseDeadline === null) throw new Error("the job holds no lease");
+    const before = sut().snapshot().value;
+    sut().clock.increment(leaseDeadline - now() - 1);
+    expect(sut().snapshot().value).toBe(before);
+    expect(sut().lease()).toBe("held");
+    sut().clock.increment(1);
+    leaseDeadline = null;
   };
 
   const expectValue = (value: string, status: "active" | "done") => {
@@ -177,17 +250,23 @@ function createDriver() {
     expect(j.ofType("xstate.done.actor.sut")).toHaveLength(status === "done" ? 1 : 0);
   };
 
-  /** Checks what every state shares: the stops asked for, and the slot requests. */
+  /** Checks what every state shares: the stops asked for, the slot requests, and the lease. */
   const expectNotifications = (model: ModelSnapshot) => {
     const j = sut();
-    const stops = j.ofType("job.stop");
-    if (model.context.stop) {
-      expect(stops).toEqual([{ type: "job.stop", jobId: JOB_ID, slotId: currentSlot(), reason: model.context.stop }]);
-    } else {
-      expect(stops).toEqual([]);
-    }
+    expect(j.ofType("job.stop")).toEqual(
+      model.context.stops.map((reason) => ({ type: "job.stop", jobId: JOB_ID, slotId: currentSlot(), reason })),
+    );
     expect(j.ofType("job.needs_slot")).toHaveLength(slotRequests);
     expect(j.ofType("job.answer").length).toBeLessThanOrEqual(1);
+    const lapsed = model.context.stops.includes("lease_lapsed") || model.context.reason === "lease_lapsed";
+    if (j.snapshot().status === "active") {
+      expect(j.lease()).toBe(model.context.leased ? "held" : lapsed ? "lapsed" : "none");
+      expect(j.leaseStatus()).toBe(model.context.leased || !lapsed ? "active" : "done");
+      expect(leaseDeadline !== null).toBe(model.context.leased);
+    } else {
+      // A final job stopped its lease with it (or the lease ended first: it lapsed).
+      expect(j.leaseStatus()).toBe(lapsed ? "done" : "stopped");
+    }
   };
 
   const expectOutput = (output: JobOutput) => {
@@ -224,7 +303,8 @@ function createDriver() {
     },
     ending: (model: ModelSnapshot) => {
       expectValue("ending", "active");
-      expect(model.context.stop).not.toBeNull();
+      expect(model.context.stops).not.toEqual([]);
+      expect(sut().snapshot().context.stopReason).toBe(model.context.stops.at(-1));
       expectNotifications(model);
     },
     completed: (model: ModelSnapshot) => {
@@ -265,6 +345,10 @@ function createDriver() {
     PREASSIGNED: () => {
       job = startJob(true);
     },
+    PREASSIGNED_LEASED: () => {
+      job = startJob(true, true);
+      leaseDeadline = now() + LEASE;
+    },
     ACCEPT: async () => {
       sut().decision.resolve(true);
       await settle();
@@ -280,11 +364,17 @@ function createDriver() {
     DECIDE_TIMEOUT: () => elapse(OFFER_TTL),
     OFFER_TTL: () => elapse(OFFER_TTL),
     ASSIGN: () => sut().send({ type: "job.assigned", spec: { jobId: JOB_ID, roomId: "room-1" } }),
+    ASSIGN_LEASED: () => {
+      sut().send({ type: "job.assigned", spec: { jobId: JOB_ID, roomId: "room-1", leaseValidForMs: LEASE } });
+      expect(sut().snapshot().context.spec.leaseValidForMs).toBe(LEASE);
+      leaseDeadline = now() + LEASE;
+    },
     LAUNCH: () => sut().send({ type: "job.launching", slotId: `slot.${slots++}` }),
     RUNNING: () => sut().send({ type: "job.running" }),
     UNPLACED: () => sut().send({ type: "job.unplaced" }),
     LAUNCH_TIMEOUT: () => elapse(LAUNCH_TIMEOUT),
     MAX_DURATION: () => elapse(MAX_DURATION),
+    LEASE_LAPSED: () => lapse(),
     CANCEL: () => sut().send({ type: "job.cancel", reason: "user" }),
     SHUTDOWN: () => sut().send({ type: "job.shutdown" }),
     ENDED_OK: () => sut().send({ type: "job.ended", outcome: { status: "completed" } }),
@@ -312,6 +402,7 @@ function createDriver() {
       { type: "job.ended", outcome: { status: "completed" } },
       { type: "job.cancel" },
       { type: "job.shutdown" },
+      { type: "job.lease_renewed", validForMs: LEASE },
     ]) {
       j.send(event);
     }
@@ -325,11 +416,12 @@ function createDriver() {
     expect(j.snapshot().status).toBe("done");
   };
 
-  return { states, events, expectSettledAfterPath };
+  return { states, events, expectSettledAfterPath, renewals: () => renewals };
 }
 
 const model = createTestModel(jobModel);
-const paths = model.getShortestPaths();
+// Only events the model takes in a state: a lapse of a lease the job does not hold is no step.
+const paths = model.getShortestPaths({ filterEvents: (state, event) => state.can(event) });
 
 /** Every transition of the model, as "from -EVENT-> to". */
 function modelTransitions(machine: AnyStateMachine): string[] {

@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
-import { setup } from "xstate";
+import { type AnyStateMachine, assign, type SnapshotFrom, setup } from "xstate";
 import { createTestModel } from "xstate/graph";
+import type { StopReason } from "../../machines/shared.ts";
 import { type SlotOutput, slotMachine } from "../../machines/slot.ts";
 import { FakeProcesses } from "../support/fake-process.ts";
 import { hostChild } from "../support/host.ts";
@@ -15,32 +16,97 @@ const timing = {
   memoryWarnIntervalMs: 60_000,
 };
 
-/** The slot as the worker sees it; timers and the process are abstract events here. */
-const slotModel = setup({}).createMachine({
+interface ModelContext {
+  /** Why the slot is going down (its first reason), as its output must say. */
+  stopReason: StopReason | null;
+  /** The slot took a job: the output carries its outcome. */
+  job: boolean;
+}
+
+const because = (reason: StopReason) => ({ type: "stopBecause", params: { reason } }) as const;
+/** The worker's stop for a job whose lease ran out: SIGKILL at once, whatever the slot was doing. */
+const LEASE_KILL = { target: "killing", actions: because("lease_lapsed") } as const;
+
+/**
+ * The slot as the worker sees it; timers and the process are abstract events here. STOP is the
+ * worker's ordinary stop (cancelled), LEASE_STOP its stop for a lapsed lease (lease_lapsed).
+ */
+const slotModel = setup({
+  types: { context: {} as ModelContext },
+  actions: {
+    stopBecause: assign({ stopReason: (_, params: { reason: StopReason }) => params.reason }),
+    takeJob: assign({ job: true }),
+  },
+}).createMachine({
   id: "slotModel",
+  context: { stopReason: null, job: false },
   initial: "spawning",
   states: {
-    spawning: { on: { SPAWNED: "initializing", SPAWN_FAILED: "exited", STOP: "terminating" } },
-    initializing: { on: { READY: "idle", INIT_TIMEOUT: "terminating", STOP: "stopping", EXIT: "exited" } },
+    spawning: {
+      on: {
+        SPAWNED: "initializing",
+        SPAWN_FAILED: "exited",
+        STOP: { target: "terminating", actions: because("cancelled") },
+        LEASE_STOP: LEASE_KILL,
+      },
+    },
+    initializing: {
+      on: {
+        READY: "idle",
+        INIT_TIMEOUT: { target: "terminating", actions: because("initialize_timeout") },
+        STOP: { target: "stopping", actions: because("cancelled") },
+        LEASE_STOP: LEASE_KILL,
+        EXIT: "exited",
+      },
+    },
     idle: {
-      on: { ASSIGN: "busy", STOP: "stopping", PONG_TIMEOUT: "terminating", MEMORY_LIMIT: "stopping", EXIT: "exited" },
+      on: {
+        ASSIGN: { target: "busy", actions: "takeJob" },
+        STOP: { target: "stopping", actions: because("cancelled") },
+        PONG_TIMEOUT: { target: "terminating", actions: because("unresponsive") },
+        MEMORY_LIMIT: { target: "stopping", actions: because("memory_limit") },
+        LEASE_STOP: LEASE_KILL,
+        EXIT: "exited",
+      },
     },
     busy: {
       on: {
         JOB_ENDING: "ending",
-        STOP: "stopping",
-        PONG_TIMEOUT: "terminating",
-        MEMORY_LIMIT: "stopping",
+        STOP: { target: "stopping", actions: because("cancelled") },
+        PONG_TIMEOUT: { target: "terminating", actions: because("unresponsive") },
+        MEMORY_LIMIT: { target: "stopping", actions: because("memory_limit") },
+        LEASE_STOP: LEASE_KILL,
         EXIT: "exited",
       },
     },
-    ending: { on: { CLOSE_TIMEOUT: "terminating", EXIT: "exited" } },
-    stopping: { on: { CLOSE_TIMEOUT: "terminating", EXIT: "exited" } },
-    terminating: { on: { KILL_GRACE: "killing", EXIT: "exited" } },
+    ending: {
+      on: {
+        CLOSE_TIMEOUT: { target: "terminating", actions: because("close_timeout") },
+        // The job ended by itself, the process is closing: the lease cuts it short and is the reason.
+        LEASE_STOP: LEASE_KILL,
+        EXIT: "exited",
+      },
+    },
+    // Already going down for a reason: the lease cuts it short, the first reason stays.
+    stopping: { on: { CLOSE_TIMEOUT: "terminating", LEASE_STOP: "killing", EXIT: "exited" } },
+    terminating: { on: { KILL_GRACE: "killing", LEASE_STOP: "killing", EXIT: "exited" } },
     killing: { on: { KILL_GRACE: "exited", EXIT: "exited" } },
     exited: { type: "final" },
   },
 });
+
+type ModelSnapshot = SnapshotFrom<typeof slotModel>;
+
+/** Every transition of the model, as "from -EVENT-> to". */
+function modelTransitions(machine: AnyStateMachine): string[] {
+  const edges: string[] = [];
+  for (const node of Object.values(machine.root.states)) {
+    for (const [eventType, list] of node.transitions) {
+      for (const t of list) edges.push(`${node.key} -${eventType}-> ${t.target?.[0]?.key ?? node.key}`);
+    }
+  }
+  return edges.sort();
+}
 
 function createSut() {
   let deaf = false;
@@ -62,43 +128,73 @@ function createSut() {
 
 describe("slot machine (model-based)", () => {
   const paths = createTestModel(slotModel).getShortestPaths();
-  it("covers every model state", () => {
+  it("covers every model state and every model transition", () => {
     const reached = new Set(paths.flatMap((p) => p.steps.map((s) => s.state.value as string)));
     expect([...reached].sort()).toEqual(Object.keys(slotModel.states).sort());
+    const edges = new Set<string>();
+    for (const path of paths) {
+      for (let i = 1; i < path.steps.length; i++) {
+        const from = path.steps[i - 1]?.state.value as string;
+        const step = path.steps[i];
+        if (step) edges.add(`${from} -${step.event.type}-> ${step.state.value as string}`);
+      }
+    }
+    expect([...edges].sort()).toEqual(modelTransitions(slotModel));
   });
   for (const path of paths) {
     it(path.description, async () => {
       const sut = createSut();
       const value = () => sut.snapshot().value as Record<string, unknown> | string;
-      const alive = (state: string) => () => expect(value()).toEqual({ alive: state });
-      const work = (state: string) => () =>
+      /** The reason the slot keeps, and (for a lease kill) no graceful step before the SIGKILL. */
+      const reasonKept = (model: ModelSnapshot) => {
+        expect(sut.snapshot().context.stopReason).toBe(model.context.stopReason);
+        if (model.context.stopReason === "lease_lapsed") {
+          expect(sut.proc().count("shutdown")).toBe(0);
+          expect(sut.proc().commands.filter((c) => c.type === "signal")).toEqual([
+            { type: "signal", signal: "SIGKILL" },
+          ]);
+        }
+      };
+      const alive = (state: string) => (model: ModelSnapshot) => {
+        expect(value()).toEqual({ alive: state });
+        reasonKept(model);
+      };
+      const work = (state: string) => (model: ModelSnapshot) => {
         expect((value() as { alive: { ready: { work: string } } }).alive.ready.work).toBe(state);
+        reasonKept(model);
+      };
       await path.test({
         states: {
           spawning: alive("spawning"),
           initializing: alive("initializing"),
           idle: work("idle"),
-          busy: () => {
-            work("busy")();
+          busy: (model) => {
+            work("busy")(model);
             expect(sut.proc().last("start_job")).toEqual({ type: "start_job", job: { jobId: "j1" } });
           },
           ending: alive("ending"),
-          stopping: () => {
-            alive("stopping")();
+          stopping: (model) => {
+            alive("stopping")(model);
             expect(sut.proc().count("shutdown")).toBe(1);
           },
-          terminating: () => {
-            alive("terminating")();
+          terminating: (model) => {
+            alive("terminating")(model);
             expect(sut.proc().last("signal")).toEqual({ type: "signal", signal: "SIGTERM" });
           },
-          killing: () => {
-            alive("killing")();
+          killing: (model) => {
+            alive("killing")(model);
             expect(sut.proc().last("signal")).toEqual({ type: "signal", signal: "SIGKILL" });
+            expect(sut.proc().count("signal")).toBeLessThanOrEqual(2);
           },
-          exited: () => {
+          exited: (model) => {
             expect(sut.snapshot().status).toBe("done");
             const output = sut.snapshot().output as SlotOutput;
+            expect(output.stopReason).toBe(model.context.stopReason);
+            expect(output.jobId).toBe(model.context.job ? "j1" : null);
             if (output.jobOutcome) expect(output.jobOutcome.status).not.toBe("completed");
+            if (model.context.job && model.context.stopReason === "lease_lapsed") {
+              expect(output.jobOutcome).toMatchObject({ status: "failed", reason: "lease_lapsed" });
+            }
           },
         },
         events: {
@@ -109,6 +205,7 @@ describe("slot machine (model-based)", () => {
           ASSIGN: () => sut.send({ type: "slot.assign", job: { jobId: "j1" } }),
           JOB_ENDING: () => sut.proc().emit({ type: "proc.job_ending" }),
           STOP: () => sut.send({ type: "slot.stop", reason: "cancelled" }),
+          LEASE_STOP: () => sut.send({ type: "slot.stop", reason: "lease_lapsed" }),
           PONG_TIMEOUT: () => {
             sut.makeDeaf();
             sut.clock.increment(timing.pingIntervalMs);

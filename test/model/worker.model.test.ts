@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { type AnyActorRef, type AnyEventObject, assign, fromCallback, SimulatedClock, setup } from "xstate";
 import { createTestModel } from "xstate/graph";
-import type { JobUpdate } from "../../machines/shared.ts";
+import type { JobSpec, JobUpdate } from "../../machines/shared.ts";
 import { slotMachine } from "../../machines/slot.ts";
 import {
   EXIT_CLEAN,
@@ -39,6 +39,10 @@ const input: WorkerInput = {
   random: () => 0.5,
 };
 
+/** A leased job's validity, and the one a renewal grants: both shorter than the drain timeout. */
+const LEASE = 3_000;
+const RENEWED = 4_000;
+
 const exit = (code: number) => ({ type: "exit" as const, params: { code } });
 
 /**
@@ -46,9 +50,17 @@ const exit = (code: number) => ({ type: "exit" as const, params: { code } });
  * Why the worker is full (an accepted offer, a running job, the load) and whether a drain still
  * has a job are states of their own; the exit code the worker must end with is in the context.
  */
+interface ModelContext {
+  exitCode: number;
+  /** The running job holds a lease from the registry (dispatched with `redispatch`). */
+  leased: boolean;
+  /** The registry renewed that lease since the assignment. */
+  renewed: boolean;
+}
+
 const workerModel = setup({
   types: {
-    context: {} as { exitCode: number },
+    context: {} as ModelContext,
     events: {} as
       | { type: "WARM" }
       | { type: "OFFER" }
@@ -59,12 +71,21 @@ const workerModel = setup({
       | { type: "DRAIN" }
       | { type: "DRAIN_TIMEOUT" }
       | { type: "STOP" }
-      | { type: "LINK_FAILED" },
+      | { type: "LINK_FAILED" }
+      | { type: "ASSIGN_LEASED" }
+      | { type: "RENEW" }
+      | { type: "LEASE_LAPSED" },
   },
-  actions: { exit: assign({ exitCode: (_, params: { code: number }) => params.code }) },
+  guards: { leased: ({ context }) => context.leased },
+  actions: {
+    exit: assign({ exitCode: (_, params: { code: number }) => params.code }),
+    takeLease: assign({ leased: true }),
+    renew: assign({ renewed: true }),
+    dropLease: assign({ leased: false, renewed: false }),
+  },
 }).createMachine({
   id: "workerModel",
-  context: { exitCode: -1 },
+  context: { exitCode: -1, leased: false, renewed: false },
   initial: "starting",
   states: {
     starting: {
@@ -80,6 +101,7 @@ const workerModel = setup({
         OFFER: "reserved",
         // An unannounced assignment: the registry skipped the offer.
         ASSIGN: "running",
+        ASSIGN_LEASED: { target: "running", actions: "takeLease" },
         FILL: "loaded",
         DRAIN: { target: "stopped", actions: exit(EXIT_CLEAN) },
         STOP: { target: "stopped", actions: exit(EXIT_CLEAN) },
@@ -90,6 +112,8 @@ const workerModel = setup({
     reserved: {
       on: {
         ASSIGN: "running",
+        // The assignment of an accepted offer may grant it a lease.
+        ASSIGN_LEASED: { target: "running", actions: "takeLease" },
         DRAIN: "drainingReserved",
         STOP: { target: "stopped", actions: exit(EXIT_FORCED) },
         LINK_FAILED: { target: "stopped", actions: exit(EXIT_LINK_FAILED) },
@@ -97,7 +121,10 @@ const workerModel = setup({
     },
     running: {
       on: {
-        JOB_DONE: "available",
+        JOB_DONE: { target: "available", actions: "dropLease" },
+        RENEW: { guard: "leased", target: "running", actions: "renew" },
+        // Unrenewed, the job's process is SIGKILLed and the job fails lease_lapsed: the worker is free again.
+        LEASE_LAPSED: { guard: "leased", target: "available", actions: "dropLease" },
         DRAIN: "drainingRunning",
         STOP: { target: "stopped", actions: exit(EXIT_FORCED) },
         LINK_FAILED: { target: "stopped", actions: exit(EXIT_LINK_FAILED) },
@@ -115,6 +142,7 @@ const workerModel = setup({
     drainingReserved: {
       on: {
         ASSIGN: "drainingRunning",
+        ASSIGN_LEASED: { target: "drainingRunning", actions: "takeLease" },
         DRAIN_TIMEOUT: { target: "stopped", actions: exit(EXIT_FORCED) },
         STOP: { target: "stopped", actions: exit(EXIT_FORCED) },
         LINK_FAILED: { target: "stopped", actions: exit(EXIT_LINK_FAILED) },
@@ -123,6 +151,9 @@ const workerModel = setup({
     drainingRunning: {
       on: {
         JOB_DONE: { target: "stopped", actions: exit(EXIT_CLEAN) },
+        RENEW: { guard: "leased", target: "drainingRunning", actions: "renew" },
+        // The last job ended (killed for its lease): the drain is over, in time.
+        LEASE_LAPSED: { guard: "leased", target: "stopped", actions: ["dropLease", exit(EXIT_CLEAN)] },
         DRAIN_TIMEOUT: { target: "stopped", actions: exit(EXIT_FORCED) },
         STOP: { target: "stopped", actions: exit(EXIT_FORCED) },
         LINK_FAILED: { target: "stopped", actions: exit(EXIT_LINK_FAILED) },
@@ -215,10 +246,21 @@ function createSut() {
       await flush();
     },
     /** Assigns the accepted offer, or, with none, a job the registry never offered. */
-    assign: () => {
+    assign: (extra: Partial<JobSpec> = {}) => {
       const jobId = jobsIn("reserved")[0]?.[0] ?? `j${++nextJob}`;
       announced.add(jobId);
-      registry({ type: "worker.assignment", spec: { jobId, roomId: "room" } });
+      registry({ type: "worker.assignment", spec: { jobId, roomId: "room", ...extra } });
+      return jobId;
+    },
+    /** The registry renews the leases of these jobs (as the link forwards a pong). */
+    renew: (jobIds: string[], validForMs: number) => registry({ type: "worker.lease_renewed", jobIds, validForMs }),
+    now: () => clock.now(),
+    /** The state and validity of a job's lease actor. */
+    lease: (jobId: string) => {
+      const job = snapshot().children[`job.${jobId}`] as AnyActorRef | undefined;
+      const lease = job?.getSnapshot().children.lease as AnyActorRef | undefined;
+      const s = lease?.getSnapshot();
+      return s ? { value: s.value, validForMs: s.context.validForMs } : undefined;
     },
     load: (value: number) => {
       if (!samplerBack) throw new Error("sampler not started");
@@ -266,11 +308,26 @@ function expectReportedOnce(updates: JobUpdate[], linkAlive: boolean) {
 }
 
 describe("worker machine (model-based)", () => {
-  const paths = createTestModel(workerModel).getShortestPaths();
+  // Only events the model takes in a state: no renewal or lapse of a lease no job holds.
+  const paths = createTestModel(workerModel).getShortestPaths({ filterEvents: (state, event) => state.can(event) });
 
-  it("the paths cover every state of the model", () => {
+  it("the paths cover every state and every transition of the model", () => {
     const reached = new Set(paths.flatMap((p) => p.steps.map((s) => s.state.value as string)));
     expect([...reached].sort()).toEqual(Object.keys(workerModel.states).sort());
+    const edges = new Set<string>();
+    for (const path of paths) {
+      for (let i = 1; i < path.steps.length; i++) {
+        const from = path.steps[i - 1]?.state.value as string;
+        const step = path.steps[i];
+        if (step) edges.add(`${from} -${step.event.type}-> ${step.state.value as string}`);
+      }
+    }
+    const modelEdges = Object.values(workerModel.root.states).flatMap((node) =>
+      [...node.transitions].flatMap(([eventType, list]) =>
+        list.map((t) => `${node.key} -${eventType}-> ${t.target?.[0]?.key ?? node.key}`),
+      ),
+    );
+    expect([...edges].sort()).toEqual(modelEdges.sort());
     const exitCodes = new Set(
       paths.flatMap((p) => p.steps.filter((s) => s.state.value === "stopped").map((s) => s.state.context.exitCode)),
     );
@@ -281,6 +338,53 @@ describe("worker machine (model-based)", () => {
     it(path.description, async () => {
       const sut = createSut();
       const full = () => expect(sut.lifecycle()).toEqual({ running: "full" });
+      /** The leased job and when its lease must lapse; null while no job holds one. */
+      let lease: { jobId: string; deadline: number } | null = null;
+      const renewLease = (validForMs: number) => {
+        if (!lease) throw new Error("no leased job");
+        sut.renew([lease.jobId, "ghost"], validForMs);
+        lease.deadline = sut.now() + validForMs;
+      };
+      /** Lets time pass 1 ms at a time; a held lease is renewed before it could lapse, as a live link does. */
+      const advance = (ms: number) => {
+        for (let t = 0; t < ms; t++) {
+          if (lease && lease.deadline - sut.now() <= 1) renewLease(LEASE);
+          sut.tick(1);
+        }
+      };
+      /** The running job's lease, as the model says it must be. */
+      const expectLease = (model: { context: ModelContext }) => {
+        const [jobId] = sut.jobsIn("placed")[0] ?? [];
+        expect(jobId).toBeDefined();
+        if (model.context.leased) {
+          expect(lease?.jobId).toBe(jobId);
+          expect(sut.lease(jobId as string)).toEqual({
+            value: "held",
+            validForMs: model.context.renewed ? RENEWED : LEASE,
+          });
+        } else {
+          expect(sut.lease(jobId as string)).toEqual({ value: "none", validForMs: null });
+        }
+      };
+      /** The lease ran out unrenewed: the job's process was SIGKILLed at once and the job failed lease_lapsed. */
+      const lapse = () => {
+        if (!lease) throw new Error("no leased job");
+        const { jobId, deadline } = lease;
+        const slotId = sut.snapshot().context.jobs[jobId]?.slotId as string;
+        const signals = () => sut.fakes.bySlot(slotId).commands.filter((c) => c.type !== "ping");
+        sut.tick(deadline - sut.now() - 1);
+        expect(signals().map((c) => c.type)).toEqual(["start_job"]);
+        sut.tick(1);
+        lease = null;
+        expect(signals()).toEqual([
+          { type: "start_job", job: expect.objectContaining({ jobId }) },
+          { type: "signal", signal: "SIGKILL" },
+        ]);
+        expect(sut.updates().filter((u) => u.jobId === jobId)).toEqual([
+          { jobId, status: "running" },
+          { jobId, status: "failed", reason: "lease_lapsed", exitCode: null, signal: "SIGKILL" },
+        ]);
+      };
       await path.test({
         states: {
           starting: () => {
@@ -303,9 +407,10 @@ describe("worker machine (model-based)", () => {
             expect(sut.commands).toContainEqual({ type: "link.offer_answer", jobId, accept: true });
             expect(sut.lastStatus()).toMatchObject({ status: { status: "full", jobCount: 1 } });
           },
-          running: () => {
+          running: (state) => {
             sut.invariants();
             full();
+            expectLease(state);
             const [jobId, job] = sut.jobsIn("placed")[0] ?? [];
             expect(job?.slotId).toBeTruthy();
             expect(sut.fakes.bySlot(job?.slotId as string).last("start_job")).toMatchObject({
@@ -326,9 +431,10 @@ describe("worker machine (model-based)", () => {
             expect(sut.idle()).toBe(0);
             expect(sut.lastStatus()).toMatchObject({ status: { status: "draining" } });
           },
-          drainingRunning: () => {
+          drainingRunning: (state) => {
             sut.invariants();
             expect(sut.lifecycle()).toBe("draining");
+            expectLease(state);
             const [jobId] = sut.jobsIn("placed")[0] ?? [];
             expect(sut.updates().filter((u) => u.jobId === jobId)).toEqual([{ jobId, status: "running" }]);
           },
@@ -349,12 +455,23 @@ describe("worker machine (model-based)", () => {
         events: {
           WARM: () => sut.warm(),
           OFFER: () => sut.offer(),
-          ASSIGN: () => sut.assign(),
-          JOB_DONE: () => sut.jobDone(),
+          ASSIGN: () => {
+            sut.assign();
+          },
+          ASSIGN_LEASED: () => {
+            const jobId = sut.assign({ leaseValidForMs: LEASE });
+            lease = { jobId, deadline: sut.now() + LEASE };
+          },
+          RENEW: () => renewLease(RENEWED),
+          LEASE_LAPSED: () => lapse(),
+          JOB_DONE: () => {
+            sut.jobDone();
+            lease = null;
+          },
           FILL: () => sut.load(0.9),
           UNLOAD: () => sut.load(0.1),
           DRAIN: () => sut.actor.send({ type: "worker.drain" }),
-          DRAIN_TIMEOUT: () => sut.tick(input.timing.drainTimeoutMs),
+          DRAIN_TIMEOUT: () => advance(input.timing.drainTimeoutMs),
           STOP: () => sut.actor.send({ type: "worker.stop" }),
           LINK_FAILED: () => sut.breakLink(),
         },

@@ -523,6 +523,145 @@ describe("connection: heartbeat", () => {
   );
 });
 
+describe("connection: leases", () => {
+  const leasedPong = (t: Harness, jobIds: string[], validForMs: number) =>
+    t.socket.emit({ type: "registry.pong", timestamp: 1, lease: { jobIds, validForMs } });
+  const registeredLeased = (leaseMs: number, options: Options = {}) => {
+    const t = connection(options);
+    open(t);
+    t.socket.emit({ type: "registry.registered", workerId: "w-1", leaseMs });
+    return t;
+  };
+  const pings = (t: Harness) => t.socket.current.commands.filter((c) => c.type === "send.ping").length;
+  /** Waits out one ping interval from quiet: still quiet 1 ms before it, pinging exactly at it, then answered. */
+  const pingRound = (t: Harness, intervalMs: number) => {
+    const before = pings(t);
+    t.clock.increment(intervalMs - 1);
+    expect(t.value()).toEqual(QUIET);
+    expect(pings(t)).toBe(before);
+    t.clock.increment(1);
+    expect(t.value()).toEqual(AWAITING_PONG);
+    expect(pings(t)).toBe(before + 1);
+    pong(t);
+    expect(t.value()).toEqual(QUIET);
+  };
+
+  it("a registration with leaseMs pings every leaseMs / 3 when that is shorter than pingInterval", () => {
+    const t = registeredLeased(600);
+    expect(t.value()).toEqual(QUIET);
+    expect(t.context().leaseMs).toBe(600);
+    for (let round = 0; round < 4; round++) pingRound(t, 200);
+    expect(t.clock.now()).toBe(800);
+  });
+
+  it("a lease that is not a multiple of 3 ms pings at the first whole millisecond past leaseMs / 3", () => {
+    const t = registeredLeased(1_000);
+    t.clock.increment(333);
+    expect(t.value()).toEqual(QUIET);
+    t.clock.increment(1);
+    expect(t.value()).toEqual(AWAITING_PONG);
+  });
+
+  it("a lease longer than three ping intervals keeps pingInterval", () => {
+    const t = registeredLeased(3 * timing.pingIntervalMs + 300);
+    for (let round = 0; round < 3; round++) pingRound(t, timing.pingIntervalMs);
+  });
+
+  it("without leaseMs it pings every pingInterval; a registration without it drops the earlier lease", () => {
+    const t = registered();
+    expect(t.context().leaseMs).toBeNull();
+    pingRound(t, timing.pingIntervalMs);
+    drop(t);
+    waitOut(t, jitter(0.5, 1));
+    open(t);
+    t.socket.emit({ type: "registry.registered", workerId: "w-1", leaseMs: 300 });
+    expect(t.context().leaseMs).toBe(300);
+    pingRound(t, 100);
+    drop(t);
+    waitOut(t, jitter(0.5, 1));
+    open(t);
+    accept(t, "w-1");
+    expect(t.context().leaseMs).toBeNull();
+    pingRound(t, timing.pingIntervalMs);
+  });
+
+  it("the pong timeout is not shortened by the lease", () => {
+    const t = registeredLeased(300);
+    t.clock.increment(100);
+    expect(t.value()).toEqual(AWAITING_PONG);
+    t.clock.increment(timing.pongTimeoutMs - 1);
+    expect(t.value()).toEqual(AWAITING_PONG);
+    t.clock.increment(1);
+    expect(t.value()).toBe("backoff");
+  });
+
+  it("a pong with a lease, awaited, forwards worker.lease_renewed to the worker and returns to quiet", () => {
+    const t = registeredLeased(600);
+    t.clock.increment(200);
+    expect(t.value()).toEqual(AWAITING_PONG);
+    const commands = t.socket.current.commands.length;
+    leasedPong(t, ["a", "b"], 540);
+    expect(t.value()).toEqual(QUIET);
+    expect(t.ofType("worker.lease_renewed")).toEqual([
+      { type: "worker.lease_renewed", jobIds: ["a", "b"], validForMs: 540 },
+    ]);
+    // Nothing goes back to the registry for it.
+    expect(t.socket.current.commands).toHaveLength(commands);
+    // The next ping is a whole interval after this pong.
+    pingRound(t, 200);
+    expect(t.ofType("worker.lease_renewed")).toHaveLength(1);
+  });
+
+  it("a late pong with a lease, while quiet, still forwards it, and the ping schedule is kept", () => {
+    const t = registeredLeased(600);
+    t.clock.increment(50);
+    leasedPong(t, ["a"], 480);
+    expect(t.value()).toEqual(QUIET);
+    expect(t.ofType("worker.lease_renewed")).toEqual([
+      { type: "worker.lease_renewed", jobIds: ["a"], validForMs: 480 },
+    ]);
+    // The interval still runs from entering quiet (t=0): the ping goes at 200, not at 250.
+    t.clock.increment(149);
+    expect(t.value()).toEqual(QUIET);
+    t.clock.increment(1);
+    expect(t.value()).toEqual(AWAITING_PONG);
+  });
+
+  it("a pong after a registration without leaseMs still forwards what it vouches for", () => {
+    const t = registered();
+    leasedPong(t, ["a"], 1_000);
+    expect(t.ofType("worker.lease_renewed")).toEqual([
+      { type: "worker.lease_renewed", jobIds: ["a"], validForMs: 1_000 },
+    ]);
+  });
+
+  it.each(["quiet", "awaitingPong"] as const)(
+    "a pong while %s with an empty jobIds list, or with no lease, forwards nothing",
+    (state) => {
+      const t = reach[state]();
+      leasedPong(t, [], 1_000);
+      pong(t);
+      expect(t.value()).toEqual(QUIET);
+      expect(t.ofType("worker.lease_renewed")).toEqual([]);
+      expect(t.received.filter((e) => !e.type.startsWith("xstate."))).toEqual([]);
+    },
+  );
+
+  it.each(["connecting", "registering", "backoff"] as const)(
+    "a pong with a lease while %s (no live session) forwards nothing",
+    (state) => {
+      const t = connection();
+      if (state !== "connecting") open(t);
+      if (state === "backoff") drop(t);
+      expect(t.value()).toEqual(state === "backoff" ? "backoff" : { online: state });
+      if (state === "backoff")
+        t.send({ type: "registry.pong", timestamp: 1, lease: { jobIds: ["a"], validForMs: 500 } });
+      else leasedPong(t, ["a"], 500);
+      expect(t.ofType("worker.lease_renewed")).toEqual([]);
+    },
+  );
+});
+
 describe("connection: backoff", () => {
   /**
    * retries − 1 zero-delay failures first (random 0), so the measured backoff starts at clock time 0 and its
@@ -1145,7 +1284,11 @@ describe("connection: robustness", () => {
     "socket.invalid": [{ type: "socket.invalid", error: "bad frame" }],
     "socket.failed": [{ type: "socket.failed", error: "connection refused: connect ECONNREFUSED 127.0.0.1:1" }],
     "socket.unauthorized": [{ type: "socket.unauthorized", status: 401, error: "401 invalid token" }],
-    "registry.registered": [{ type: "registry.registered", workerId: "w-2" }, { type: "registry.registered" }],
+    "registry.registered": [
+      { type: "registry.registered", workerId: "w-2" },
+      { type: "registry.registered" },
+      { type: "registry.registered", workerId: "w-2", leaseMs: 900 },
+    ],
     "registry.refused": [{ type: "registry.refused", message: "no" }, { type: "registry.refused" }],
     "registry.offer": [{ type: "registry.offer", spec: { jobId: "j", agentName: "agent-a", roomId: "r" } }],
     "registry.assigned": [
@@ -1153,7 +1296,11 @@ describe("connection: robustness", () => {
     ],
     "registry.terminate": [{ type: "registry.terminate", jobId: "j" }],
     "registry.ping": [{ type: "registry.ping", timestamp: 7 }],
-    "registry.pong": [{ type: "registry.pong", timestamp: 7 }],
+    "registry.pong": [
+      { type: "registry.pong", timestamp: 7 },
+      { type: "registry.pong", timestamp: 7, lease: { jobIds: ["j"], validForMs: 900 } },
+      { type: "registry.pong", timestamp: 7, lease: { jobIds: [], validForMs: 900 } },
+    ],
     "registry.error": [{ type: "registry.error", message: "oops", code: "x" }],
     "link.status": [{ type: "link.status", status: available }],
     "link.job_update": [

@@ -1,5 +1,5 @@
 import { describe, expect, it, vi } from "vitest";
-import { type AnyEventObject, fromPromise, type SnapshotFrom } from "xstate";
+import { type AnyActorRef, type AnyEventObject, fromPromise, type SnapshotFrom } from "xstate";
 import {
   type JobEvent,
   type JobInput,
@@ -17,6 +17,9 @@ const MAX_DURATION = 60_000;
 const TIMING: JobTiming = { offerTtlMs: OFFER_TTL, launchTimeoutMs: LAUNCH_TIMEOUT, maxDurationMs: 0 };
 const JOB_ID = "j1";
 const SLOT = "slot.0";
+/** A leased job's validity: shorter than the launch deadline, so a lapse comes first. */
+const LEASE = 3_000;
+const LEASED: StartOptions = { spec: { leaseValidForMs: LEASE } };
 
 interface StartOptions {
   preassigned?: boolean;
@@ -137,6 +140,9 @@ type Reachable =
   | "running"
   | "ending (cancelled)"
   | "ending (launch_failed)"
+  | "assigned (leased)"
+  | "running (leased)"
+  | "ending (lease_lapsed)"
   | "completed"
   | "failed"
   | "cancelled"
@@ -189,6 +195,19 @@ async function reach(state: Reachable, options: StartOptions = {}): Promise<Job>
     case "ending (launch_failed)": {
       const job = await reach("launching", options);
       job.clock.increment(LAUNCH_TIMEOUT);
+      return job;
+    }
+    case "assigned (leased)":
+      return startJob({ ...options, preassigned: true, spec: { ...options.spec, leaseValidForMs: LEASE } });
+    case "running (leased)": {
+      const job = await reach("assigned (leased)", options);
+      job.emit({ type: "job.launching", slotId: SLOT });
+      job.emit({ type: "job.running" });
+      return job;
+    }
+    case "ending (lease_lapsed)": {
+      const job = await reach("running (leased)", options);
+      job.clock.increment(LEASE);
       return job;
     }
     case "completed":
@@ -623,6 +642,234 @@ describe("job: ending", () => {
   });
 });
 
+// ---- lease ------------------------------------------------------------------------------------------
+
+/** The state of the job's lease actor (none, held, lapsed). */
+const leaseOf = (job: Job) => (job.snapshot().children.lease as AnyActorRef).getSnapshot().value;
+const lapsedOutput = (extra: Partial<JobOutput> = {}): JobOutput => ({
+  jobId: JOB_ID,
+  status: "failed",
+  reason: "lease_lapsed",
+  ...extra,
+});
+const killedForLease: JobOutcome = { status: "failed", reason: "lease_lapsed", exitCode: null, signal: "SIGKILL" };
+
+describe("job: lease", () => {
+  it("a leased job that waits for a slot unrenewed fails lease_lapsed exactly at its validity, with no stop", async () => {
+    const job = await reach("assigned", LEASED);
+    expect(leaseOf(job)).toBe("held");
+    job.clock.increment(LEASE - 1);
+    expect(job.value()).toBe("assigned");
+    job.clock.increment(1);
+    expectFinal(job, "failed", lapsedOutput({ error: { name: "Error", message: "lost the registry's lease" } }));
+    // Nothing ran yet: no slot to stop.
+    expect(job.ofType("job.stop")).toEqual([]);
+    expect(job.notifications()).toEqual([{ type: "job.needs_slot", jobId: JOB_ID }]);
+  });
+
+  it.each(["launching", "running"] as const)(
+    "a lapse while %s → ending, asks the slot to stop (lease_lapsed); the slot's outcome decides",
+    async (state) => {
+      const job = await reach(state, { ...LEASED, timing: { maxDurationMs: MAX_DURATION } });
+      job.clock.increment(LEASE - 1);
+      expect(job.value()).toBe(state);
+      expect(job.ofType("job.stop")).toEqual([]);
+      job.clock.increment(1);
+      expect(job.value()).toBe("ending");
+      expect(job.status()).toBe("active");
+      expect(job.context().stopReason).toBe("lease_lapsed");
+      expect(job.ofType("job.stop")).toEqual([
+        { type: "job.stop", jobId: JOB_ID, slotId: SLOT, reason: "lease_lapsed" },
+      ]);
+      // The launch and maximum-duration deadlines went with the state: no other stop follows.
+      job.clock.increment(LAUNCH_TIMEOUT + MAX_DURATION);
+      expect(job.ofType("job.stop")).toHaveLength(1);
+      job.emit({ type: "job.ended", outcome: killedForLease });
+      expectFinal(job, "failed", lapsedOutput({ exitCode: null, signal: "SIGKILL" }));
+    },
+  );
+
+  it("stopped for its lease and unplaced by its slot (no outcome will come), it fails lease_lapsed", async () => {
+    const job = await reach("launching", LEASED);
+    job.clock.increment(LEASE);
+    expect(job.value()).toBe("ending");
+    job.emit({ type: "job.unplaced" });
+    expectFinal(job, "failed", lapsedOutput());
+  });
+
+  it("job.lease_renewed keeps a running job past its original validity; it lapses a validity after the last renewal", async () => {
+    const job = await reach("running", LEASED);
+    for (let round = 0; round < 10; round++) {
+      job.clock.increment(LEASE - 1);
+      job.emit({ type: "job.lease_renewed", validForMs: LEASE });
+    }
+    expect(job.clock.now()).toBe(10 * (LEASE - 1));
+    expect(job.value()).toBe("running");
+    expect(job.ofType("job.stop")).toEqual([]);
+    expect(leaseOf(job)).toBe("held");
+    job.clock.increment(LEASE - 1);
+    expect(job.value()).toBe("running");
+    job.clock.increment(1);
+    expect(job.value()).toBe("ending");
+    expect(job.ofType("job.stop")).toEqual([{ type: "job.stop", jobId: JOB_ID, slotId: SLOT, reason: "lease_lapsed" }]);
+  });
+
+  it("renewed while it waits for a slot, the launch deadline decides (launch_failed, not lease_lapsed)", async () => {
+    const job = await reach("assigned", LEASED);
+    job.clock.increment(LEASE - 1);
+    job.emit({ type: "job.lease_renewed", validForMs: LEASE });
+    // The first validity is gone; the launch deadline (5000) comes before the renewed one (5999).
+    job.clock.increment(LAUNCH_TIMEOUT - LEASE);
+    expect(job.value()).toBe("assigned");
+    job.clock.increment(1);
+    expect(job.value()).toBe("failed");
+    expect(job.output()).toMatchObject({ status: "failed", reason: "launch_failed" });
+  });
+
+  it("a renewal with no validity left (≤ 0) neither shortens nor extends the lease", async () => {
+    const job = await reach("running", LEASED);
+    job.clock.increment(1_000);
+    job.emit({ type: "job.lease_renewed", validForMs: 0 });
+    job.emit({ type: "job.lease_renewed", validForMs: -1 });
+    expect(job.value()).toBe("running");
+    expect(leaseOf(job)).toBe("held");
+    job.clock.increment(LEASE - 1_000 - 1);
+    expect(job.value()).toBe("running");
+    job.clock.increment(1);
+    expect(job.value()).toBe("ending");
+  });
+
+  it("a job assigned with a lease that already ran out (0) fails lease_lapsed at once", () => {
+    const job = startJob({ preassigned: true, spec: { leaseValidForMs: 0 } });
+    expectFinal(job, "failed", lapsedOutput({ error: { name: "Error", message: "lost the registry's lease" } }));
+    expect(job.ofType("job.stop")).toEqual([]);
+  });
+
+  it("an offered job takes its lease from the assignment (takeLease) and loses it unrenewed", async () => {
+    const job = await reach("offered");
+    expect(leaseOf(job)).toBe("none");
+    job.clock.increment(OFFER_TTL - 1);
+    job.emit({ type: "job.assigned", spec: { jobId: JOB_ID, roomId: "r1", leaseValidForMs: LEASE } });
+    expect(job.value()).toBe("assigned");
+    expect(job.context().spec).toEqual({ jobId: JOB_ID, roomId: "r1", leaseValidForMs: LEASE });
+    expect(leaseOf(job)).toBe("held");
+    job.emit({ type: "job.launching", slotId: SLOT });
+    job.emit({ type: "job.running" });
+    job.clock.increment(LEASE - 1);
+    expect(job.value()).toBe("running");
+    job.clock.increment(1);
+    expect(job.value()).toBe("ending");
+    expect(job.ofType("job.stop")).toEqual([{ type: "job.stop", jobId: JOB_ID, slotId: SLOT, reason: "lease_lapsed" }]);
+  });
+
+  it("a renewal that reaches a job before its assignment is ignored: the lease starts with the assignment", async () => {
+    // The registry vouches for a job once the worker said yes, so a pong can list it while it is offered.
+    const job = await reach("offered");
+    job.emit({ type: "job.lease_renewed", validForMs: 500 });
+    expect(leaseOf(job)).toBe("none");
+    job.clock.increment(600);
+    job.emit({ type: "job.assigned", spec: { jobId: JOB_ID, leaseValidForMs: LEASE } });
+    job.emit({ type: "job.launching", slotId: SLOT });
+    job.emit({ type: "job.running" });
+    expect(leaseOf(job)).toBe("held");
+    job.clock.increment(LEASE);
+    expect(job.value()).toBe("ending");
+    expect(job.ofType("job.stop")).toEqual([{ type: "job.stop", jobId: JOB_ID, slotId: SLOT, reason: "lease_lapsed" }]);
+  });
+
+  it("an offered job whose assignment grants a lease already run out (0) fails lease_lapsed at once", async () => {
+    const job = await reach("offered");
+    job.emit({ type: "job.assigned", spec: { jobId: JOB_ID, leaseValidForMs: 0 } });
+    expectFinal(job, "failed", lapsedOutput({ error: { name: "Error", message: "lost the registry's lease" } }));
+    expect(job.notifications()).toEqual([
+      { type: "job.answer", jobId: JOB_ID, accept: true },
+      { type: "job.needs_slot", jobId: JOB_ID },
+    ]);
+  });
+
+  it("an offered job assigned without a lease holds none and never lapses", async () => {
+    const job = await reach("offered");
+    job.emit({ type: "job.assigned", spec: { jobId: JOB_ID, roomId: "r1" } });
+    job.emit({ type: "job.launching", slotId: SLOT });
+    job.emit({ type: "job.running" });
+    expect(leaseOf(job)).toBe("none");
+    job.clock.increment(1_000_000_000);
+    expect(job.value()).toBe("running");
+    expect(job.ofType("job.stop")).toEqual([]);
+    expectHealthy(job);
+  });
+
+  it("a preassigned job without a lease holds none and never lapses, in any state", async () => {
+    for (const state of ["assigned", "launching", "running"] as const) {
+      const job = await reach(state, { timing: { launchTimeoutMs: 1_000_000_000 } });
+      expect(leaseOf(job)).toBe("none");
+      job.clock.increment(999_999_999);
+      expect(job.value()).toBe(state);
+      expect(job.ofType("job.stop")).toEqual([]);
+    }
+  });
+
+  it("a lapse while ending asks the slot to stop again, now with lease_lapsed; the slot's outcome still decides", async () => {
+    const job = await reach("running", LEASED);
+    job.clock.increment(1_000);
+    job.emit({ type: "job.cancel" });
+    expect(job.value()).toBe("ending");
+    expect(job.ofType("job.stop").map((e) => e.reason)).toEqual(["cancelled"]);
+    job.clock.increment(LEASE - 1_000 - 1);
+    expect(job.ofType("job.stop")).toHaveLength(1);
+    job.clock.increment(1);
+    expect(job.value()).toBe("ending");
+    expect(job.context().stopReason).toBe("lease_lapsed");
+    expect(job.ofType("job.stop")).toEqual([
+      { type: "job.stop", jobId: JOB_ID, slotId: SLOT, reason: "cancelled" },
+      { type: "job.stop", jobId: JOB_ID, slotId: SLOT, reason: "lease_lapsed" },
+    ]);
+    // The slot keeps its first reason: the job ends cancelled.
+    job.emit({ type: "job.ended", outcome: cancelledOutcome });
+    expectFinal(job, "cancelled", { jobId: JOB_ID, status: "cancelled", reason: "cancelled" });
+  });
+
+  it("renewed while ending, a graceful stop is not cut short", async () => {
+    const job = await reach("ending (cancelled)", LEASED);
+    job.clock.increment(LEASE - 1);
+    job.emit({ type: "job.lease_renewed", validForMs: LEASE });
+    job.clock.increment(LEASE - 1);
+    expect(job.ofType("job.stop").map((e) => e.reason)).toEqual(["cancelled"]);
+    job.clock.increment(1);
+    expect(job.ofType("job.stop").map((e) => e.reason)).toEqual(["cancelled", "lease_lapsed"]);
+  });
+
+  it("an offer holds no lease (deciding, offered): one on its spec or a renewal changes nothing", async () => {
+    // An offer does not carry a lease from the registry; were it to, the lease starts with the assignment.
+    const deciding = startJob({ spec: { leaseValidForMs: LEASE } });
+    expect(leaseOf(deciding)).toBe("none");
+    deciding.clock.increment(LEASE);
+    expect(deciding.value()).toBe("deciding");
+    expect(deciding.notifications()).toEqual([]);
+    expectHealthy(deciding);
+    deciding.decision.resolve(true);
+    await flush();
+    expect(deciding.value()).toBe("offered");
+
+    const offered = await reach("offered");
+    offered.emit({ type: "job.lease_renewed", validForMs: 0 });
+    expect(leaseOf(offered)).toBe("none");
+    expect(offered.value()).toBe("offered");
+    expect(offered.notifications()).toEqual([{ type: "job.answer", jobId: JOB_ID, accept: true }]);
+    expectHealthy(offered);
+  });
+
+  it("a final job's lease is stopped with it: nothing more happens when its validity would run out", async () => {
+    const job = await reach("running", LEASED);
+    job.emit({ type: "job.ended", outcome: completed });
+    expectFinal(job, "completed", { jobId: JOB_ID, status: "completed" });
+    const received = [...job.received];
+    job.clock.increment(LEASE * 10);
+    expect(job.received).toEqual(received);
+    expectFinal(job, "completed", { jobId: JOB_ID, status: "completed" });
+  });
+});
+
 // ---- outputs ----------------------------------------------------------------------------------------
 
 describe("job: output of each final state", () => {
@@ -698,6 +945,8 @@ const EVERY_EVENT: { label: string; event: JobEvent }[] = [
   { label: "job.cancel", event: { type: "job.cancel" } },
   { label: "job.cancel with reason", event: { type: "job.cancel", reason: "user" } },
   { label: "job.shutdown", event: { type: "job.shutdown" } },
+  { label: "job.lease_renewed", event: { type: "job.lease_renewed", validForMs: LEASE } },
+  { label: "job.lease_renewed with no validity left", event: { type: "job.lease_renewed", validForMs: 0 } },
 ];
 
 const EVERY_STATE: Reachable[] = [
@@ -709,6 +958,9 @@ const EVERY_STATE: Reachable[] = [
   "running",
   "ending (cancelled)",
   "ending (launch_failed)",
+  "assigned (leased)",
+  "running (leased)",
+  "ending (lease_lapsed)",
   "completed",
   "failed",
   "cancelled",
@@ -730,7 +982,9 @@ describe("job: every event in every state", () => {
           output: structuredClone(job.output()),
           received: [...job.received],
         };
-        if (FINAL.has(before.value as string)) sendLate(job, event);
+        // A renewal for a lease that already lapsed goes to a stopped lease actor: warned, dropped.
+        const toLapsedLease = state === "ending (lease_lapsed)" && event.type === "job.lease_renewed";
+        if (FINAL.has(before.value as string) || toLapsedLease) sendLate(job, event);
         else job.emit(event);
         expectHealthy(job);
         if (FINAL.has(before.value as string)) {

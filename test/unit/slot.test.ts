@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { fromCallback } from "xstate";
-import type { JobSpec, StopReason } from "../../machines/shared.ts";
+import type { JobOutcome, JobSpec, StopReason } from "../../machines/shared.ts";
 import { jobOutcomeOf, type ProcessEvent, type SlotEvent, type SlotOutput, slotMachine } from "../../machines/slot.ts";
 import { FakeProcesses, hostChild, unspawnedBehaviour } from "../support/machine-harness.ts";
 
@@ -14,6 +14,7 @@ const timing = {
   memoryWarnIntervalMs: 5_000,
 };
 const job: JobSpec = { jobId: "j1", metadata: { a: 1 } };
+type JobOutcomeStatus = JobOutcome["status"];
 
 function slot(options: { memoryWarnMb?: number; memoryLimitMb?: number; fakes?: FakeProcesses } = {}) {
   const fakes = options.fakes ?? new FakeProcesses();
@@ -290,6 +291,7 @@ describe("slot", () => {
       { type: "proc.memory", mb: 150 },
       { type: "slot.assign", job },
       { type: "slot.stop", reason: "cancelled" },
+      { type: "slot.stop", reason: "lease_lapsed" },
     ];
     const reach: Array<() => ReturnType<typeof slot>> = [
       () => slot({ fakes: new FakeProcesses(unspawnedBehaviour()) }),
@@ -318,6 +320,11 @@ describe("slot", () => {
         t.clock.increment(700);
         return t;
       },
+      () => {
+        const t = busy({ fakes: new FakeProcesses(unspawnedBehaviour()) });
+        t.send({ type: "slot.stop", reason: "lease_lapsed" });
+        return t;
+      },
     ];
     for (const make of reach) {
       for (const event of events) {
@@ -328,5 +335,179 @@ describe("slot", () => {
         expect(t.host.getSnapshot().status).toBe("active");
       }
     }
+  });
+});
+
+/** The worker's stop for a job whose lease ran out: the job may run elsewhere from now on. */
+const LAPSED: SlotEvent = { type: "slot.stop", reason: "lease_lapsed" };
+
+/** What the slot told its process to make it stop: shutdown requests and signals, in order. */
+const stopCommands = (t: ReturnType<typeof slot>) =>
+  t.proc().commands.flatMap((c) => (c.type === "shutdown" ? ["shutdown"] : c.type === "signal" ? [c.signal] : []));
+
+describe("slot: a lapsed lease (slot.stop lease_lapsed)", () => {
+  const reachable = {
+    spawning: () => slot({ fakes: new FakeProcesses(unspawnedBehaviour()) }),
+    initializing: () => slot(),
+    idle: () => ready(),
+    busy: () => busy(),
+  };
+
+  it.each(Object.keys(reachable) as (keyof typeof reachable)[])(
+    "while %s goes straight to killing: SIGKILL at once, no graceful shutdown, no SIGTERM",
+    (state) => {
+      const t = reachable[state]();
+      t.send(LAPSED);
+      expect(t.value()).toEqual({ alive: "killing" });
+      expect(stopCommands(t)).toEqual(["SIGKILL"]);
+      expect(t.snapshot().context.stopReason).toBe("lease_lapsed");
+      t.emit({ type: "proc.exit", code: null, signal: "SIGKILL" });
+      expect(t.done()).toBe(true);
+      expect(t.output()).toMatchObject({
+        stopReason: "lease_lapsed",
+        exit: { code: null, signal: "SIGKILL" },
+        exitConfirmed: true,
+        jobId: state === "busy" ? "j1" : null,
+      });
+      expect(t.output().jobOutcome).toEqual(
+        state === "busy" ? { status: "failed", reason: "lease_lapsed", exitCode: null, signal: "SIGKILL" } : null,
+      );
+      expect(t.host.getSnapshot().status).toBe("active");
+    },
+  );
+
+  it("a busy slot's job fails lease_lapsed even when its process reported success before the kill", () => {
+    const t = busy();
+    t.emit({ type: "proc.job_running" });
+    t.send(LAPSED);
+    t.emit({ type: "proc.exit", code: 0, signal: null });
+    expect(t.output().jobOutcome).toEqual({ status: "failed", reason: "lease_lapsed", exitCode: 0, signal: null });
+  });
+
+  it("a process that outlives the SIGKILL is given up on after killGrace; its job still fails lease_lapsed", () => {
+    const t = busy({ fakes: new FakeProcesses({ onStart: (p) => p.emit({ type: "proc.spawned", pid: p.pid }) }) });
+    t.emit({ type: "proc.ready" });
+    t.send({ type: "slot.assign", job });
+    t.send(LAPSED);
+    t.clock.increment(199);
+    expect(t.value()).toEqual({ alive: "killing" });
+    t.clock.increment(1);
+    expect(t.done()).toBe(true);
+    expect(t.output()).toMatchObject({ stopReason: "lease_lapsed", exitConfirmed: false, exit: null });
+    expect(t.output().jobOutcome).toEqual({ status: "failed", reason: "lease_lapsed", exitCode: null, signal: null });
+    expect(stopCommands(t)).toEqual(["SIGKILL"]);
+  });
+
+  it.each<[StopReason, JobOutcomeStatus]>([
+    ["cancelled", "cancelled"],
+    ["max_duration", "failed"],
+    ["worker_shutdown", "failed"],
+  ])("while stopping (%s) it cuts to killing at once and keeps the first reason", (reason, status) => {
+    const t = busy({ fakes: new FakeProcesses({ onStart: (p) => p.emit({ type: "proc.spawned", pid: p.pid }) }) });
+    t.emit({ type: "proc.ready" });
+    t.send({ type: "slot.assign", job });
+    t.send({ type: "slot.stop", reason });
+    expect(t.value()).toEqual({ alive: "stopping" });
+    t.clock.increment(100);
+    t.send(LAPSED);
+    expect(t.value()).toEqual({ alive: "killing" });
+    expect(stopCommands(t)).toEqual(["shutdown", "SIGKILL"]);
+    expect(t.snapshot().context.stopReason).toBe(reason);
+    t.emit({ type: "proc.exit", code: null, signal: "SIGKILL" });
+    expect(t.output().stopReason).toBe(reason);
+    expect(t.output().jobOutcome).toMatchObject({ status, reason });
+  });
+
+  it("while terminating it sends SIGKILL at once instead of waiting out killGrace, and keeps the first reason", () => {
+    const t = busy({ fakes: new FakeProcesses({ onStart: (p) => p.emit({ type: "proc.spawned", pid: p.pid }) }) });
+    t.emit({ type: "proc.ready" });
+    t.send({ type: "slot.assign", job });
+    t.send({ type: "slot.stop", reason: "max_duration" });
+    t.clock.increment(500);
+    expect(t.value()).toEqual({ alive: "terminating" });
+    t.clock.increment(50);
+    t.send(LAPSED);
+    expect(t.value()).toEqual({ alive: "killing" });
+    expect(stopCommands(t)).toEqual(["shutdown", "SIGTERM", "SIGKILL"]);
+    // The kill grace starts at the kill: given up on 200 ms after the lapse, not after SIGTERM's grace.
+    t.clock.increment(199);
+    expect(t.value()).toEqual({ alive: "killing" });
+    t.clock.increment(1);
+    expect(t.output()).toMatchObject({ stopReason: "max_duration", exitConfirmed: false });
+    expect(t.output().jobOutcome).toMatchObject({ status: "failed", reason: "max_duration" });
+  });
+
+  it("while ending (the job ended by itself) it cuts the graceful close short: SIGKILL at once", () => {
+    const t = busy();
+    t.emit({ type: "proc.job_ending" });
+    expect(t.value()).toEqual({ alive: "ending" });
+    t.clock.increment(100);
+    t.send(LAPSED);
+    expect(t.value()).toEqual({ alive: "killing" });
+    expect(stopCommands(t)).toEqual(["SIGKILL"]);
+    t.emit({ type: "proc.exit", code: null, signal: "SIGKILL" });
+    expect(t.done()).toBe(true);
+    expect(t.output().jobOutcome?.status).toBe("failed");
+  });
+
+  // BUG (machines/slot.ts, state alive.ending, event slot.stop lease_lapsed): the transition to killing
+  // records no stop reason, and a slot in ending has none yet, so the SIGKILLed job is reported
+  // `crashed` (signal SIGKILL) instead of `lease_lapsed` (docs/protocol.md, "Leases"). Passes once fixed:
+  // turn it into a plain `it`.
+  it("while ending, the job killed for its lease is reported lease_lapsed, not crashed", () => {
+    const t = busy();
+    t.emit({ type: "proc.done", result: { ok: true } });
+    t.send(LAPSED);
+    t.emit({ type: "proc.exit", code: null, signal: "SIGKILL" });
+    expect(t.output().jobOutcome).toMatchObject({ status: "failed", reason: "lease_lapsed" });
+  });
+
+  it.each(["ending", "stopping", "terminating"] as const)(
+    "while %s, any other stop is still ignored (the slot goes down its own way)",
+    (state) => {
+      const t = busy({ fakes: new FakeProcesses({ onStart: (p) => p.emit({ type: "proc.spawned", pid: p.pid }) }) });
+      t.emit({ type: "proc.ready" });
+      t.send({ type: "slot.assign", job });
+      if (state === "ending") t.emit({ type: "proc.job_ending" });
+      else t.send({ type: "slot.stop", reason: "cancelled" });
+      if (state === "terminating") t.clock.increment(500);
+      expect(t.value()).toEqual({ alive: state });
+      const commands = stopCommands(t);
+      for (const reason of ["cancelled", "max_duration", "worker_shutdown", "memory_limit"] as const) {
+        t.send({ type: "slot.stop", reason });
+      }
+      expect(t.value()).toEqual({ alive: state });
+      expect(stopCommands(t)).toEqual(commands);
+    },
+  );
+
+  it("while killing, another lease stop sends no second SIGKILL", () => {
+    const t = busy({ fakes: new FakeProcesses({ onStart: (p) => p.emit({ type: "proc.spawned", pid: p.pid }) }) });
+    t.emit({ type: "proc.ready" });
+    t.send({ type: "slot.assign", job });
+    t.send(LAPSED);
+    t.send(LAPSED);
+    t.send({ type: "slot.stop", reason: "cancelled" });
+    expect(t.value()).toEqual({ alive: "killing" });
+    expect(stopCommands(t)).toEqual(["SIGKILL"]);
+    expect(t.snapshot().context.stopReason).toBe("lease_lapsed");
+  });
+
+  it("jobOutcomeOf keeps the job's own error with a lease_lapsed stop", () => {
+    const base = busy().snapshot().context;
+    expect(
+      jobOutcomeOf({
+        ...base,
+        stopReason: "lease_lapsed",
+        jobResult: { ok: false, error: { name: "E", message: "m" } },
+        exit: { code: null, signal: "SIGKILL" },
+      }),
+    ).toEqual({
+      status: "failed",
+      reason: "lease_lapsed",
+      error: { name: "E", message: "m" },
+      exitCode: null,
+      signal: "SIGKILL",
+    });
   });
 });

@@ -1,4 +1,4 @@
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { type AnyActorLogic, type AnyActorRef, type AnyEventObject, fromCallback, fromPromise } from "xstate";
 import { jobMachine } from "../../machines/job.ts";
 import type { JobSpec, JobUpdate, WorkerStatus } from "../../machines/shared.ts";
@@ -1095,6 +1095,187 @@ describe("worker: a job is reported final once, in every lifecycle state", () =>
   });
 });
 
+describe("worker: leases", () => {
+  /** A leased job's validity: shorter than the launch deadline. */
+  const LEASE = 3_000;
+  const leased = (jobId: string, validForMs = LEASE) => spec(jobId, { leaseValidForMs: validForMs });
+  /** What a slot told its process to make it stop: shutdown requests and signals, in order. */
+  const stopCommands = (w: Harness, slotId: string) =>
+    w
+      .proc(slotId)
+      .commands.flatMap((c) => (c.type === "shutdown" ? ["shutdown"] : c.type === "signal" ? [c.signal] : []));
+  const killedForLease = (jobId: string): JobUpdate => ({
+    jobId,
+    status: "failed",
+    reason: "lease_lapsed",
+    exitCode: null,
+    signal: "SIGKILL",
+  });
+
+  it("worker.lease_renewed forwards job.lease_renewed only to the listed jobs it holds; unknown ids are ignored", () => {
+    const w = createWorker({ input: { maxProcesses: 3 } });
+    w.link.send({ type: "worker.assignment", spec: leased("a") });
+    w.link.send({ type: "worker.assignment", spec: leased("b") });
+    w.tick(1_000);
+    w.link.send({ type: "worker.lease_renewed", jobIds: ["a", "ghost"], validForMs: 7_000 });
+    expect(w.toChild("job.a", "job.lease_renewed").map((d) => d.event)).toEqual([
+      { type: "job.lease_renewed", validForMs: 7_000 },
+    ]);
+    expect(w.toChild("job.b", "job.lease_renewed")).toEqual([]);
+    expect(w.delivered.filter((d) => d.to === "job.ghost")).toEqual([]);
+    expect(w.jobChildren().sort()).toEqual(["job.a", "job.b"]);
+    // b was not renewed: it is killed at its first validity; a runs on until its renewed one.
+    const slotB = w.slotOf("b") as string;
+    w.tick(LEASE - 1_000 - 1);
+    expect(w.toChild(slotB, "slot.stop")).toEqual([]);
+    w.tick(1);
+    expect(w.toChild(slotB, "slot.stop").map((d) => d.event)).toEqual([{ type: "slot.stop", reason: "lease_lapsed" }]);
+    expect(stopCommands(w, slotB)).toEqual(["SIGKILL"]);
+    expect(w.updates("b")).toEqual([{ jobId: "b", status: "running" }, killedForLease("b")]);
+    expect(w.updates("a")).toEqual([{ jobId: "a", status: "running" }]);
+    const slotA = w.slotOf("a") as string;
+    // Renewed at 1000 for 7000: it lapses at 8000.
+    w.tick(1_000 + 7_000 - LEASE - 1);
+    expect(w.updates("a")).toEqual([{ jobId: "a", status: "running" }]);
+    w.tick(1);
+    expect(stopCommands(w, slotA)).toEqual(["SIGKILL"]);
+    expect(w.updates("a")).toEqual([{ jobId: "a", status: "running" }, killedForLease("a")]);
+    expect(w.finished().map((o) => `${o.jobId}:${o.reason}`)).toEqual(["b:lease_lapsed", "a:lease_lapsed"]);
+    expect(w.jobChildren()).toEqual([]);
+  });
+
+  it("renewed before each deadline, a leased job runs for as long as the renewals come", () => {
+    const w = createWorker();
+    w.link.send({ type: "worker.assignment", spec: leased("a") });
+    const slotId = w.slotOf("a") as string;
+    for (let round = 0; round < 10; round++) {
+      w.tick(LEASE - 1);
+      w.link.send({ type: "worker.lease_renewed", jobIds: ["a"], validForMs: LEASE });
+    }
+    expect(w.toChild("job.a", "job.lease_renewed")).toHaveLength(10);
+    expect(w.toChild(slotId, "slot.stop")).toEqual([]);
+    w.complete("a");
+    expect(w.updates("a")).toEqual([
+      { jobId: "a", status: "running" },
+      { jobId: "a", status: "completed" },
+    ]);
+  });
+
+  it("a renewal for a job that already ended, or an empty list, changes nothing", () => {
+    const w = createWorker();
+    w.link.send({ type: "worker.assignment", spec: leased("a") });
+    w.complete("a");
+    w.link.send({ type: "worker.lease_renewed", jobIds: ["a"], validForMs: LEASE });
+    w.link.send({ type: "worker.lease_renewed", jobIds: [], validForMs: LEASE });
+    expect(w.delivered.filter((d) => d.event.type === "job.lease_renewed")).toEqual([]);
+    expect(w.snapshot().status).toBe("active");
+  });
+
+  it("an accepted offer takes its lease from the assignment, and is killed when it lapses unrenewed", async () => {
+    const w = createWorker();
+    w.link.send({ type: "worker.offer", spec: spec("a") });
+    await flush();
+    w.tick(500);
+    w.link.send({ type: "worker.assignment", spec: leased("a") });
+    const slotId = w.slotOf("a") as string;
+    expect(w.updates("a")).toEqual([{ jobId: "a", status: "running" }]);
+    w.tick(LEASE - 1);
+    expect(stopCommands(w, slotId)).toEqual([]);
+    w.tick(1);
+    expect(stopCommands(w, slotId)).toEqual(["SIGKILL"]);
+    expect(w.updates("a")).toEqual([{ jobId: "a", status: "running" }, killedForLease("a")]);
+  });
+
+  it("a job without a lease is never stopped for one, however long it runs", () => {
+    const w = createWorker();
+    w.link.send({ type: "worker.assignment", spec: spec("a") });
+    w.tick(30_000);
+    expect(w.toChild(w.slotOf("a") as string, "slot.stop")).toEqual([]);
+    expect(w.updates("a")).toEqual([{ jobId: "a", status: "running" }]);
+  });
+
+  it("a leased job still waiting for a process when its lease lapses fails lease_lapsed, no process started", () => {
+    const w = createWorker({ input: { numIdleProcesses: 0, maxProcesses: 1 }, behaviour: warmingBehaviour() });
+    w.link.send({ type: "worker.assignment", spec: leased("a", 500) });
+    expect(w.ctx().waiting).toEqual(["a"]);
+    w.tick(499);
+    expect(w.finished()).toEqual([]);
+    w.tick(1);
+    const update = {
+      jobId: "a",
+      status: "failed",
+      reason: "lease_lapsed",
+      error: { name: "Error", message: "lost the registry's lease" },
+    };
+    expect(w.finished()).toEqual([update]);
+    expect(w.updates("a")).toEqual([update]);
+    expect(w.ctx().waiting).toEqual([]);
+    expect(w.jobChildren()).toEqual([]);
+    expect(w.fakes.all.every((p) => p.count("start_job") === 0)).toBe(true);
+  });
+
+  /**
+   * The race settleJob closes: the job actor ends (its lease lapsed, or it was cancelled) while the
+   * worker hands it a process, so the job never hears it was placed and the slot would run it alone.
+   * While the root rejects job "b", slot.0 turns ready (its slot.ready is queued first) and then job
+   * "a" ends (its done event is queued behind): the root places "a" on slot.0, then settles it.
+   */
+  function placedAsItEnds(end: (w: Harness) => void) {
+    const w = createWorker({ input: { numIdleProcesses: 1, maxProcesses: 1 }, behaviour: warmingBehaviour() });
+    w.link.send({ type: "worker.assignment", spec: leased("a", 500) });
+    expect(w.ctx().waiting).toEqual(["a"]);
+    let armed = true;
+    w.actor.on("job.rejected", () => {
+      if (!armed) return;
+      armed = false;
+      w.proc("slot.0").emit({ type: "proc.ready" });
+      end(w);
+    });
+    // xstate's development build warns of the job.launching that reaches the ended job actor.
+    const warn = vi.spyOn(console, "warn").mockImplementation(() => {});
+    try {
+      w.send({ type: "worker.run", spec: spec("b") });
+      expect(warn.mock.calls.length).toBeGreaterThan(0);
+      for (const call of warn.mock.calls) expect(String(call[0])).toMatch(/"job\.launching" was sent to stopped actor/);
+    } finally {
+      warn.mockRestore();
+    }
+    expect(armed).toBe(false);
+    expect(w.rejected()).toEqual([{ type: "job.rejected", jobId: "b", reason: "no free process for this job" }]);
+    // The root did hand slot.0 the job, and its process started it.
+    expect(w.toChild("slot.0", "slot.assign")).toHaveLength(1);
+    expect(w.proc("slot.0").last("start_job")).toEqual({ type: "start_job", job: leased("a", 500) });
+    return w;
+  }
+
+  it("a job whose lease lapses as a slot is handed to it: the worker stops that slot with lease_lapsed (SIGKILL)", () => {
+    const w = placedAsItEnds((worker) => worker.clock.increment(500));
+    expect(w.toChild("slot.0", "slot.stop").map((d) => d.event)).toEqual([
+      { type: "slot.stop", reason: "lease_lapsed" },
+    ]);
+    expect(stopCommands(w, "slot.0")).toEqual(["SIGKILL"]);
+    const update = {
+      jobId: "a",
+      status: "failed",
+      reason: "lease_lapsed",
+      error: { name: "Error", message: "lost the registry's lease" },
+    };
+    expect(w.finished()).toEqual([update]);
+    // Reported once, and never running: the process's late running report is not forwarded.
+    expect(w.updates("a")).toEqual([update]);
+    expect(w.slotIds()).not.toContain("slot.0");
+    expect(w.jobChildren()).toEqual([]);
+  });
+
+  it("a job cancelled as a slot is handed to it: the worker stops that slot with cancelled", () => {
+    const w = placedAsItEnds((worker) => (worker.children()["job.a"] as AnyActorRef).send({ type: "job.cancel" }));
+    expect(w.toChild("slot.0", "slot.stop").map((d) => d.event)).toEqual([{ type: "slot.stop", reason: "cancelled" }]);
+    expect(w.proc("slot.0").last("shutdown")).toEqual({ type: "shutdown", reason: "cancelled" });
+    expect(w.updates("a")).toEqual([{ jobId: "a", status: "cancelled", reason: "cancelled" }]);
+    expect(w.slotIds()).not.toContain("slot.0");
+  });
+});
+
 describe("worker: registry link and load sampler", () => {
   it("a registry link that finishes stops the worker with exit 1", async () => {
     let finish: () => void = () => {};
@@ -1312,6 +1493,8 @@ describe("worker: robustness", () => {
         { type: "job.answer", jobId: id, accept: true },
         { type: "job.answer", jobId: id, accept: false, error: "no" },
         { type: "job.needs_slot", jobId: id },
+        { type: "worker.lease_renewed", jobIds: [id], validForMs: 5_000 },
+        { type: "worker.lease_renewed", jobIds: [id, "other"], validForMs: 0 },
       );
       for (const s of slots) {
         events.push(
@@ -1320,10 +1503,12 @@ describe("worker: robustness", () => {
           { type: "slot.memory_warning", slotId: s, mb: 900, jobId: id },
           { type: "job.stop", jobId: id, slotId: s, reason: "cancelled" },
           { type: "job.stop", jobId: id, slotId: s, reason: "worker_shutdown" },
+          { type: "job.stop", jobId: id, slotId: s, reason: "lease_lapsed" },
         );
       }
     }
     for (const s of slots) events.push({ type: "slot.ready", slotId: s });
+    events.push({ type: "worker.lease_renewed", jobIds: [], validForMs: 5_000 });
     return events;
   };
 
