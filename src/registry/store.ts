@@ -57,6 +57,17 @@ export interface JobFilter {
 }
 
 /**
+ * Writes a record again that the store lost (Redis restarted without its data), unless it is there.
+ * A client may have used its idempotency key for a new job since: then it is written without it.
+ */
+export async function writeBack(store: JobStore, record: JobRecord): Promise<void> {
+  const { record: found, created } = await store.create(record);
+  if (created || found.id === record.id || !record.idempotencyKey) return;
+  const { idempotencyKey: _taken, ...withoutKey } = record;
+  await store.create(withoutKey);
+}
+
+/**
  * Where the registry keeps job records. In memory by default; a later store keeps them in Redis.
  * Every method is async so both look the same to the registry.
  */

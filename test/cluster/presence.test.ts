@@ -18,6 +18,8 @@ const idleHost: ClusterHost = {
   hasWorker: () => false,
   hasDispatch: () => false,
   resume: () => {},
+  recoverLostRecords: async () => {},
+  pruneHandOffs: async () => {},
 };
 
 describe.runIf(hasRedis)("a registry node's presence", () => {

@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import { Redis } from "ioredis";
 import type { Logger } from "../../observability/logger.ts";
 import type { JobRecord, RetentionOptions } from "../store.ts";
+import { DataEpoch } from "./data-epoch.ts";
 import { ClusterHousekeeping, type HousekeepingRedis } from "./housekeeping.ts";
 import { INBOX_LENGTH, NodeInbox } from "./inbox.ts";
 import { type NodeMessage, nodeMessage, type ViewMessage, viewMessage, type WorkerView } from "./messages.ts";
@@ -43,6 +44,10 @@ export interface ClusterHost {
    * renewed; it is offered elsewhere once that has surely run out.
    */
   resume(record: JobRecord, runningOn?: string, fencedFrom?: string): void;
+  /** Redis lost its data: what this node holds in memory is written back. */
+  recoverLostRecords(): Promise<void>;
+  /** Each housekeeping round: the hand-offs this node made that their node has taken are forgotten. */
+  pruneHandOffs(): Promise<void>;
 }
 
 // KEYS: workers hash. ARGV: workerId, nodeId. Deletes the view only while that node still holds it.
@@ -79,6 +84,7 @@ export class RegistryCluster {
   /** The next round of node-liveness, reaping and sweeping work, scheduled when the last one ends. */
   #housekeepingTimer: NodeJS.Timeout | undefined;
   #closed = false;
+  readonly #epoch: DataEpoch;
 
   private constructor(
     settings: ClusterSettings,
@@ -89,6 +95,10 @@ export class RegistryCluster {
     this.#heartbeatMs = settings.heartbeatMs ?? 1_000;
     this.#nodeTtlMs = settings.nodeTtlMs ?? 3 * this.#heartbeatMs;
     this.#presence = new Presence(this.#nodeTtlMs, () => Date.now());
+    this.#epoch = new DataEpoch(
+      async () => this.#host?.recoverLostRecords(),
+      this.#warn("writing back records Redis lost"),
+    );
     const connect = (enableAutoPipelining = true) => {
       const client = new Redis(settings.redisUrl, { maxRetriesPerRequest: 3, enableAutoPipelining });
       client.on("error", (error) => this.logger.warn({ err: error.message }, "redis connection error"));
@@ -282,6 +292,7 @@ export class RegistryCluster {
   }
 
   async #renew(): Promise<void> {
+    let epoch: string | undefined;
     await this.#presence.renew(() =>
       this.#redis
         .multi()
@@ -289,12 +300,16 @@ export class RegistryCluster {
         .sadd(this.#key("nodes"), this.nodeId)
         // Alive after all (it was only slow): the clock of a death that did not happen starts over.
         .del(this.#key(`diedAt:${this.nodeId}`))
+        .setnx(this.#key("epoch"), randomUUID())
+        .get(this.#key("epoch"))
         .exec()
         .then((replies) => {
           const failed = replies?.find(([error]) => error);
           if (!replies || failed) throw failed?.[0] ?? new Error("presence renewal discarded");
+          epoch = String(replies[4]?.[1]);
         }),
     );
+    if (epoch !== undefined) this.#epoch.observe(epoch);
   }
 
   presenceHeldSince(): number {

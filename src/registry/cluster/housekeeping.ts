@@ -90,6 +90,7 @@ export class ClusterHousekeeping {
 
   /** One round: node liveness, the reaper for each dead node, and the sweep when it is due. */
   async round(): Promise<void> {
+    await this.#host?.pruneHandOffs();
     const dead = await this.refreshNodes();
     for (const nodeId of dead) await this.#reapIfFirst(nodeId);
     if (this.settings.now() - this.#lastSweep >= this.settings.sweepMs) {

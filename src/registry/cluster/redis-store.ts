@@ -27,8 +27,10 @@ function luaString(value: string): string {
   return `'${value.replace(/\\/g, "\\\\").replace(/'/g, "\\'")}'`;
 }
 
-// KEYS: job, idem (or the job key again when there is none), jobs, active
-// ARGV: id, createdAt, hasIdem ("1"/"0"), then field, value pairs
+// KEYS: job, idem (or the job key again when there is none), jobs, active, the cluster's members
+// ARGV: id, createdAt, hasIdem ("1"/"0"), then field, value pairs. The node a record names is made a
+// member, so that should it die, the reaper finds it (after Redis lost its data, a node may write
+// records before its next presence renewal adds it back).
 const CREATE = `
 if ARGV[3] == '1' then
   local existing = redis.call('GET', KEYS[2])
@@ -42,6 +44,8 @@ for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[3] == '1' then redis.call('SET', KEYS[2], ARGV[1]) end
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
+local node = redis.call('HGET', KEYS[1], 'node')
+if node then redis.call('SADD', KEYS[5], cjson.decode(node)) end
 return {1, redis.call('HGETALL', KEYS[1])}
 `;
 
@@ -123,7 +127,8 @@ end
 return {redis.call('ZCARD', KEYS[1]), string.format('%d', total)}
 `;
 
-// KEYS: job. ARGV: from (JSON, or '' for no owner), to (JSON)
+// KEYS: job, the cluster's members. ARGV: from (JSON, or '' for no owner), to (JSON). The new owner is
+// made a member (see CREATE).
 const CLAIM = `
 local FINAL = ${FINAL_SET}
 if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
@@ -131,10 +136,11 @@ if FINAL[redis.call('HGET', KEYS[1], 'status')] then return nil end
 local owner = redis.call('HGET', KEYS[1], 'node') or ''
 if owner ~= ARGV[1] then return nil end
 redis.call('HSET', KEYS[1], 'node', ARGV[2])
+redis.call('SADD', KEYS[#KEYS], cjson.decode(ARGV[2]))
 return redis.call('HGETALL', KEYS[1])
 `;
 
-// KEYS: job, inbox stream. ARGV: from (JSON, or ''), to (JSON), message text, inbox length bound.
+// KEYS: job, inbox stream, members. ARGV: from (JSON, or ''), to (JSON), message text, inbox length bound.
 // The claim and the message to the new owner in one step: no moment where the record names a node
 // that has not been told (a sender dying between the two would leave the job to the sweep).
 const CLAIM_AND_SEND = `${CLAIM.replace("return redis.call('HGETALL', KEYS[1])", "")}
@@ -142,7 +148,7 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'message', ARGV[3])
 return redis.call('HGETALL', KEYS[1])
 `;
 
-// KEYS: job, the presence key of the node it is claimed from. ARGV: as CLAIM. A node found dead that
+// KEYS: job, the presence key of the node it is claimed from, members. ARGV: as CLAIM. A node found dead that
 // renewed its presence since (it was only slow) keeps its jobs.
 const CLAIM_FROM_DEAD = `
 if redis.call('EXISTS', KEYS[2]) == 1 then return nil end
@@ -178,11 +184,11 @@ export class RedisJobStore implements JobStore {
       retainBytes: options.retainBytes,
     });
     const client = typeof redis === "string" ? new Redis(redis, { lazyConnect: false }) : redis;
-    client.defineCommand("troupeCreate", { numberOfKeys: 4, lua: CREATE });
+    client.defineCommand("troupeCreate", { numberOfKeys: 5, lua: CREATE });
     client.defineCommand("troupeUpdate", { numberOfKeys: 6, lua: UPDATE });
-    client.defineCommand("troupeClaim", { numberOfKeys: 1, lua: CLAIM });
-    client.defineCommand("troupeClaimAndSend", { numberOfKeys: 2, lua: CLAIM_AND_SEND });
-    client.defineCommand("troupeClaimFromDead", { numberOfKeys: 2, lua: CLAIM_FROM_DEAD });
+    client.defineCommand("troupeClaim", { numberOfKeys: 2, lua: CLAIM });
+    client.defineCommand("troupeClaimAndSend", { numberOfKeys: 3, lua: CLAIM_AND_SEND });
+    client.defineCommand("troupeClaimFromDead", { numberOfKeys: 3, lua: CLAIM_FROM_DEAD });
     client.defineCommand("troupeRetained", { numberOfKeys: 3, lua: RETAINED });
     this.redis = client as ScriptedRedis;
     this.prefix = options.prefix ?? "troupe:";
@@ -200,6 +206,7 @@ export class RedisJobStore implements JobStore {
       idemKey,
       this.#key("jobs"),
       this.#key("active"),
+      this.#key("nodes"),
       record.id,
       record.createdAt,
       record.idempotencyKey ? "1" : "0",
@@ -275,6 +282,7 @@ export class RedisJobStore implements JobStore {
   async claim(id: string, from: string | undefined, to: string) {
     const fields = await this.redis.troupeClaim(
       this.#key(`job:${id}`),
+      this.#key("nodes"),
       from === undefined ? "" : JSON.stringify(from),
       JSON.stringify(to),
     );
@@ -286,6 +294,7 @@ export class RedisJobStore implements JobStore {
     const fields = await this.redis.troupeClaimFromDead(
       this.#key(`job:${id}`),
       aliveKey,
+      this.#key("nodes"),
       JSON.stringify(from),
       JSON.stringify(to),
     );
@@ -307,6 +316,7 @@ export class RedisJobStore implements JobStore {
     const fields = await this.redis.troupeClaimAndSend(
       this.#key(`job:${id}`),
       inboxKey,
+      this.#key("nodes"),
       from === undefined ? "" : JSON.stringify(from),
       JSON.stringify(to),
       message,

@@ -8,7 +8,7 @@ import {
 } from "../../../machines/registry/dispatch.ts";
 import { DispatchTrace } from "../../observability/tracing/dispatch-trace.ts";
 import { type DispatchOrigin, dispatchReasonLabel, OFFER_ANSWER_LABELS } from "../metrics.ts";
-import type { JobRecord } from "../store.ts";
+import { isFinal, type JobRecord, writeBack } from "../store.ts";
 import { LEASE_MARGIN_MS } from "../timing.ts";
 import type { NodeStrategy } from "./node-strategy.ts";
 import { place } from "./placement.ts";
@@ -300,7 +300,26 @@ export class Dispatcher {
       }
       case "forward": {
         const view = this.deps.bus?.remoteViews().find((v) => v.workerId === event.workerId);
-        if (view) this.node.forward(record, view, event.tried, event.hops, live.room);
+        const forwarded = view
+          ? this.node.forward(record, view, event.tried, event.hops, live.room)
+          : Promise.reject(new Error(`the node of worker ${event.workerId} is no longer known`));
+        // Not handed off, so still this node's: dispatched here again (an assignment is fenced on the
+        // record's node, so even a hand-off that did happen unseen cannot make it run twice).
+        this.persist(
+          forwarded.catch((error: Error) => {
+            this.deps.logger.warn(
+              { jobId: record.id, err: error.message },
+              "forwarding a job failed: dispatching it here",
+            );
+            if (this.#closing || this.#live.has(record.id)) return;
+            this.start(record, {
+              origin: "resumed",
+              tried: event.tried,
+              hops: event.hops,
+              ...(live.room ? { room: live.room } : {}),
+            });
+          }),
+        );
         break;
       }
       case "bind":
@@ -313,7 +332,7 @@ export class Dispatcher {
       case "assign": {
         const sentAt = this.deps.clock.now();
         this.persist(
-          this.node.fenceAssignment(record.id, event.workerId).then((safe) => {
+          this.node.fenceAssignment(record, event.workerId).then((safe) => {
             if (this.#live.get(record.id) !== live) return;
             if (!safe) {
               this.deps.logger.warn({ jobId: record.id }, "job taken over by another node: not assigned here");
@@ -372,17 +391,17 @@ export class Dispatcher {
    */
   #recordFinal(live: LiveDispatch, output: DispatchOutput): void {
     const { record } = live;
+    const patch: Partial<JobRecord> = {
+      status: output.status,
+      attempts: output.attempts,
+      ...(output.workerId ? { workerId: output.workerId } : {}),
+      ...(output.reason ? { reason: output.reason } : {}),
+      ...(output.error ? { error: output.error } : {}),
+      ...(output.exitCode !== undefined ? { exitCode: output.exitCode } : {}),
+      ...(output.signal !== undefined ? { signal: output.signal } : {}),
+    };
     const written = retryWrite({
-      write: () =>
-        this.#updateOrWriteBack(live, {
-          status: output.status,
-          attempts: output.attempts,
-          ...(output.workerId ? { workerId: output.workerId } : {}),
-          ...(output.reason ? { reason: output.reason } : {}),
-          ...(output.error ? { error: output.error } : {}),
-          ...(output.exitCode !== undefined ? { exitCode: output.exitCode } : {}),
-          ...(output.signal !== undefined ? { signal: output.signal } : {}),
-        }),
+      write: () => this.#updateOrWriteBack(live, patch),
       clock: this.deps.clock,
       stopped: () => this.#closing,
       onRefused: (error, retryInMs) =>
@@ -400,6 +419,25 @@ export class Dispatcher {
   }
 
   /**
+   * Redis lost its data: every dispatch this node runs whose record is gone writes it back now, as
+   * its machine stands, rather than at its next change (which for a running job may be hours away,
+   * and never if this node dies first). A dispatch that has ended is writing its outcome already.
+   */
+  async writeBackLost(): Promise<void> {
+    for (const live of [...this.#live.values()]) {
+      const snapshot = live.actor.getSnapshot();
+      if (snapshot.status !== "active" || this.#live.get(live.record.id) !== live) continue;
+      if (await this.deps.store.get(live.record.id)) continue;
+      const { workerId, attempts } = snapshot.context;
+      await this.#updateOrWriteBack(live, {
+        status: recordStatusOf(snapshot.value),
+        attempts,
+        ...(workerId ? { workerId } : {}),
+      });
+    }
+  }
+
+  /**
    * Updates the dispatch's record; when the store no longer has it (Redis restarted without its
    * data), this node, which still runs the dispatch, writes it back from what it knows first.
    */
@@ -407,16 +445,32 @@ export class Dispatcher {
     const { store, clock, logger } = this.deps;
     const { record } = live;
     const after = await store.update(record.id, patch, this.node.nodeId);
+    if (after && isFinal(after.status) && patch.status && !isFinal(patch.status)) this.#endedElsewhere(live, after);
     if (after) return after;
     logger.warn({ jobId: record.id, status: patch.status }, "job record missing from the store: written back");
     // Created as pending and then changed, so the store files it as a live or a final record as it would have.
-    await store.create({
+    await writeBack(store, {
       ...record,
       status: "pending",
       updatedAt: clock.now(),
       ...(this.node.nodeId ? { node: this.node.nodeId } : {}),
     });
-    return store.update(record.id, patch, this.node.nodeId);
+    const written = await store.update(record.id, patch, this.node.nodeId);
+    // Lost again in between (Redis restarted empty twice): a final outcome is retried until written.
+    if (!written) throw new Error("the job record went missing again while it was written back");
+    return written;
+  }
+
+  /**
+   * Another node gave the job its outcome while this dispatch still ran (it took this node for dead
+   * and cancelled it, or recorded its worker's end): this dispatch stops, the job cancelled on its
+   * worker if that was the outcome, and writes nothing more (the record is final).
+   */
+  #endedElsewhere(live: LiveDispatch, record: JobRecord): void {
+    if (this.#live.get(record.id) !== live) return;
+    this.deps.logger.warn({ jobId: record.id, status: record.status }, "job ended by another node: dispatch stopped");
+    if (record.status === "cancelled") live.actor.send({ type: "cancel", reason: record.reason ?? "cancelled" });
+    else live.actor.send({ type: "taken_over" });
   }
 
   /** Stopped: a closing node starts and records nothing more. */
@@ -465,4 +519,13 @@ export class Dispatcher {
       ...live.trace.assignmentCarrier(),
     });
   }
+}
+
+/** The status a live dispatch's record has in each state of its machine (the one it last wrote). */
+function recordStatusOf(value: unknown): "pending" | "offering" | "assigned" | "running" {
+  if (typeof value !== "object" || value === null) return "running";
+  const { unassigned, bound } = value as { unassigned?: string; bound?: string };
+  if (unassigned !== undefined) return unassigned === "offering" ? "offering" : "pending";
+  if (bound === "assigned" || bound === "unconfirmed" || bound === "releasing") return "assigned";
+  return "running";
 }

@@ -1,6 +1,7 @@
 import type { TriedWorkers } from "../../../machines/registry/dispatch.ts";
-import type { WorkerView } from "../cluster/messages.ts";
-import type { JobRecord } from "../store.ts";
+import type { NodeMessage, WorkerView } from "../cluster/messages.ts";
+import { type JobRecord, writeBack } from "../store.ts";
+import { HAND_OFF_RECOVERY_GRACE_MS, HandOffWatch } from "./hand-off-watch.ts";
 import type { NodeBus, RegistryDeps, RoomAssignment } from "./ports.ts";
 
 /**
@@ -18,9 +19,12 @@ export interface NodeStrategy {
    * still names this node when it says "assigned" (another node that took this one for dead must
    * not see the job started twice). Resolves false when the job is no longer this node's.
    */
-  fenceAssignment(jobId: string, workerId: string): Promise<boolean>;
-  /** The job goes to the node of the worker picked for it. */
-  forward(record: JobRecord, view: WorkerView, tried: TriedWorkers, hops: number, room?: RoomAssignment): void;
+  fenceAssignment(record: JobRecord, workerId: string): Promise<boolean>;
+  /**
+   * The job goes to the node of the worker picked for it. Rejects when the hand-off could not be
+   * made (Redis unavailable): the job is still this node's.
+   */
+  forward(record: JobRecord, view: WorkerView, tried: TriedWorkers, hops: number, room?: RoomAssignment): Promise<void>;
   /** A worker's capacity or state changed. */
   publishView(view: WorkerView): void;
   publishGone(workerId: string): void;
@@ -35,6 +39,13 @@ export interface NodeStrategy {
    * for jobs it started since it last could not rule a break out. One node vouches for all.
    */
   vouchesSince(): number;
+  /**
+   * Redis lost its data (it restarted empty): a hand-off this node made lately, not known to have
+   * been taken, whose record no node wrote back, is recorded `lost` with why.
+   */
+  recoverHandOffs(): Promise<void>;
+  /** Forgets the hand-offs whose node has started their dispatch (see HandOffWatch). */
+  pruneHandOffs(): Promise<void>;
 }
 
 export function singleNode(): NodeStrategy {
@@ -42,7 +53,7 @@ export function singleNode(): NodeStrategy {
     nodeId: undefined,
     owns: () => true,
     fenceAssignment: async () => true,
-    forward: () => {
+    forward: async () => {
       throw new Error("a single registry node has no other node to forward to");
     },
     publishView: () => {},
@@ -50,34 +61,41 @@ export function singleNode(): NodeStrategy {
     tookOver: () => {},
     cancelElsewhere: () => false,
     vouchesSince: () => Number.NEGATIVE_INFINITY,
+    recoverHandOffs: async () => {},
+    pruneHandOffs: async () => {},
   };
 }
 
-export function clusterNode(bus: NodeBus, deps: Pick<RegistryDeps, "store" | "logger">): NodeStrategy {
+export function clusterNode(bus: NodeBus, deps: Pick<RegistryDeps, "store" | "logger" | "clock">): NodeStrategy {
   const nodeId = bus.nodeId;
+  const handOffs = new HandOffWatch(() => deps.clock.now());
   return {
     nodeId,
     owns: (record) => !record.node || record.node === nodeId,
-    async fenceAssignment(jobId, workerId) {
-      const after = await deps.store.update(jobId, { status: "assigned", workerId }, nodeId);
+    async fenceAssignment(record, workerId) {
+      const assigned = { status: "assigned" as const, workerId };
+      let after = await deps.store.update(record.id, assigned, nodeId);
+      if (!after) {
+        // Redis lost the record (nobody can have claimed a record that is not there): written back first.
+        await writeBack(deps.store, { ...record, status: "pending", node: nodeId, updatedAt: deps.clock.now() });
+        after = await deps.store.update(record.id, assigned, nodeId);
+      }
       return after?.node === nodeId && after.status === "assigned" && after.workerId === workerId;
     },
-    forward(record, view, tried, hops, room) {
+    async forward(record, view, tried, hops, room) {
       // Counted against it here until its node publishes its own count, so a burst spreads out.
       view.inflight++;
-      bus
-        .handOff(record.id, view.nodeId, {
-          type: "dispatch",
-          jobId: record.id,
-          from: nodeId,
-          prefer: view.workerId,
-          tried: Object.entries(tried),
-          hops,
-          ...(room ? { room } : {}),
-        })
-        .catch((error: Error) =>
-          deps.logger.error({ err: error.message, jobId: record.id }, "forwarding a job failed"),
-        );
+      const message: NodeMessage = {
+        type: "dispatch",
+        jobId: record.id,
+        from: nodeId,
+        prefer: view.workerId,
+        tried: Object.entries(tried),
+        hops,
+        ...(room ? { room } : {}),
+      };
+      const claimed = await bus.handOff(record.id, view.nodeId, message);
+      if (claimed) handOffs.sent(claimed, view.nodeId);
     },
     publishView: (view) => bus.publishView(view),
     publishGone: (workerId) => bus.publishGone(workerId),
@@ -93,5 +111,19 @@ export function clusterNode(bus: NodeBus, deps: Pick<RegistryDeps, "store" | "lo
       return bus.isLive(owner);
     },
     vouchesSince: () => bus.presenceHeldSince(),
+    pruneHandOffs: () => handOffs.dropTaken((jobId) => deps.store.get(jobId)),
+    async recoverHandOffs() {
+      // The nodes they went to write back what they hold first (each on its next presence renewal).
+      await new Promise<void>((resolve) => deps.clock.setTimeout(() => resolve(), HAND_OFF_RECOVERY_GRACE_MS));
+      for (const { record, to } of handOffs.recent()) {
+        if (await deps.store.get(record.id)) continue;
+        // Not known to have been taken, and no longer known to anyone: whether it ran is unknowable.
+        // It ends `lost` (a worker's own final report corrects that), never runs a second time.
+        const reason = `Redis lost its record while it was handed to ${to}; whether it ran is unknown`;
+        await writeBack(deps.store, { ...record, status: "pending", node: nodeId, updatedAt: deps.clock.now() });
+        await deps.store.update(record.id, { status: "lost", reason }, nodeId);
+        deps.logger.warn({ jobId: record.id, to }, "Redis lost a job handed to another node: recorded lost");
+      }
+    },
   };
 }

@@ -98,6 +98,8 @@ export class Reconciler {
   async #recordFinalReport(link: WorkerLink, report: FinalReport): Promise<void> {
     const record = await this.deps.store.get(report.job_id);
     if (!record || record.workerId !== link.workerId) return;
+    // Not the job's end: its dispatch (wherever it runs, or the reaper's) offers it elsewhere.
+    if (record.redispatch && report.status === "failed" && report.reason === "lease_lapsed") return;
     if (record.status === "lost") return this.#correctLost(record, report);
     if (isFinal(record.status)) return;
     // Only while the record still names this worker: the job may have gone to another one since the read.

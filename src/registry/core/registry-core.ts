@@ -356,6 +356,22 @@ export class RegistryCore implements ClusterHost {
     );
   }
 
+  /**
+   * Redis restarted without its data (this node found itself missing from the members it renews):
+   * the records of the dispatches it runs, and of the jobs it handed to other nodes that may not
+   * have read them yet, are written again.
+   */
+  async recoverLostRecords(): Promise<void> {
+    if (this.#closing) return;
+    this.deps.logger.warn({ nodeId: this.#node.nodeId }, "Redis lost its data: writing back the jobs this node holds");
+    await this.dispatcher.writeBackLost();
+    await this.#node.recoverHandOffs();
+  }
+
+  pruneHandOffs(): Promise<void> {
+    return this.#node.pruneHandOffs();
+  }
+
   hasWorker(workerId: string): boolean {
     return this.directory.get(workerId)?.active === true;
   }

@@ -29,6 +29,20 @@ interface LedgerEntry {
   workerId: string | undefined;
   redispatch: boolean;
   idempotencyKey: string | undefined;
+  /**
+   * Redis restarted empty and nothing wrote the record since: the serving nodes that held the job
+   * then (its dispatch, or a hand-off they had sent), which must write it back. Once none of them is
+   * up any more, only its worker may know the job, and it need not reach a final record (see
+   * docs/deploying.md).
+   */
+  wipedWhileHeldBy?: string[];
+  /** Final when Redis restarted empty: a record written again since may only end the same way. */
+  finalBeforeWipe?: JobStatus;
+  /**
+   * The final status was written by a node other than the one running the job's dispatch (it took
+   * that node for dead): the only copy was in Redis, so Redis losing it may undo it.
+   */
+  finalFromElsewhere?: true;
 }
 
 /**
@@ -40,8 +54,10 @@ export class Invariants {
   readonly ledger = new Map<string, LedgerEntry>();
   /** Idempotency key → the job ids dispatches with it were answered with. */
   readonly keys = new Map<string, Set<string>>();
-  /** Hand-offs whose dispatch has not started on their node yet: job id → the node, and when. */
-  readonly handOffs = new Map<string, { to: string; at: number }>();
+  /** Hand-offs whose dispatch has not started on their node yet: job id → the node, when, and the sender (a node's name). */
+  readonly handOffs = new Map<string, { to: string; at: number; from: string }>();
+  /** Idempotency keys used before Redis last restarted empty: a key whose record it lost may get a new job. */
+  readonly keysBeforeWipe = new Set<string>();
   /** Per delivered hand-off sent before the faults healed, how long after that it started. */
   readonly handOffDelaysAfterCalm: number[] = [];
 
@@ -63,7 +79,9 @@ export class Invariants {
       if (sim.tracing) sim.trace("store", `${record.id} created ${record.status} by ${by}`);
       return;
     }
-    if (op === "handOff" && record.node) this.handOffs.set(record.id, { to: record.node, at: sim.clock.now() });
+    if (op === "handOff" && record.node) {
+      this.handOffs.set(record.id, { to: record.node, at: sim.clock.now(), from: by });
+    }
     if (sim.tracing && before.node !== record.node) {
       sim.trace(
         "store",
@@ -72,6 +90,7 @@ export class Invariants {
     }
     before.node = record.node;
     before.workerId = record.workerId;
+    before.wipedWhileHeldBy = undefined;
     if (before.status === record.status) return;
     if (sim.tracing) {
       sim.trace(
@@ -79,10 +98,21 @@ export class Invariants {
         `${record.id} ${before.status} → ${record.status} (${op} by ${by}${record.reason ? `: ${record.reason}` : ""})`,
       );
     }
+    if (before.finalBeforeWipe !== undefined && isFinal(record.status)) {
+      // `lost` says what is true then: the record was lost, and whether the job ran is unknown.
+      if (record.status !== before.finalBeforeWipe && record.status !== "lost" && !before.finalFromElsewhere) {
+        sim.violation(
+          `record ${record.id}, ${before.finalBeforeWipe} before Redis lost it, was written again and ended ${record.status}`,
+        );
+      }
+      before.finalBeforeWipe = undefined;
+    }
     if (isFinal(before.status)) {
       const corrected =
         op === "correctLost" && before.status === "lost" && this.#reportedBy(record.workerId, record.id, record.status);
-      if (!corrected) {
+      // Redis lost it, and a node that held the job wrote it again (then its outcome, checked above).
+      const writtenAgain = op === "create" && before.finalBeforeWipe !== undefined;
+      if (!corrected && !writtenAgain) {
         sim.violation(
           `record ${record.id} left its final status ${before.status} for ${record.status} (${op} by ${by})`,
         );
@@ -93,8 +123,21 @@ export class Invariants {
         `record ${record.id} says completed on ${record.workerId ?? "no worker"}, whose job machine did not complete it`,
       );
     }
+    if (isFinal(record.status)) {
+      const owner = [...this.world.nodes].find((node) => node?.up && node.core?.dispatcher.has(record.id));
+      before.finalFromElsewhere = owner !== undefined && owner.name !== by ? true : undefined;
+    }
     before.status = record.status;
     before.history.push(record.status);
+  }
+
+  /** Redis restarted empty: the idempotency keys it held start afresh, and the hand-offs in it are gone. */
+  onWipe(): void {
+    for (const key of this.keys.keys()) this.keysBeforeWipe.add(key);
+    this.keys.clear();
+    // Their inbox entries are gone: their senders settle them (liveness checks that they do).
+    this.handOffs.clear();
+    for (const entry of this.ledger.values()) if (isFinal(entry.status)) entry.finalBeforeWipe = entry.status;
   }
 
   /** A dispatch call answered: one idempotency key, one job. */

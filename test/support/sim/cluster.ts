@@ -1,4 +1,5 @@
 import type { ClusterHost } from "../../../src/registry/cluster/cluster.ts";
+import { DataEpoch } from "../../../src/registry/cluster/data-epoch.ts";
 import { ClusterHousekeeping, type HousekeepingRedis } from "../../../src/registry/cluster/housekeeping.ts";
 import { READ_BLOCK_MS, RECLAIM_EVERY_MS, RECLAIM_IDLE_MS, RETRY_MS } from "../../../src/registry/cluster/inbox.ts";
 import {
@@ -38,6 +39,7 @@ export class SimCluster implements NodeBus {
   #presenceTimer: number | undefined;
   #housekeepingTimer: number | undefined;
   #closed = false;
+  readonly #epoch: DataEpoch;
   /** Blocking reads of the inbox hold a connection of their own, as in NodeInbox. */
   readonly #reader: RedisClient;
 
@@ -56,6 +58,10 @@ export class SimCluster implements NodeBus {
   ) {
     this.#reader = new RedisClient(client.slot, `${client.name} inbox`);
     this.#presence = new Presence(timing.nodeTtlMs, () => clock.now());
+    this.#epoch = new DataEpoch(
+      async () => this.#host?.recoverLostRecords(),
+      this.#warn("writing back records Redis lost"),
+    );
     const line = (fields: object, message: string) => this.log(`${message} ${JSON.stringify(fields)}`);
     this.#housekeeping = new ClusterHousekeeping(
       {
@@ -270,13 +276,17 @@ export class SimCluster implements NodeBus {
   }
 
   async #renew(): Promise<void> {
+    let epoch: string | undefined;
     await this.#presence.renew(() =>
       this.redis.call(this.client, "renew", () => {
         this.redis.alive.set(this.nodeId, this.clock.now() + this.timing.nodeTtlMs);
         this.redis.nodes.add(this.nodeId);
         this.redis.diedAt.delete(this.nodeId);
+        this.redis.epoch ??= `epoch-${this.nodeId}-${this.clock.now()}`;
+        epoch = this.redis.epoch;
       }),
     );
+    if (epoch !== undefined) this.#epoch.observe(epoch);
   }
 
   presenceHeldSince(): number {

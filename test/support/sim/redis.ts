@@ -74,13 +74,15 @@ type Subscriber = {
  * duplicates and delays messages (in order: a subscription is one connection).
  */
 export class SimRedis {
-  readonly records = new MemoryJobStore({ retainRecords: Number.POSITIVE_INFINITY });
+  records = new MemoryJobStore({ retainRecords: Number.POSITIVE_INFINITY });
   readonly views = new Map<string, string>();
   readonly alive = new Map<string, number>();
   readonly nodes = new Set<string>();
   readonly diedAt = new Map<string, number>();
   readonly locks = new Map<string, { value: string; expiresAt: number }>();
   readonly inboxes = new Map<string, SimInbox>();
+  /** The cluster's epoch key (SETNX by the first node to renew): gone with the data. */
+  epoch: string | undefined;
   readonly #clients = new Set<RedisClient>();
   readonly #subscribers = new Map<string, Subscriber[]>();
   outage: Outage | undefined;
@@ -296,6 +298,22 @@ export class SimRedis {
     if (held && held.expiresAt > now) return false;
     this.locks.set(key, { value, expiresAt: now + ttlMs });
     return true;
+  }
+
+  /**
+   * Redis restarted without its data: records, views, presence, members, locks and inboxes are
+   * gone (a reader blocked on an inbox stays blocked, as ioredis reconnects it and the loop
+   * recreates its group). Subscriptions stay: ioredis subscribes again on reconnecting.
+   */
+  wipe(): void {
+    this.records = new MemoryJobStore({ retainRecords: Number.POSITIVE_INFINITY });
+    this.views.clear();
+    this.alive.clear();
+    this.nodes.clear();
+    this.diedAt.clear();
+    this.locks.clear();
+    this.epoch = undefined;
+    for (const inbox of this.inboxes.values()) inbox.entries = [];
   }
 
   isAlive(nodeId: string): boolean {

@@ -10,6 +10,7 @@ const FAULTS: [number, string, Fault][] = [
   [2, "node crash", nodeCrash],
   [2, "redis outage", redisOutage],
   [1, "redis link outage", redisLinkOutage],
+  [1, "redis restarted empty", redisRestartedEmpty],
   [2, "bus faults", busFaults],
   [2, "worker crash", workerCrash],
   [1, "drain", drain],
@@ -106,6 +107,16 @@ function redisOutage(world: World): void {
   const mode = rng.chance(0.5) ? "fail" : "hang";
   world.trace("fault", `redis unavailable (${mode}) for ${ms} ms`);
   world.redis.outage = { until: clock.now() + ms, mode };
+}
+
+/** Redis goes away, and comes back without its data (no persistence, or a new instance). */
+function redisRestartedEmpty(world: World): void {
+  const { rng, clock, shape } = world;
+  if (!shape.clustered) return;
+  const ms = rng.int(200, 2_000);
+  world.trace("fault", `redis restarts empty, unavailable for ${ms} ms`);
+  world.redis.outage = { until: clock.now() + ms, mode: "fail" };
+  world.wipeRedis();
 }
 
 function redisLinkOutage(world: World): void {

@@ -12,7 +12,8 @@ export interface RecordWrite {
 
 /**
  * One node's job store: the shared records in the simulated Redis, reached through the node's own
- * client (latency, outages, nothing heard once the node is dead). Writes are reported to the
+ * client (latency, outages, nothing heard once the node is dead). As the Redis store's scripts do,
+ * a record's creation or claim makes the node it names a member of the cluster. Writes are reported to the
  * invariants as they happen. The in-memory store stamps `updatedAt` with Date.now(): the simulated
  * time is passed in instead, so records carry the simulation's time.
  */
@@ -27,6 +28,7 @@ export class SimStore implements JobStore {
   create(record: JobRecord) {
     return this.redis.call(this.client, "create", async () => {
       const result = await this.redis.records.create(record);
+      if (result.created && record.node) this.redis.nodes.add(record.node);
       if (result.created) this.onWrite({ op: "create", by: this.client.name, record: result.record });
       return result;
     });
@@ -63,6 +65,7 @@ export class SimStore implements JobStore {
   claim(id: string, from: string | undefined, to: string) {
     return this.redis.call(this.client, "claim", async () => {
       const claimed = await this.redis.records.claim(id, from, to);
+      if (claimed) this.redis.nodes.add(to);
       if (claimed) this.onWrite({ op: "claim", by: this.client.name, record: claimed });
       return claimed;
     });
@@ -73,6 +76,7 @@ export class SimStore implements JobStore {
     return this.redis.call(this.client, "claimFromDead", async () => {
       if (this.redis.isAlive(from)) return undefined;
       const claimed = await this.redis.records.claim(id, from, to);
+      if (claimed) this.redis.nodes.add(to);
       if (claimed) this.onWrite({ op: "claim", by: this.client.name, record: claimed });
       return claimed;
     });
@@ -83,6 +87,7 @@ export class SimStore implements JobStore {
     return this.redis.call(this.client, "claimAndSend", async () => {
       const claimed = await this.redis.records.claim(id, from, to);
       if (claimed) {
+        this.redis.nodes.add(to);
         this.redis.xadd(to, message);
         this.onWrite({ op: "handOff", by: this.client.name, record: claimed });
       }

@@ -217,6 +217,30 @@ export class World implements SimContext, Observed {
     );
   }
 
+  /**
+   * Redis restarts empty. What a serving node holds in memory it writes back (its dispatches, the
+   * hand-offs it sent); a job whose holders all went down before writing it back is known to its
+   * worker at most, and is exempt from reaching a final record (see lostWithRedis).
+   */
+  wipeRedis(): void {
+    const up = this.upNodes();
+    for (const [jobId, entry] of this.checks.ledger) {
+      if (isFinal(entry.status)) continue;
+      const handOff = this.checks.handOffs.get(jobId);
+      entry.wipedWhileHeldBy = up
+        .filter((node) => node.core?.dispatcher.has(jobId) || node.name === handOff?.from)
+        .map((node) => node.name);
+    }
+    this.checks.onWipe();
+    this.redis.wipe();
+  }
+
+  /** Redis lost the job's record, and every node that held the job then went down before writing it back. */
+  lostWithRedis(jobId: string): boolean {
+    const holders = this.checks.ledger.get(jobId)?.wipedWhileHeldBy;
+    return holders !== undefined && !this.upNodes().some((node) => holders.includes(node.name));
+  }
+
   // ------------------------------------------------------------------ settling
 
   /** Faults end: the network heals, Redis is back, and whatever is down starts again. */
@@ -248,7 +272,7 @@ export class World implements SimContext, Observed {
     }
     for (const call of this.pending) return `a client call is unanswered: ${call.what} at ${call.node.name}`;
     for (const [id, entry] of this.checks.ledger) {
-      if (!isFinal(entry.status)) return `job ${id} is ${entry.status}`;
+      if (!isFinal(entry.status) && !this.lostWithRedis(id)) return `job ${id} is ${entry.status}`;
     }
     for (const node of this.upNodes()) {
       const live = [...(node.core?.dispatcher.values() ?? [])][0];
@@ -270,6 +294,7 @@ export class World implements SimContext, Observed {
       if (idle !== want) return `${worker.name} has ${idle} idle processes, wants ${want}`;
     }
     for (const [key, ids] of this.checks.keys) {
+      if (this.checks.keysBeforeWipe.has(key)) continue;
       const records = [...this.checks.ledger.values()].filter((entry) => entry.idempotencyKey === key);
       if (records.length !== 1 || ids.size !== 1) {
         this.violation(`idempotency key ${key} has ${records.length} records and answered ${ids.size} ids`);
