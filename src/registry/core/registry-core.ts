@@ -12,6 +12,7 @@ import { Dispatcher, type DispatchStart } from "./dispatcher.ts";
 import { clusterNode, type NodeStrategy, singleNode } from "./node-strategy.ts";
 import type { DispatchRequest, RegistryDeps } from "./ports.ts";
 import { Reconciler } from "./reconcile.ts";
+import { retryWrite } from "./retry-write.ts";
 import { WorkerDirectory } from "./worker-directory.ts";
 import type { WorkerLink } from "./worker-link.ts";
 
@@ -365,7 +366,16 @@ export class RegistryCore implements ClusterHost {
     if (this.#closing) return;
     this.deps.logger.warn({ nodeId: this.#node.nodeId }, "Redis lost its data: writing back the jobs this node holds");
     await this.dispatcher.writeBackLost();
-    await this.#node.recoverHandOffs();
+    // After a grace for the nodes they went to, and until it has worked: meanwhile this node goes on.
+    this.#persist(
+      retryWrite({
+        write: () => this.#node.recoverHandOffs(),
+        clock: this.deps.clock,
+        stopped: () => this.#closing,
+        onRefused: (error, retryInMs) =>
+          this.deps.logger.warn({ err: error.message, retryInMs }, "settling hand-offs Redis lost failed; retrying"),
+      }),
+    );
   }
 
   pruneHandOffs(): Promise<void> {

@@ -19,6 +19,11 @@ export interface Observed {
 
 /** A hand-off must reach its node and start its dispatch within this, counted from when the faults healed. */
 export const HAND_OFF_BOUND_MS = 2_000;
+/**
+ * After Redis restarted empty, a node that runs a job's dispatch writes its record back within this
+ * of the faults healing (it notices on its next presence renewal), not only at the job's next change.
+ */
+export const WRITE_BACK_BOUND_MS = 2_000;
 
 interface LedgerEntry {
   status: JobStatus;
@@ -43,6 +48,8 @@ interface LedgerEntry {
    * that node for dead): the only copy was in Redis, so Redis losing it may undo it.
    */
   finalFromElsewhere?: true;
+  /** Redis restarted empty and nothing has written the record since. */
+  missing?: true;
 }
 
 /**
@@ -56,6 +63,8 @@ export class Invariants {
   readonly keys = new Map<string, Set<string>>();
   /** Hand-offs whose dispatch has not started on their node yet: job id → the node, when, and the sender (a node's name). */
   readonly handOffs = new Map<string, { to: string; at: number; from: string }>();
+  /** Redis restarted empty at least once. */
+  wiped = false;
   /** Idempotency keys used before Redis last restarted empty: a key whose record it lost may get a new job. */
   readonly keysBeforeWipe = new Set<string>();
   /** Per delivered hand-off sent before the faults healed, how long after that it started. */
@@ -90,6 +99,7 @@ export class Invariants {
     }
     before.node = record.node;
     before.workerId = record.workerId;
+    before.missing = undefined;
     before.wipedWhileHeldBy = undefined;
     if (before.status === record.status) return;
     if (sim.tracing) {
@@ -133,11 +143,15 @@ export class Invariants {
 
   /** Redis restarted empty: the idempotency keys it held start afresh, and the hand-offs in it are gone. */
   onWipe(): void {
+    this.wiped = true;
     for (const key of this.keys.keys()) this.keysBeforeWipe.add(key);
     this.keys.clear();
     // Their inbox entries are gone: their senders settle them (liveness checks that they do).
     this.handOffs.clear();
-    for (const entry of this.ledger.values()) if (isFinal(entry.status)) entry.finalBeforeWipe = entry.status;
+    for (const entry of this.ledger.values()) {
+      entry.missing = true;
+      if (isFinal(entry.status)) entry.finalBeforeWipe = entry.status;
+    }
   }
 
   /** A dispatch call answered: one idempotency key, one job. */
@@ -191,10 +205,29 @@ export class Invariants {
     }
   }
 
-  /** After every step: bounds on each worker, no actor broken, hand-offs delivered. */
+  /** Every dispatch a serving node runs has its record in Redis again soon after Redis lost its data. */
+  #checkWrittenBack(): void {
+    const { sim, nodes, healedAt } = this.world;
+    const late = sim.clock.now() - healedAt - WRITE_BACK_BOUND_MS;
+    if (late <= 0) return;
+    for (const node of nodes) {
+      if (!node?.up || !node.core) continue;
+      for (const live of node.core.dispatcher.values()) {
+        const entry = this.ledger.get(live.record.id);
+        if (!entry?.missing || live.actor.getSnapshot().status !== "active") continue;
+        entry.missing = undefined;
+        sim.violation(
+          `${node.name} runs the dispatch of ${live.record.id}, whose record is still missing ${late + WRITE_BACK_BOUND_MS} ms after the faults healed`,
+        );
+      }
+    }
+  }
+
+  /** After every step: bounds on each worker, no actor broken, hand-offs delivered, records written back. */
   afterStep(): void {
     const { sim, workers, nodes, starts } = this.world;
     if (this.handOffs.size > 0) this.#checkHandOffs();
+    if (this.wiped) this.#checkWrittenBack();
     for (const worker of workers) {
       if (!worker || worker.crashed) continue;
       const snapshot = worker.actor.getSnapshot();
