@@ -16,6 +16,8 @@ export const CLUSTER_TIMING: Partial<RegistryTiming> = {
   pingIntervalMs: 1_000,
   pongTimeoutMs: 4_000,
   reconnectGraceMs: 4_000,
+  // Scaled with the liveness deadlines above, as the default 10 s is with the default 15 s.
+  leaseMs: 3_000,
 };
 
 const NODE_FIXTURE = fileURLToPath(new URL("../fixtures/cluster/registry-node.ts", import.meta.url));

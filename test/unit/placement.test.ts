@@ -65,6 +65,7 @@ function bus(views: WorkerView[]): NodeBus {
   return {
     nodeId: "node-1",
     connected: true,
+    heartbeatMs: 1_000,
     remoteViews: () => views,
     isLive: () => true,
     send: () => {},

@@ -184,6 +184,10 @@ export class RegistryCluster {
     return [...this.remote.values()].filter((view) => this.#housekeeping.isLive(view.nodeId));
   }
 
+  get heartbeatMs(): number {
+    return this.#heartbeatMs;
+  }
+
   /** Both Redis connections (commands and subscriptions) are up: the node can serve the cluster. */
   get connected(): boolean {
     return (

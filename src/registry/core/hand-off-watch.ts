@@ -2,7 +2,7 @@ import type { JobRecord } from "../store.ts";
 
 /** How long after a hand-off this node still answers for it, should Redis lose its data. */
 export const HAND_OFF_WATCH_MS = 60_000;
-/** How long a node that found Redis emptied waits for the others to write back what they hold. */
+/** How long (at least; three heartbeats if longer) a node that found Redis emptied waits for the others to write back what they hold. */
 export const HAND_OFF_RECOVERY_GRACE_MS = 3_000;
 /** At most this many hand-offs are watched; past it, the oldest go first. */
 export const MAX_WATCHED_HAND_OFFS = 10_000;

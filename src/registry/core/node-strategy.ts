@@ -96,6 +96,8 @@ export function clusterNode(bus: NodeBus, deps: Pick<RegistryDeps, "store" | "lo
       };
       const claimed = await bus.handOff(record.id, view.nodeId, message);
       if (claimed) handOffs.sent(claimed, view.nodeId);
+      // Refused because Redis lost the record (not because another node has it): still this node's.
+      else if (!(await deps.store.get(record.id))) throw new Error("its record is missing (Redis lost its data)");
     },
     publishView: (view) => bus.publishView(view),
     publishGone: (workerId) => bus.publishGone(workerId),
@@ -114,7 +116,8 @@ export function clusterNode(bus: NodeBus, deps: Pick<RegistryDeps, "store" | "lo
     pruneHandOffs: () => handOffs.dropTaken((jobId) => deps.store.get(jobId)),
     async recoverHandOffs() {
       // The nodes they went to write back what they hold first (each on its next presence renewal).
-      await new Promise<void>((resolve) => deps.clock.setTimeout(() => resolve(), HAND_OFF_RECOVERY_GRACE_MS));
+      const graceMs = Math.max(HAND_OFF_RECOVERY_GRACE_MS, 3 * bus.heartbeatMs);
+      await new Promise<void>((resolve) => deps.clock.setTimeout(() => resolve(), graceMs));
       for (const { record, to } of handOffs.recent()) {
         if (await deps.store.get(record.id)) continue;
         // Not known to have been taken, and no longer known to anyone: whether it ran is unknowable.

@@ -66,6 +66,8 @@ export interface NodeBus {
   readonly nodeId: string;
   /** Connected to the shared store and bus: the node can serve. */
   readonly connected: boolean;
+  /** How often every node renews its presence (and so notices that Redis lost its data). */
+  readonly heartbeatMs: number;
   /**
    * Since when this node's presence key has surely stood without a break (see
    * src/registry/cluster/presence.ts), or +∞ when it may be gone now: no other node can have taken

@@ -176,6 +176,10 @@ export class SimCluster implements NodeBus {
     return [...this.remote.values()].filter((view) => this.#housekeeping.isLive(view.nodeId));
   }
 
+  get heartbeatMs(): number {
+    return this.timing.heartbeatMs;
+  }
+
   get connected(): boolean {
     return !this.#closed && !this.redis.downFor(this.client);
   }

@@ -12,7 +12,7 @@ export const SIM_REGISTRY_TIMING: RegistryTiming = {
   pingIntervalMs: 2_000,
   pongTimeoutMs: 2_000,
   reconnectGraceMs: 2_000,
-  leaseMs: 2_000,
+  leaseMs: 3_000,
 };
 
 /** The liveness sweep's period, as the gateway sets it: a fifth of the ping interval, at most 1 s. */
