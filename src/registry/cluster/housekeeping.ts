@@ -103,6 +103,9 @@ export class ClusterHousekeeping {
   async #reapIfFirst(deadNode: string): Promise<void> {
     if (!(await this.redis.lockReaping(deadNode, 2 * this.settings.heartbeatMs))) return;
     const diedAt = await this.redis.diedAt(deadNode, this.settings.now());
+    // Found dead for two heartbeats at least: a live node whose presence key Redis lost (it restarted
+    // empty) has renewed by then, and is not settled while it still runs its jobs.
+    if (this.settings.now() - diedAt < 2 * this.settings.heartbeatMs) return;
     await this.#reap(deadNode, diedAt);
   }
 

@@ -448,10 +448,15 @@ export class Dispatcher {
     if (after && isFinal(after.status) && patch.status && !isFinal(patch.status)) this.#endedElsewhere(live, after);
     if (after) return after;
     logger.warn({ jobId: record.id, status: patch.status }, "job record missing from the store: written back");
-    // Created as pending and then changed, so the store files it as a live or a final record as it would have.
+    // Created live and then changed, so the store files it as a live or a final record as it would
+    // have; live as the job was last (with its worker, if it had one): a record that said `pending`
+    // meanwhile would be dispatched again by a node that took this one for dead.
+    const workerId = patch.workerId ?? live.actor.getSnapshot().context.workerId ?? undefined;
+    const status = patch.status && !isFinal(patch.status) ? patch.status : workerId ? "running" : "pending";
     await writeBack(store, {
       ...record,
-      status: "pending",
+      status,
+      ...(workerId ? { workerId } : {}),
       updatedAt: clock.now(),
       ...(this.node.nodeId ? { node: this.node.nodeId } : {}),
     });
