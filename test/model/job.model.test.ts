@@ -1,9 +1,10 @@
 import { describe, expect, it, vi } from "vitest";
-import { type AnyActorRef, type AnyStateMachine, assign, fromPromise, type SnapshotFrom, setup } from "xstate";
+import { type AnyActorRef, assign, fromPromise, type SnapshotFrom, setup } from "xstate";
 import { createTestModel } from "xstate/graph";
 import { type JobInput, type JobNotification, type JobOutput, type JobTiming, jobMachine } from "../../machines/job.ts";
 import type { FailureReason, JobSpec } from "../../machines/shared.ts";
 import { deferred, hostChild } from "../support/machine-harness.ts";
+import { modelTransitions } from "../support/model-transitions.ts";
 
 const OFFER_TTL = 10_000;
 const LAUNCH_TIMEOUT = 5_000;
@@ -422,17 +423,6 @@ function createDriver() {
 const model = createTestModel(jobModel);
 // Only events the model takes in a state: a lapse of a lease the job does not hold is no step.
 const paths = model.getShortestPaths({ filterEvents: (state, event) => state.can(event) });
-
-/** Every transition of the model, as "from -EVENT-> to". */
-function modelTransitions(machine: AnyStateMachine): string[] {
-  const edges: string[] = [];
-  for (const node of Object.values(machine.root.states)) {
-    for (const [eventType, list] of node.transitions) {
-      for (const t of list) edges.push(`${node.key} -${eventType}-> ${t.target?.[0]?.key ?? node.key}`);
-    }
-  }
-  return edges.sort();
-}
 
 describe("job (model-based)", () => {
   it("the shortest paths cover every state and every transition of the model", () => {

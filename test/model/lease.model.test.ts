@@ -1,8 +1,9 @@
 import { describe, expect, it, vi } from "vitest";
-import { type AnyStateMachine, assign, type SnapshotFrom, setup } from "xstate";
+import { assign, type SnapshotFrom, setup } from "xstate";
 import { createTestModel } from "xstate/graph";
 import { type LeaseInput, leaseMachine } from "../../machines/lease.ts";
 import { runMachine } from "../support/machine-harness.ts";
+import { modelTransitions } from "../support/model-transitions.ts";
 
 /** The validity the job arrives with, and the (longer) one every renewal grants. */
 const GRANTED = 1_000;
@@ -166,17 +167,6 @@ function createDriver() {
 
 const model = createTestModel(leaseModel);
 const paths = model.getShortestPaths();
-
-/** Every transition of the model, as "from -EVENT-> to". */
-function modelTransitions(machine: AnyStateMachine): string[] {
-  const edges: string[] = [];
-  for (const node of Object.values(machine.root.states)) {
-    for (const [eventType, list] of node.transitions) {
-      for (const t of list) edges.push(`${node.key} -${eventType}-> ${t.target?.[0]?.key ?? node.key}`);
-    }
-  }
-  return edges.sort();
-}
 
 describe("lease (model-based)", () => {
   it("the shortest paths cover every state and every transition of the model", () => {

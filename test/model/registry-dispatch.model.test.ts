@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { type AnyStateMachine, assign, SimulatedClock, type SnapshotFrom, setup } from "xstate";
+import { assign, SimulatedClock, type SnapshotFrom, setup } from "xstate";
 import { createTestModel } from "xstate/graph";
 import {
   type DispatchEmitted,
@@ -10,6 +10,7 @@ import {
   dispatchMachine,
 } from "../../machines/registry/dispatch.ts";
 import { createTracedActor } from "../support/actor.ts";
+import { modelTransitions } from "../support/model-transitions.ts";
 
 const timing: DispatchTiming = {
   offerTimeoutMs: 1_000,
@@ -687,17 +688,6 @@ const model = createTestModel(dispatchModel, {
   },
 });
 const paths = model.getShortestPaths();
-
-/** Every transition of the model, as "from -EVENT-> to". */
-function modelTransitions(machine: AnyStateMachine): string[] {
-  const edges = new Set<string>();
-  for (const node of Object.values(machine.root.states)) {
-    for (const [eventType, list] of node.transitions) {
-      for (const t of list) edges.add(`${node.key} -${eventType}-> ${t.target?.[0]?.key ?? node.key}`);
-    }
-  }
-  return [...edges].sort();
-}
 
 describe("dispatch (model-based)", () => {
   it("the shortest paths cover every state and every transition of the model", () => {

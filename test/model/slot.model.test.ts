@@ -1,10 +1,11 @@
 import { describe, expect, it } from "vitest";
-import { type AnyStateMachine, assign, type SnapshotFrom, setup } from "xstate";
+import { assign, type SnapshotFrom, setup } from "xstate";
 import { createTestModel } from "xstate/graph";
 import type { StopReason } from "../../machines/shared.ts";
 import { type SlotOutput, slotMachine } from "../../machines/slot.ts";
 import { FakeProcesses } from "../support/fake-process.ts";
 import { hostChild } from "../support/host.ts";
+import { modelTransitions } from "../support/model-transitions.ts";
 
 const timing = {
   initializeTimeoutMs: 1_000,
@@ -96,17 +97,6 @@ const slotModel = setup({
 });
 
 type ModelSnapshot = SnapshotFrom<typeof slotModel>;
-
-/** Every transition of the model, as "from -EVENT-> to". */
-function modelTransitions(machine: AnyStateMachine): string[] {
-  const edges: string[] = [];
-  for (const node of Object.values(machine.root.states)) {
-    for (const [eventType, list] of node.transitions) {
-      for (const t of list) edges.push(`${node.key} -${eventType}-> ${t.target?.[0]?.key ?? node.key}`);
-    }
-  }
-  return edges.sort();
-}
 
 function createSut() {
   let deaf = false;
