@@ -1,6 +1,7 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { PROTOCOL_VERSION } from "../../src/protocol/registry.ts";
 import { registryInternals } from "../../src/registry/server.ts";
+import { MemoryJobStore } from "../../src/registry/store.ts";
 import { until } from "../support/wait.ts";
 import { closeRegistries, dispatch, type Frame, RawConnection, startRegistry } from "./helpers.ts";
 
@@ -50,6 +51,22 @@ describe("lifecycle edges of a dispatch", () => {
     await second.c.next(from, offerOf(job.id), "the offer to the second worker", 3_000);
     first.c.close();
     second.c.close();
+  });
+
+  it("a dispatch whose job was cancelled behind its back stops and has its worker let go", async () => {
+    // What another node that took this one for dead does: it writes the outcome to the record itself.
+    const r = await startRegistry({ pingIntervalMs: 60_000, pongTimeoutMs: 60_000 });
+    const only = await scriptedWorker(r, "behind");
+    const job = await dispatch(r, { agent_name: "behind" });
+    await only.c.next(0, offerOf(job.id), "the offer");
+    await MemoryJobStore.prototype.update.call(r.store, job.id, { status: "cancelled", reason: "cancelled elsewhere" });
+    only.c.send(JSON.stringify({ type: "availability_response", job_id: job.id, available: true }));
+    // Its next write finds the record final: the worker is told to let go, and nothing is written over it.
+    await only.c.next(0, (f) => f.type === "job_termination" && f.job_id === job.id, "the termination", 3_000);
+    only.c.send(JSON.stringify({ type: "job_update", job_id: job.id, status: "cancelled", reason: "terminated" }));
+    await until(() => !registryInternals(r.registry).core.dispatcher.has(job.id), { label: "the dispatch to end" });
+    expect(await r.registry.job(job.id)).toMatchObject({ status: "cancelled", reason: "cancelled elsewhere" });
+    only.c.close();
   });
 
   it("a job past its running deadline that its worker completed after all is recorded completed, once", async () => {
