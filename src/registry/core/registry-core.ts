@@ -259,7 +259,8 @@ export class RegistryCore implements ClusterHost {
       case "dispatch": {
         const record = await this.deps.store.get(message.jobId);
         const mine = record && !isFinal(record.status) && record.node === this.#node.nodeId;
-        if (!mine || this.#closing) return;
+        // Delivered again (at least once) while this node runs it, or hands it on.
+        if (!mine || this.#closing || this.dispatcher.has(record.id)) return;
         this.#start(record, {
           origin: "forwarded",
           ...(message.prefer ? { prefer: message.prefer } : {}),

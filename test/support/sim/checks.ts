@@ -110,11 +110,10 @@ export class Invariants {
     }
     if (before.finalBeforeWipe !== undefined && isFinal(record.status)) {
       // `lost` says what is true then: the record was lost, and whether the job ran is unknown.
-      // A `lost` record is corrected by its worker's own report, as it would have been without the wipe.
-      const correctsLost =
-        before.finalBeforeWipe === "lost" && this.#reportedBy(record.workerId, record.id, record.status);
+      // What its worker itself reported is what happened (a `lost` record is corrected so anyway).
+      const asItsWorkerSaid = this.#reportedBy(record.workerId, record.id, record.status);
       const same = record.status === before.finalBeforeWipe || record.status === "lost";
-      if (!same && !correctsLost && !before.finalFromElsewhere) {
+      if (!same && !asItsWorkerSaid && !before.finalFromElsewhere) {
         sim.violation(
           `record ${record.id}, ${before.finalBeforeWipe} before Redis lost it, was written again and ended ${record.status}`,
         );
@@ -153,6 +152,8 @@ export class Invariants {
     // Their inbox entries are gone: their senders settle them (liveness checks that they do).
     this.handOffs.clear();
     for (const entry of this.ledger.values()) {
+      // Its record was created before, whether or not the call that made it has been answered yet.
+      if (entry.idempotencyKey) this.keysBeforeWipe.add(entry.idempotencyKey);
       entry.missing = true;
       if (isFinal(entry.status)) entry.finalBeforeWipe = entry.status;
     }
