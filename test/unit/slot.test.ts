@@ -450,10 +450,8 @@ describe("slot: a lapsed lease (slot.stop lease_lapsed)", () => {
     expect(t.output().jobOutcome?.status).toBe("failed");
   });
 
-  // BUG (machines/slot.ts, state alive.ending, event slot.stop lease_lapsed): the transition to killing
-  // records no stop reason, and a slot in ending has none yet, so the SIGKILLed job is reported
-  // `crashed` (signal SIGKILL) instead of `lease_lapsed` (docs/protocol.md, "Leases"). Passes once fixed:
-  // turn it into a plain `it`.
+  // The job ended by itself and its process is closing when the lease lapses: it is SIGKILLed, and
+  // reported `lease_lapsed` (docs/protocol.md, "Leases"), not `crashed` (a bug these tests found).
   it("while ending, the job killed for its lease is reported lease_lapsed, not crashed", () => {
     const t = busy();
     t.emit({ type: "proc.done", result: { ok: true } });

@@ -65,8 +65,6 @@ export class Dispatcher {
   readonly #live = new Map<string, LiveDispatch>();
   /** Dispatches in `waiting`, by agent: kept by the machines' waiting/waiting_over events only. */
   readonly #waiting = new Map<string, Set<LiveDispatch>>();
-  /** Jobs being handed to another node: still this node's until the hand-off is made or has failed. */
-  readonly #forwarding = new Set<string>();
   #closing = false;
 
   constructor(
@@ -84,9 +82,8 @@ export class Dispatcher {
     return this.#live.get(jobId);
   }
 
-  /** This node runs the job's dispatch, or is handing it to another node. */
   has(jobId: string): boolean {
-    return this.#live.has(jobId) || this.#forwarding.has(jobId);
+    return this.#live.has(jobId);
   }
 
   values(): IterableIterator<LiveDispatch> {
@@ -101,7 +98,7 @@ export class Dispatcher {
   }
 
   start(record: JobRecord, start: DispatchStart = {}): LiveDispatch | undefined {
-    if (this.#closing || this.has(record.id)) return undefined;
+    if (this.#closing || this.#live.has(record.id)) return undefined;
     const input: DispatchInput = {
       jobId: record.id,
       redispatch: record.redispatch,
@@ -306,30 +303,22 @@ export class Dispatcher {
         const forwarded = view
           ? this.node.forward(record, view, event.tried, event.hops, live.room)
           : Promise.reject(new Error(`the node of worker ${event.workerId} is no longer known`));
-        // A dispatch message for it delivered again meanwhile (at least once) must not start it here.
-        this.#forwarding.add(record.id);
         // Not handed off, so still this node's: dispatched here again (an assignment is fenced on the
         // record's node, so even a hand-off that did happen unseen cannot make it run twice).
         this.persist(
-          forwarded.then(
-            () => {
-              this.#forwarding.delete(record.id);
-            },
-            (error: Error) => {
-              this.#forwarding.delete(record.id);
-              this.deps.logger.warn(
-                { jobId: record.id, err: error.message },
-                "forwarding a job failed: dispatching it here",
-              );
-              if (this.#closing || this.#live.has(record.id)) return;
-              this.start(record, {
-                origin: "resumed",
-                tried: event.tried,
-                hops: event.hops,
-                ...(live.room ? { room: live.room } : {}),
-              });
-            },
-          ),
+          forwarded.catch((error: Error) => {
+            this.deps.logger.warn(
+              { jobId: record.id, err: error.message },
+              "forwarding a job failed: dispatching it here",
+            );
+            if (this.#closing || this.#live.has(record.id)) return;
+            this.start(record, {
+              origin: "resumed",
+              tried: event.tried,
+              hops: event.hops,
+              ...(live.room ? { room: live.room } : {}),
+            });
+          }),
         );
         break;
       }

@@ -259,8 +259,7 @@ export class RegistryCore implements ClusterHost {
       case "dispatch": {
         const record = await this.deps.store.get(message.jobId);
         const mine = record && !isFinal(record.status) && record.node === this.#node.nodeId;
-        // Delivered again (at least once) while this node runs it, or hands it on.
-        if (!mine || this.#closing || this.dispatcher.has(record.id)) return;
+        if (!mine || this.#closing) return;
         this.#start(record, {
           origin: "forwarded",
           ...(message.prefer ? { prefer: message.prefer } : {}),
