@@ -88,15 +88,16 @@ export class ClusterHousekeeping {
     return dead;
   }
 
-  /** One round: node liveness, the reaper for each dead node, and the sweep when it is due. */
+  /** One round: node liveness, the reaper for each dead node, the sweep when it is due, the hand-offs taken. */
   async round(): Promise<void> {
-    await this.#host?.pruneHandOffs();
     const dead = await this.refreshNodes();
     for (const nodeId of dead) await this.#reapIfFirst(nodeId);
     if (this.settings.now() - this.#lastSweep >= this.settings.sweepMs) {
       this.#lastSweep = this.settings.now();
       await this.#sweepOwn();
     }
+    // Last: a backlog of hand-offs to check never delays finding a dead node.
+    await this.#host?.pruneHandOffs();
   }
 
   /** One node at a time settles a dead node; the claims inside make even a late second one harmless. */
