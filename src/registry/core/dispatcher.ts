@@ -65,6 +65,12 @@ export class Dispatcher {
   readonly #live = new Map<string, LiveDispatch>();
   /** Dispatches in `waiting`, by agent: kept by the machines' waiting/waiting_over events only. */
   readonly #waiting = new Map<string, Set<LiveDispatch>>();
+  /**
+   * Jobs this node is handing on to another node, with the hand-off's hop count: kept from the
+   * `forward` until the hand-off settles, so a dispatch message this node already acted on and the
+   * at-least-once inbox delivers again cannot start the job here while it goes elsewhere.
+   */
+  readonly #handingOn = new Map<string, number>();
   #closing = false;
 
   constructor(
@@ -84,6 +90,15 @@ export class Dispatcher {
 
   has(jobId: string): boolean {
     return this.#live.has(jobId);
+  }
+
+  /**
+   * True when a dispatch message with these hops is one this node already acted on: it is handing
+   * the job on with more hops. A message that came back from another node carries more hops still.
+   */
+  handingOn(jobId: string, hops: number): boolean {
+    const handOffHops = this.#handingOn.get(jobId);
+    return handOffHops !== undefined && hops < handOffHops;
   }
 
   values(): IterableIterator<LiveDispatch> {
@@ -215,6 +230,7 @@ export class Dispatcher {
     }
     this.#live.clear();
     this.#waiting.clear();
+    this.#handingOn.clear();
   }
 
   #perform(live: LiveDispatch, event: DispatchEmitted): void {
@@ -303,10 +319,15 @@ export class Dispatcher {
         const forwarded = view
           ? this.node.forward(record, view, event.tried, event.hops, live.room)
           : Promise.reject(new Error(`the node of worker ${event.workerId} is no longer known`));
+        this.#handingOn.set(record.id, event.hops);
+        const settled = (): void => {
+          if (this.#handingOn.get(record.id) === event.hops) this.#handingOn.delete(record.id);
+        };
         // Not handed off, so still this node's: dispatched here again (an assignment is fenced on the
         // record's node, so even a hand-off that did happen unseen cannot make it run twice).
         this.persist(
-          forwarded.catch((error: Error) => {
+          forwarded.then(settled, (error: Error) => {
+            settled();
             this.deps.logger.warn(
               { jobId: record.id, err: error.message },
               "forwarding a job failed: dispatching it here",

@@ -259,7 +259,7 @@ export class RegistryCore implements ClusterHost {
       case "dispatch": {
         const record = await this.deps.store.get(message.jobId);
         const mine = record && !isFinal(record.status) && record.node === this.#node.nodeId;
-        if (!mine || this.#closing) return;
+        if (!mine || this.#closing || this.dispatcher.handingOn(record.id, message.hops)) return;
         this.#start(record, {
           origin: "forwarded",
           ...(message.prefer ? { prefer: message.prefer } : {}),

@@ -60,22 +60,14 @@ const FIXED: Record<string, { seed: number; was: string }> = {
     seed: 1016,
     was: "a node whose presence key lapsed only because its Redis commands were held up was reaped, and its jobs were dispatched again while they still ran on workers connected to it",
   },
+  // Found by a 30,000-seed soak (`SIM_SEEDS=30000`), beyond the seeds every run checks.
+  "redelivered-during-forward": {
+    seed: 11530,
+    was: "a dispatch message delivered again (the inbox is at least once) while its node still handed the job on started the job there a second time, and the hand-off gave it to another node too",
+  },
 };
 
-/**
- * Found by a 30,000-seed soak (`SIM_SEEDS=30000`), beyond the seeds every run checks, and not fixed:
- * a dispatch message delivered again (the inbox is at least once) while its node still hands the
- * job on (its claim-and-send slow) starts the job there a second time, and the hand-off then gives
- * it to another node too, so it runs twice. A fix that kept such jobs as this node's until the
- * hand-off settled made a real multi-node test flaky and was taken back.
- */
-const OPEN_BEYOND_DEFAULT_SEEDS: Record<string, number> = { "redelivered-during-forward": 11530 };
-
-const ALL_SEEDS = [
-  ...Object.values(OPEN),
-  ...Object.values(OPEN_BEYOND_DEFAULT_SEEDS),
-  ...Object.values(FIXED).map((fixed) => fixed.seed),
-];
+const ALL_SEEDS = [...Object.values(OPEN), ...Object.values(FIXED).map((fixed) => fixed.seed)];
 const results = new Map<number, SeedResult>();
 beforeAll(async () => {
   for (const result of await runInThread(ALL_SEEDS, true)) results.set(result.seed, result);
@@ -90,14 +82,6 @@ describe.runIf(KNOWN_BUGS.length > 0)("bugs the cluster simulation found and tha
     });
     it.fails(`seed ${seed} keeps every invariant once ${bug.id} is fixed`, () => {
       expect(results.get(seed)?.failure, replayCommand(seed)).toBeUndefined();
-    });
-  }
-});
-
-describe("bugs a soak found beyond the default seeds, still open", () => {
-  for (const [id, seed] of Object.entries(OPEN_BEYOND_DEFAULT_SEEDS)) {
-    it(`seed ${seed} shows ${id} today`, () => {
-      expect(results.get(seed)?.failure, replayCommand(seed)).toMatch(/started 2 times|while it runs on/);
     });
   }
 });
