@@ -63,8 +63,12 @@ function cpuSeconds(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND;
 }
 
-/** PSS, RSS and private (clean + dirty) memory of a process, in MB. */
-function memoryMb(pid: number): { pss: number; rss: number; private: number } {
+/**
+ * PSS, RSS, private (clean + dirty) and private dirty memory of a process, in MB. PSS and private
+ * clean hold this process's share of the `node` binary's pages, which grows as fewer node processes
+ * run; private dirty (heap, compiled code) is what the process itself costs, whatever else runs.
+ */
+function memoryMb(pid: number): { pss: number; rss: number; private: number; privateDirty: number } {
   const text = readFileSync(`/proc/${pid}/smaps_rollup`, "latin1");
   const kb = (key: string) => Number(new RegExp(`^${key}:\\s+(\\d+)`, "m").exec(text)?.[1] ?? Number.NaN);
   const mb = (value: number) => round(value / 1024, 1);
@@ -72,6 +76,7 @@ function memoryMb(pid: number): { pss: number; rss: number; private: number } {
     pss: mb(kb("Pss")),
     rss: mb(kb("Rss")),
     private: mb(kb("Private_Clean") + kb("Private_Dirty")),
+    privateDirty: mb(kb("Private_Dirty")),
   };
 }
 
@@ -82,6 +87,7 @@ function idleChildFigures(pids: number[]) {
     pss_mb: median(readings.map((r) => r.pss)),
     rss_mb: median(readings.map((r) => r.rss)),
     private_mb: median(readings.map((r) => r.private)),
+    private_dirty_mb: median(readings.map((r) => r.privateDirty)),
     cpu_fork_to_idle_s: median(readings.map((r) => r.cpu)),
   };
 }

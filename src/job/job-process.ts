@@ -1,9 +1,10 @@
 import { pathToFileURL } from "node:url";
 import { context } from "@opentelemetry/api";
 import { type DestinationStream, pino } from "pino";
+import * as v from "valibot";
 import type { JobSpec } from "../../machines/shared.ts";
 import { REDACTED_PATHS } from "../observability/logger.ts";
-import { type ChildConfig, childConfig, type ToParent, toChild, toErrorInfo } from "../protocol/ipc.ts";
+import { type ChildConfig, parseChildConfig, type ToParent, toChild, toErrorInfo } from "../protocol/ipc.ts";
 import { killEscapedDescendants } from "./descendant-sweep.ts";
 import { installJobProcessHook } from "./hook.ts";
 import { JobContext } from "./job-context.ts";
@@ -106,7 +107,7 @@ async function exitWith(code: number): Promise<never> {
 export async function runJobProcess(): Promise<void> {
   let config: ChildConfig;
   try {
-    config = childConfig.parse(JSON.parse(process.argv[2] ?? "{}"));
+    config = parseChildConfig(process.argv[2]);
   } catch (error) {
     await send({ type: "init_failed", error: toErrorInfo(error) });
     return exitWith(1);
@@ -135,12 +136,12 @@ export async function runJobProcess(): Promise<void> {
   await runner.prepare();
 
   process.on("message", (raw) => {
-    const parsed = toChild.safeParse(raw);
+    const parsed = v.safeParse(toChild, raw);
     if (!parsed.success) {
-      logger.warn({ issues: parsed.error.issues.length }, "ignored an invalid message from the worker");
+      logger.warn({ issues: parsed.issues.length }, "ignored an invalid message from the worker");
       return;
     }
-    const message = parsed.data;
+    const message = parsed.output;
     switch (message.type) {
       case "ping":
         post({ type: "pong", ts: message.ts });
@@ -161,8 +162,8 @@ export async function runJobProcess(): Promise<void> {
 type Result = { ok: true; reason?: string } | { ok: false; error: ReturnType<typeof toErrorInfo> };
 
 /**
- * Messages like the ones a job's start brings, parsed once while the process is idle: zod compiles
- * a schema's parser on its first use, which would otherwise happen on the job's start path.
+ * Messages like the ones a job's start brings, parsed once while the process is idle, so that the
+ * parser's first (cold, not yet optimized) run is not on the job's start path.
  */
 const WARM_UP_MESSAGES: unknown[] = [
   { type: "ping", ts: 0 },
@@ -197,7 +198,7 @@ class JobRunner {
    * would when called at its start.
    */
   async prepare(): Promise<void> {
-    for (const message of WARM_UP_MESSAGES) toChild.safeParse(message);
+    for (const message of WARM_UP_MESSAGES) v.safeParse(toChild, message);
     this.logger.child({ jobId: "warm-up" });
     try {
       const { jobctx } = this.agent;

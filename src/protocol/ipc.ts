@@ -1,60 +1,101 @@
-import { z } from "zod";
+import * as v from "valibot";
 import { traceparentField, tracestateField } from "../observability/tracing/traceparent.ts";
 
 /**
  * Worker ⇄ job process messages over Node's IPC channel (child_process.fork, JSON serialization).
- * Both sides parse every message with these schemas; errors cross as {name, message, stack}.
+ * Both sides parse every message with these schemas; errors cross as {name, message, stack}. They
+ * use valibot, not zod: a job process loads this module, and zod would cost each idle one megabytes
+ * of memory and a fraction of a second of CPU.
  */
-export const errorInfo = z.object({
-  name: z.string(),
-  message: z.string(),
-  stack: z.string().optional(),
+
+/** A finite number (JSON has no NaN or Infinity; a message holding one is refused). */
+const finiteNumber = v.pipe(v.number(), v.finite());
+
+/** A plain object: made by `{}` or `Object.create(null)`, not an array or a class instance. */
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  if (value === null || typeof value !== "object" || Array.isArray(value)) return false;
+  const ctor = (value as { constructor?: unknown }).constructor;
+  if (typeof ctor !== "function") return true;
+  const prototype: unknown = ctor.prototype;
+  return prototype !== null && typeof prototype === "object" && Object.hasOwn(prototype, "isPrototypeOf");
+}
+
+/**
+ * A plain object of any values, copied: every own enumerable string key but `__proto__`, as it is
+ * (keys such as `constructor` included, which valibot's own record drops).
+ */
+const anyRecord = v.pipe(
+  v.custom<Record<string, unknown>>(isPlainObject, "Invalid type: Expected a plain object"),
+  v.check(
+    (record) =>
+      Object.getOwnPropertySymbols(record).every((key) => !Object.prototype.propertyIsEnumerable.call(record, key)),
+    "Invalid key: Expected string keys only",
+  ),
+  v.transform((record) => {
+    const copy: Record<string, unknown> = {};
+    for (const key of Object.keys(record)) if (key !== "__proto__") copy[key] = record[key];
+    return copy;
+  }),
+);
+
+export const errorInfo = v.object({
+  name: v.string(),
+  message: v.string(),
+  stack: v.optional(v.string()),
 });
 
-export const jobSpec = z.object({
-  jobId: z.string().min(1),
-  agentName: z.string().optional(),
-  roomId: z.string().optional(),
-  roomToken: z.string().optional(),
-  url: z.string().optional(),
-  metadata: z.record(z.string(), z.unknown()).optional(),
-  roomOptions: z.record(z.string(), z.unknown()).optional(),
-  maxDurationMs: z.number().min(0).optional(),
+export const jobSpec = v.object({
+  jobId: v.pipe(v.string(), v.minLength(1)),
+  agentName: v.optional(v.string()),
+  roomId: v.optional(v.string()),
+  roomToken: v.optional(v.string()),
+  url: v.optional(v.string()),
+  metadata: v.optional(anyRecord),
+  roomOptions: v.optional(anyRecord),
+  maxDurationMs: v.optional(v.pipe(finiteNumber, v.minValue(0))),
   traceparent: traceparentField,
   tracestate: tracestateField,
 });
 
 // ---- worker → job process ----
-export const startJob = z.object({ type: z.literal("start_job"), job: jobSpec });
-export const shutdown = z.object({ type: z.literal("shutdown"), reason: z.string() });
-export const ping = z.object({ type: z.literal("ping"), ts: z.number() });
+export const startJob = v.object({ type: v.literal("start_job"), job: jobSpec });
+export const shutdown = v.object({ type: v.literal("shutdown"), reason: v.string() });
+export const ping = v.object({ type: v.literal("ping"), ts: finiteNumber });
 
-export const toChild = z.discriminatedUnion("type", [startJob, shutdown, ping]);
+export const toChild = v.variant("type", [startJob, shutdown, ping]);
 
 // ---- job process → worker ----
-export const ready = z.object({ type: z.literal("ready") });
-export const initFailed = z.object({ type: z.literal("init_failed"), error: errorInfo });
-export const pong = z.object({ type: z.literal("pong"), ts: z.number() });
-export const jobStatus = z.object({ type: z.literal("job_status"), status: z.enum(["running", "ending"]) });
-export const log = z.object({
-  type: z.literal("log"),
-  level: z.number().int(),
-  msg: z.string(),
-  fields: z.record(z.string(), z.unknown()).optional(),
+export const ready = v.object({ type: v.literal("ready") });
+export const initFailed = v.object({ type: v.literal("init_failed"), error: errorInfo });
+export const pong = v.object({ type: v.literal("pong"), ts: finiteNumber });
+export const jobStatus = v.object({ type: v.literal("job_status"), status: v.picklist(["running", "ending"]) });
+export const log = v.object({
+  type: v.literal("log"),
+  level: v.pipe(v.number(), v.safeInteger()),
+  msg: v.string(),
+  fields: v.optional(anyRecord),
 });
-export const done = z.object({
-  type: z.literal("done"),
-  result: z.discriminatedUnion("ok", [
-    z.object({ ok: z.literal(true), reason: z.string().optional() }),
-    z.object({ ok: z.literal(false), error: errorInfo }),
+export const done = v.object({
+  type: v.literal("done"),
+  result: v.variant("ok", [
+    v.object({ ok: v.literal(true), reason: v.optional(v.string()) }),
+    v.object({ ok: v.literal(false), error: errorInfo }),
   ]),
 });
 
-export const toParent = z.discriminatedUnion("type", [ready, initFailed, pong, jobStatus, log, done]);
+export const toParent = v.variant("type", [ready, initFailed, pong, jobStatus, log, done]);
 
-export type ToChild = z.infer<typeof toChild>;
-export type ToParent = z.infer<typeof toParent>;
-export type IpcErrorInfo = z.infer<typeof errorInfo>;
+export type ToChild = v.InferOutput<typeof toChild>;
+export type ToParent = v.InferOutput<typeof toParent>;
+export type IpcErrorInfo = v.InferOutput<typeof errorInfo>;
+
+/** Each problem of a message that failed to parse, as `path: message`, for a log line. */
+export function describeIssues(issues: readonly v.BaseIssue<unknown>[]): string[] {
+  return issues.map((issue) => {
+    const path = issue.path?.map((item) => String(item.key)).join(".");
+    return path ? `${path}: ${issue.message}` : issue.message;
+  });
+}
 
 /** An Error (or anything thrown) as plain data that survives JSON. */
 export function toErrorInfo(error: unknown): IpcErrorInfo {
@@ -65,11 +106,18 @@ export function toErrorInfo(error: unknown): IpcErrorInfo {
 }
 
 /** Arguments the worker passes to a job process; parsed there. */
-export const childConfig = z.object({
-  agentModule: z.string().min(1),
-  slotId: z.string(),
-  logLevel: z.enum(["DEBUG", "INFO", "WARN", "ERROR"]),
+export const childConfig = v.object({
+  agentModule: v.pipe(v.string(), v.minLength(1)),
+  slotId: v.string(),
+  logLevel: v.picklist(["DEBUG", "INFO", "WARN", "ERROR"]),
   /** Each shutdown callback's own deadline, and all of them together. Milliseconds. */
-  closeTimeoutMs: z.number().positive(),
+  closeTimeoutMs: v.pipe(finiteNumber, v.gtValue(0)),
 });
-export type ChildConfig = z.infer<typeof childConfig>;
+export type ChildConfig = v.InferOutput<typeof childConfig>;
+
+/** The job process's configuration from its argument, or an Error that names each bad field. */
+export function parseChildConfig(argument: string | undefined): ChildConfig {
+  const parsed = v.safeParse(childConfig, JSON.parse(argument ?? "{}"));
+  if (parsed.success) return parsed.output;
+  throw new TypeError(`invalid job process configuration: ${describeIssues(parsed.issues).join("; ")}`);
+}

@@ -1,5 +1,10 @@
 import { z } from "zod";
-import { traceparentField, tracestateField } from "../observability/tracing/traceparent.ts";
+import {
+  parseTraceparent,
+  parseTracestate,
+  TRACEPARENT_MAX_INPUT,
+  TRACESTATE_MAX_LENGTH,
+} from "../observability/tracing/traceparent.ts";
 
 /**
  * The worker ⇄ registry wire protocol: JSON text frames over WebSocket at `<registry>/agent`.
@@ -15,6 +20,25 @@ export const MAX_FRAME_BYTES = 256 * 1024;
 export const MAX_WORKER_PROCESSES = 1_024;
 /** Entries in a `register` inventory: running jobs (at most max_processes) and recently finished ones. */
 export const MAX_INVENTORY_ENTRIES = 2_048;
+
+/**
+ * Trace context fields inside messages troupe itself writes (job_assignment here, job records in
+ * src/registry/cluster/redis-store.ts). A bad value becomes absent instead of failing the whole
+ * message: a job must never be lost over its tracing. (start_job, which a job process parses, has
+ * valibot twins of these in src/observability/tracing/traceparent.ts.)
+ */
+export const traceparentField = z
+  .string()
+  .max(TRACEPARENT_MAX_INPUT)
+  .refine((value) => parseTraceparent(value) !== undefined)
+  .optional()
+  .catch(undefined);
+export const tracestateField = z
+  .string()
+  .max(TRACESTATE_MAX_LENGTH)
+  .refine((value) => parseTracestate(value) !== undefined)
+  .optional()
+  .catch(undefined);
 
 const jobId = z.string().min(1).max(256);
 /** Diagnostics a worker reports (reasons, errors, stacks) are cut, not refused: a final status must arrive. */

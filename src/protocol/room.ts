@@ -1,73 +1,55 @@
-import { z } from "zod";
+import * as v from "valibot";
 
 /**
  * The room protocol: JSON text frames over WebSocket at `/rooms/<id>?token=…`. A browser and a job's
  * JobContext speak it alike. The token (role participant with a room claim, or worker for the hub's
  * own agents) is in the query because browsers cannot set headers on a WebSocket.
+ *
+ * This module holds what a participant parses (hub → participant frames), with valibot: a job
+ * process loads it through its RoomConnection and must not load zod. What the hub parses
+ * (participant → hub frames, room ids) is in room-requests.ts, with zod.
  */
 export const MAX_ROOM_FRAME_BYTES = 64 * 1024;
 export const MAX_TEXT_CHARS = 16 * 1024;
 
-export const roomId = z
-  .string()
-  .min(1)
-  .max(128)
-  .regex(/^[A-Za-z0-9._-]+$/, "room id may hold letters, digits, '.', '_' and '-'");
+/** A finite number (JSON has no NaN or Infinity). */
+const finiteNumber = v.pipe(v.number(), v.finite());
 
-export const participantInfo = z.object({
-  id: z.string(),
-  name: z.string(),
-  kind: z.enum(["agent", "participant"]),
-  joined_at: z.number(),
+export const participantInfo = v.object({
+  id: v.string(),
+  name: v.string(),
+  kind: v.picklist(["agent", "participant"]),
+  joined_at: finiteNumber,
 });
-export type ParticipantInfo = z.infer<typeof participantInfo>;
-
-// ---- participant → hub ----
-export const sendMessage = z
-  .object({
-    type: z.literal("message"),
-    text: z.string().max(MAX_TEXT_CHARS).optional(),
-    data: z.unknown().optional(),
-    /** Participant ids; absent = everyone else in the room. */
-    to: z.array(z.string()).max(100).optional(),
-  })
-  .refine((m) => m.text !== undefined || m.data !== undefined, "a message needs text or data");
-
-export const leaveRoom = z.object({ type: z.literal("leave") });
-
-/** Ends the room for everyone; only an agent may do it. */
-export const endRoom = z.object({ type: z.literal("end"), reason: z.string().max(200).optional() });
-
-export const clientFrame = z.union([sendMessage, leaveRoom, endRoom]);
-export type ClientFrame = z.infer<typeof clientFrame>;
+export type ParticipantInfo = v.InferOutput<typeof participantInfo>;
 
 // ---- hub → participant ----
-export const welcome = z.object({
-  type: z.literal("welcome"),
-  room: z.string(),
+export const welcome = v.object({
+  type: v.literal("welcome"),
+  room: v.string(),
   you: participantInfo,
-  participants: z.array(participantInfo),
+  participants: v.array(participantInfo),
 });
-export const participantJoined = z.object({ type: z.literal("participant_joined"), participant: participantInfo });
-export const participantLeft = z.object({
-  type: z.literal("participant_left"),
+export const participantJoined = v.object({ type: v.literal("participant_joined"), participant: participantInfo });
+export const participantLeft = v.object({
+  type: v.literal("participant_left"),
   participant: participantInfo,
 });
-export const roomMessage = z.object({
-  type: z.literal("message"),
+export const roomMessage = v.object({
+  type: v.literal("message"),
   from: participantInfo,
-  text: z.string().optional(),
-  data: z.unknown().optional(),
-  at: z.number(),
+  text: v.optional(v.string()),
+  data: v.optional(v.unknown()),
+  at: finiteNumber,
 });
-export const roomEnded = z.object({ type: z.literal("room_ended"), reason: z.string() });
+export const roomEnded = v.object({ type: v.literal("room_ended"), reason: v.string() });
 /**
  * `code`: bad_json, bad_frame, binary, too_large, forbidden, or rate_limited (the member sent faster
  * than the hub's per-member rate; that frame was dropped, the connection stays).
  */
-export const roomError = z.object({ type: z.literal("error"), code: z.string(), message: z.string() });
+export const roomError = v.object({ type: v.literal("error"), code: v.string(), message: v.string() });
 
-export const hubFrame = z.discriminatedUnion("type", [
+export const hubFrame = v.variant("type", [
   welcome,
   participantJoined,
   participantLeft,
@@ -75,8 +57,8 @@ export const hubFrame = z.discriminatedUnion("type", [
   roomEnded,
   roomError,
 ]);
-export type HubFrame = z.infer<typeof hubFrame>;
-export type RoomMessage = z.infer<typeof roomMessage>;
+export type HubFrame = v.InferOutput<typeof hubFrame>;
+export type RoomMessage = v.InferOutput<typeof roomMessage>;
 
 /** WebSocket close codes the hub uses beyond the standard ones. */
 export const ROOM_CLOSE = {

@@ -3,7 +3,7 @@ import { z } from "zod";
 import type { Credentials } from "../auth/tokens.ts";
 import { HttpError, invalid, readJson, send } from "../http/respond.ts";
 import { decodeSegment } from "../http/target.ts";
-import { roomId } from "../protocol/room.ts";
+import { roomId } from "../protocol/room-requests.ts";
 import { RoomAccessError, type RoomHub } from "../room/hub.ts";
 import { mintRoomToken } from "../room/room-auth.ts";
 import { bearerAuthorizer } from "./http-auth.ts";

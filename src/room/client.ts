@@ -1,4 +1,5 @@
 import { EventEmitter } from "node:events";
+import * as v from "valibot";
 import type WebSocket from "ws";
 import { type HubFrame, hubFrame, type ParticipantInfo, type RoomMessage } from "../protocol/room.ts";
 
@@ -90,12 +91,12 @@ export class RoomConnection extends EventEmitter<RoomEvents> {
         else deliver(() => current.listenerCount("error") > 0 && current.emit("error", new RoomError(error.message)));
       });
       ws.on("message", (raw) => {
-        const parsed = hubFrame.safeParse(safeJson(raw.toString()));
+        const parsed = v.safeParse(hubFrame, safeJson(raw.toString()));
         if (!parsed.success) return;
         if (!room) {
-          if (parsed.data.type !== "welcome") return;
+          if (parsed.output.type !== "welcome") return;
           clearTimeout(timer);
-          room = new RoomConnection(parsed.data.room, parsed.data.you, ws, parsed.data.participants);
+          room = new RoomConnection(parsed.output.room, parsed.output.you, ws, parsed.output.participants);
           held = [];
           setImmediate(() => {
             const events = held ?? [];
@@ -106,7 +107,7 @@ export class RoomConnection extends EventEmitter<RoomEvents> {
           return;
         }
         const current = room;
-        const frame = parsed.data;
+        const frame = parsed.output;
         deliver(() => current.#receive(frame));
       });
       ws.on("close", (code, reason) => {

@@ -1,4 +1,5 @@
-import { type ClientFrame, type HubFrame, type ParticipantInfo, ROOM_CLOSE } from "../protocol/room.ts";
+import { type HubFrame, type ParticipantInfo, ROOM_CLOSE } from "../protocol/room.ts";
+import type { ClientFrame } from "../protocol/room-requests.ts";
 import type { RoomGrant } from "./hub.ts";
 import { EncodedFrame, type Outbox } from "./outbox.ts";
 

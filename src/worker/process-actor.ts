@@ -1,11 +1,12 @@
 import { type ChildProcess, fork } from "node:child_process";
 import { fileURLToPath } from "node:url";
+import * as v from "valibot";
 import { fromCallback } from "xstate";
 import type { ProcessCommand, ProcessEvent, ProcessInput } from "../../machines/slot.ts";
 import { LOG_LINE_MAX_BYTES } from "../job/log-limits.ts";
 import type { Logger } from "../observability/logger.ts";
 import type { LogLevel } from "../options.ts";
-import { type ChildConfig, toErrorInfo, toParent } from "../protocol/ipc.ts";
+import { type ChildConfig, describeIssues, toErrorInfo, toParent } from "../protocol/ipc.ts";
 import { RUNNING_FROM_SOURCES } from "../util/tsx-loader.ts";
 import { onBoundedLines } from "./bounded-lines.ts";
 import { killLeftovers, RememberedDescendants } from "./descendants.ts";
@@ -79,7 +80,7 @@ function killGroupRemnants(pid: number): void {
 
 /**
  * The slot machine's `process` actor: one forked job process. It translates IPC messages (parsed
- * with zod) into proc.* events, commands into IPC messages or signals, samples memory on request, and
+ * with valibot) into proc.* events, commands into IPC messages or signals, samples memory on request, and
  * forwards the child's logs tagged with slot, job and pid. Stopping the actor SIGKILLs a live child.
  */
 export function createProcessLogic(settings: ProcessSettings) {
@@ -180,15 +181,12 @@ function launchProcess(
     });
 
     child.on("message", (raw) => {
-      const parsed = toParent.safeParse(raw);
+      const parsed = v.safeParse(toParent, raw);
       if (!parsed.success) {
-        logger.warn(
-          { issues: parsed.error.issues.map((i) => i.message) },
-          "ignored an invalid message from a job process",
-        );
+        logger.warn({ issues: describeIssues(parsed.issues) }, "ignored an invalid message from a job process");
         return;
       }
-      const message = parsed.data;
+      const message = parsed.output;
       switch (message.type) {
         case "ready":
           settings.observer?.ready?.(slotId, pid ?? 0, (performance.now() - forkedAt) / 1000);

@@ -1,7 +1,8 @@
 import fc from "fast-check";
 import WebSocket from "ws";
 import { PROTOCOL_VERSION, workerMessage } from "../../src/protocol/registry.ts";
-import { clientFrame, MAX_ROOM_FRAME_BYTES } from "../../src/protocol/room.ts";
+import { MAX_ROOM_FRAME_BYTES } from "../../src/protocol/room.ts";
+import { clientFrame } from "../../src/protocol/room-requests.ts";
 import { printable } from "./raw-http.ts";
 
 /**

@@ -154,6 +154,79 @@ describe("Options", () => {
   });
 });
 
+// The exact messages zod gave before options moved to valibot (so a job process does not load zod);
+// the move kept them, field by field and in order, for every input.
+describe("OptionsError messages, exactly", () => {
+  it.each([
+    [
+      "a non-finite number has the wrong type; a fraction stops a count's range checks, not a huge integer's",
+      { pingInterval: Infinity, loadThreshold: Number.NaN, port: 1e20, maxProcesses: 0.5, numIdleProcesses: 3 },
+      [
+        "maxProcesses: maxProcesses must be a whole number",
+        "loadThreshold: loadThreshold must be a number",
+        "port: port must be a whole number",
+        "port: port must be from 0 to 65535",
+        "pingInterval: pingInterval must be a number of seconds",
+      ],
+    ],
+    [
+      "out of range values, then unknown keys, then the checks that relate two fields",
+      { spawnBackoffMax: 0, prt: 1, numIdleProcesses: 3, maxProcesses: 2 },
+      [
+        "spawnBackoffMax: spawnBackoffMax must be greater than 0 seconds",
+        'prt: unknown option; did you mean "port"?',
+        "numIdleProcesses: numIdleProcesses (3) must not exceed maxProcesses (2)",
+        "spawnBackoffMax: spawnBackoffMax must not be below spawnBackoffBase",
+      ],
+    ],
+    [
+      "after a wrong type, a relation is checked only for fields not already named",
+      { spawnBackoffMax: 0, maxProcesses: 1.5, numIdleProcesses: 3 },
+      [
+        "maxProcesses: maxProcesses must be a whole number",
+        "spawnBackoffMax: spawnBackoffMax must be greater than 0 seconds",
+        "numIdleProcesses: numIdleProcesses (3) must not exceed maxProcesses (1.5)",
+      ],
+    ],
+    [
+      "an empty array where a string belongs is also empty",
+      { apiKey: [], logLevel: "verbose", inspect: "yes", metadata: {} },
+      [
+        "logLevel: logLevel must be one of DEBUG, INFO, WARN, ERROR",
+        "apiKey: apiKey must be a string",
+        "apiKey: apiKey must not be empty",
+        "inspect: inspect must be true, false, a function or an observer object with a next(event) method",
+        "metadata: unknown option",
+        "apiSecret: apiKey and apiSecret must be given together",
+      ],
+    ],
+  ])("%s", (_label, input, lines) => {
+    const error = errorOf(() => new Options(input as never, noEnv));
+    expect(error.message).toBe(`Invalid Options:\n${lines.map((line) => `  - ${line}`).join("\n")}`);
+  });
+
+  it("RoomOptions: an empty agentParticipantId, -Infinity, an array for metadata", () => {
+    const error = errorOf(
+      () => new RoomOptions({ agentParticipantId: "", metadata: [], sessionTimeoutSeconds: -Infinity } as never),
+    );
+    expect(error.message).toBe(
+      [
+        "Invalid RoomOptions:",
+        "  - agentParticipantId: agentParticipantId must be a string",
+        "  - sessionTimeoutSeconds: sessionTimeoutSeconds must be a number of seconds",
+        "  - metadata: metadata must be an object",
+      ].join("\n"),
+    );
+  });
+
+  it("RoomOptions copies metadata, keeping keys such as constructor", () => {
+    const metadata = { constructor: "kept", a: 1 };
+    const r = new RoomOptions({ metadata });
+    expect(r.metadata).toEqual({ constructor: "kept", a: 1 });
+    expect(r.metadata).not.toBe(metadata);
+  });
+});
+
 describe("RoomOptions", () => {
   it("has defaults and keeps values", () => {
     const r = new RoomOptions({ name: "My Agent" });

@@ -34,16 +34,33 @@ describe("the public API is the documented API (docs/api.md)", () => {
   });
 
   it("importing troupe (as every job process does) loads neither the registry, the worker runtime nor ws", async () => {
-    const probe = fileURLToPath(new URL("../package/loaded-modules.mjs", import.meta.url));
-    const { stdout } = await run(process.execPath, ["--import", "tsx", probe, SOURCES.troupe.href], {
-      cwd: REPO,
-      maxBuffer: 16 * 1024 * 1024,
-      timeout: 60_000,
-    });
-    const loaded = JSON.parse(stdout) as string[];
+    const loaded = await loadedModules(SOURCES.troupe);
     expect(loaded).toContain(SOURCES.troupe.href);
     const heavy =
       /\/src\/registry\/|\/src\/worker\/runtime\.ts|\/src\/room\/hub\.ts|\/node_modules\/(ioredis|prom-client|pidusage|ws)\//;
     expect(loaded.filter((url) => heavy.test(url))).toEqual([]);
   }, 90_000);
+
+  // zod costs each idle job process ~8 MB of private memory and ~0.2 s of CPU to load: what a job
+  // process parses (options, IPC messages, hub frames) uses valibot.
+  it("a job process (troupe and src/job/job-process.ts) does not load zod", async () => {
+    const jobProcess = new URL("../../src/job/job-process.ts", import.meta.url);
+    const [index, child] = await Promise.all([loadedModules(SOURCES.troupe), loadedModules(jobProcess)]);
+    expect(index).toContain(SOURCES.troupe.href);
+    expect(child).toContain(jobProcess.href);
+    expect(child).toContain(new URL("../../src/protocol/ipc.ts", import.meta.url).href);
+    expect([...index, ...child].some((url) => url.includes("/node_modules/valibot/"))).toBe(true);
+    expect([...index, ...child].filter((url) => url.includes("/node_modules/zod/"))).toEqual([]);
+  }, 90_000);
 });
+
+/** The URL of every module that importing `entry` loads, in a fresh process (see loaded-modules.mjs). */
+async function loadedModules(entry: URL): Promise<string[]> {
+  const probe = fileURLToPath(new URL("../package/loaded-modules.mjs", import.meta.url));
+  const { stdout } = await run(process.execPath, ["--import", "tsx", probe, entry.href], {
+    cwd: REPO,
+    maxBuffer: 16 * 1024 * 1024,
+    timeout: 60_000,
+  });
+  return JSON.parse(stdout) as string[];
+}

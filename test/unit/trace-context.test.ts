@@ -1,5 +1,6 @@
 import { trace } from "@opentelemetry/api";
 import fc from "fast-check";
+import * as v from "valibot";
 import { describe, expect, it } from "vitest";
 import { carrierOf, contextFrom } from "../../src/observability/tracing/spans.ts";
 import {
@@ -126,7 +127,7 @@ describe("trace context on the wire", () => {
       traceparent: VALID,
       tracestate: "a=1",
     });
-    expect(jobSpec.parse({ jobId: "job-1", traceparent: VALID })).toMatchObject({ traceparent: VALID });
+    expect(v.parse(jobSpec, { jobId: "job-1", traceparent: VALID })).toMatchObject({ traceparent: VALID });
   });
 
   it.each([
@@ -142,6 +143,11 @@ describe("trace context on the wire", () => {
     expect(valid?.job_id).toBe("job-1");
     if (fields.traceparent !== VALID) expect(valid?.traceparent).toBeUndefined();
     expect(valid?.tracestate).toBeUndefined();
-    expect(jobSpec.safeParse({ jobId: "job-1", ...fields }).success).toBe(true);
+    const spec = v.safeParse(jobSpec, { jobId: "job-1", ...fields });
+    expect(spec.success).toBe(true);
+    const job = spec.success ? spec.output : undefined;
+    expect(job?.jobId).toBe("job-1");
+    if (fields.traceparent !== VALID) expect(job?.traceparent).toBeUndefined();
+    expect(job?.tracestate).toBeUndefined();
   });
 });

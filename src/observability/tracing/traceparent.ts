@@ -1,4 +1,4 @@
-import { z } from "zod";
+import * as v from "valibot";
 
 /**
  * W3C Trace Context (https://www.w3.org/TR/trace-context/) as plain strings, with no OpenTelemetry
@@ -14,7 +14,7 @@ export const TRACESTATE_MAX_LENGTH = 512;
 /** List members the specification allows in one `tracestate`. */
 const TRACESTATE_MAX_MEMBERS = 32;
 /** Headers longer than this are not even looked at (a future version may append fields). */
-const TRACEPARENT_MAX_INPUT = 256;
+export const TRACEPARENT_MAX_INPUT = 256;
 
 const VERSION_00 = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/;
 /** A later version: the same first four fields, then possibly more after a dash. */
@@ -88,22 +88,31 @@ export function parseTracestate(value: unknown): string | undefined {
 }
 
 /**
- * Trace context fields inside messages troupe itself writes (job_assignment, start_job, job records).
- * A bad value becomes absent instead of failing the whole message: a job must never be lost over
- * its tracing.
+ * Trace context fields inside messages troupe itself writes (start_job here; job_assignment and job
+ * records have zod twins in src/protocol/registry.ts). A bad value becomes absent instead of failing
+ * the whole message: a job must never be lost over its tracing. Valibot, not zod: the job process
+ * parses start_job with these, and it does not load zod.
  */
-export const traceparentField = z
-  .string()
-  .max(TRACEPARENT_MAX_INPUT)
-  .refine((value) => parseTraceparent(value) !== undefined)
-  .optional()
-  .catch(undefined);
-export const tracestateField = z
-  .string()
-  .max(TRACESTATE_MAX_LENGTH)
-  .refine((value) => parseTracestate(value) !== undefined)
-  .optional()
-  .catch(undefined);
+export const traceparentField = v.fallback(
+  v.optional(
+    v.pipe(
+      v.string(),
+      v.maxLength(TRACEPARENT_MAX_INPUT),
+      v.check((value) => parseTraceparent(value) !== undefined),
+    ),
+  ),
+  undefined,
+);
+export const tracestateField = v.fallback(
+  v.optional(
+    v.pipe(
+      v.string(),
+      v.maxLength(TRACESTATE_MAX_LENGTH),
+      v.check((value) => parseTracestate(value) !== undefined),
+    ),
+  ),
+  undefined,
+);
 
 /** Where a trace continues: a `traceparent` and, optionally, the vendors' `tracestate` with it. */
 export interface TraceCarrier {

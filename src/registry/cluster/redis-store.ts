@@ -1,5 +1,5 @@
 import { Redis } from "ioredis";
-import { traceparentField, tracestateField } from "../../observability/tracing/traceparent.ts";
+import { traceparentField, tracestateField } from "../../protocol/registry.ts";
 import {
   FINAL_STATUSES,
   type JobFilter,
