@@ -1,4 +1,5 @@
-import { type Context, ROOT_CONTEXT } from "@opentelemetry/api";
+import { createRequire } from "node:module";
+import type { Context } from "@opentelemetry/api";
 import type { Logger } from "pino";
 import type { JobSpec } from "../../machines/shared.ts";
 import { RoomOptions, type RoomOptionsInput } from "../options.ts";
@@ -45,6 +46,15 @@ interface RegisteredCallback {
  */
 /** Marks JobContexts across module instances (an agent loaded as CommonJS gets its own copy of troupe). */
 const BRAND = Symbol.for("troupe.JobContext");
+
+/**
+ * OpenTelemetry's root context, for a job traced by nothing. Loaded on first use: a job process
+ * where nothing registered an OpenTelemetry global never loads the API (about 3 MB per idle process).
+ */
+function rootContext(): Context {
+  const api = createRequire(import.meta.url)("@opentelemetry/api") as typeof import("@opentelemetry/api");
+  return api.ROOT_CONTEXT;
+}
 
 export class JobContext {
   readonly [BRAND] = true;
@@ -107,7 +117,7 @@ export class JobContext {
    * Without a registered TracerProvider it carries the trace ids through and records nothing.
    */
   get traceContext(): Context {
-    return this.#job().traceContext ?? ROOT_CONTEXT;
+    return this.#job().traceContext ?? rootContext();
   }
 
   /** Set once the job is ending; the reason it ends with. */

@@ -1,15 +1,14 @@
 import { pathToFileURL } from "node:url";
-import { context } from "@opentelemetry/api";
 import { type DestinationStream, pino } from "pino";
 import * as v from "valibot";
 import type { JobSpec } from "../../machines/shared.ts";
 import { REDACTED_PATHS } from "../observability/logger.ts";
+import { openTelemetryRegistered } from "../observability/tracing/registered.ts";
 import { type ChildConfig, parseChildConfig, type ToParent, toChild, toErrorInfo } from "../protocol/ipc.ts";
 import { killEscapedDescendants } from "./descendant-sweep.ts";
 import { installJobProcessHook } from "./hook.ts";
 import { JobContext } from "./job-context.ts";
 import type { WorkerJobDefinition } from "./job-definition.ts";
-import { flushTraces, JobTrace, shutdownEnded } from "./job-tracing.ts";
 import { CHILD_DROPPED_LINES_FIELD, LOG_DROP_NOTICE_INTERVAL_MS, LogRateLimiter } from "./log-limits.ts";
 
 /**
@@ -76,6 +75,14 @@ class IpcLogStream implements DestinationStream {
   }
 }
 
+/**
+ * The job's tracing (./job-tracing.ts with `@opentelemetry/api` under it), loaded while the process
+ * is idle and only when the agent's module or prewarm registered an OpenTelemetry global: without
+ * one there is nothing to record or propagate, and an idle process is about 3 MB lighter.
+ */
+type JobTracing = typeof import("./job-tracing.ts");
+let tracing: JobTracing | undefined;
+
 /** How long an ending job process waits for its printed output to reach the worker. */
 const OUTPUT_FLUSH_CAP_MS = 1_000;
 
@@ -95,7 +102,7 @@ function flushed(stream: NodeJS.WriteStream): Promise<void> {
 async function exitWith(code: number): Promise<never> {
   let cap: NodeJS.Timeout | undefined;
   await Promise.race([
-    Promise.all([flushed(process.stdout), flushed(process.stderr), flushTraces()]),
+    Promise.all([flushed(process.stdout), flushed(process.stderr), tracing?.flushTraces()]),
     new Promise((resolve) => {
       cap = setTimeout(resolve, OUTPUT_FLUSH_CAP_MS);
     }),
@@ -181,7 +188,7 @@ class JobRunner {
   /** The job's context, once attached. */
   #ctx: JobContext | undefined;
   /** The job's spans, from its start. */
-  #trace: JobTrace | undefined;
+  #trace: import("./job-tracing.ts").JobTrace | undefined;
   #ending = false;
   #started = false;
 
@@ -198,6 +205,7 @@ class JobRunner {
    * would when called at its start.
    */
   async prepare(): Promise<void> {
+    if (openTelemetryRegistered()) tracing = await import("./job-tracing.ts");
     for (const message of WARM_UP_MESSAGES) v.safeParse(toChild, message);
     this.logger.child({ jobId: "warm-up" });
     try {
@@ -219,7 +227,7 @@ class JobRunner {
     if (this.#started || this.#ending) return;
     this.#started = true;
     const ctx = this.#preparedCtx;
-    const jobTrace = JobTrace.forJob(job);
+    const jobTrace = tracing?.JobTrace.forJob(job);
     this.#trace = jobTrace;
     let returned: unknown;
     try {
@@ -233,9 +241,7 @@ class JobRunner {
       this.#ctx = ctx;
       post({ type: "job_status", status: "running" });
       // In the job's trace context: an agent's `startActiveSpan` (and what its awaits lead to) joins it.
-      returned = jobTrace
-        ? context.with(jobTrace.context, this.agent.entrypoint, this.agent, ctx)
-        : this.agent.entrypoint(ctx);
+      returned = jobTrace ? jobTrace.runEntrypoint(this.agent.entrypoint, this.agent, ctx) : this.agent.entrypoint(ctx);
     } catch (error) {
       jobTrace?.entrypointEnded(error);
       this.guard(this.end({ ok: false, error: toErrorInfo(error) }));
@@ -283,7 +289,8 @@ class JobRunner {
     if (this.#ctx) {
       const ctx = this.#ctx;
       // Spans an agent starts in its shutdown callbacks join the shutdown span.
-      const report = await context.with(shutdown?.context ?? context.active(), () => ctx.runShutdownCallbacks(reason));
+      const runCallbacks = () => ctx.runShutdownCallbacks(reason);
+      const report = await (shutdown && tracing ? tracing.runIn(shutdown.context, runCallbacks) : runCallbacks());
       if (report.failed.length > 0 || report.timedOut > 0) {
         this.logger.warn({ jobId: ctx.job.jobId, ...report }, "shutdown callbacks did not all finish");
       }
@@ -292,7 +299,7 @@ class JobRunner {
     this.#killDescendants(reason);
     await this.logStream.reportDropped();
     // Ended before `done`: the job's spans are complete by the time the registry records its outcome.
-    if (shutdown) shutdownEnded(shutdown.span, result.ok, reason);
+    if (shutdown) tracing?.shutdownEnded(shutdown.span, result.ok, reason);
     await send({ type: "done", result });
     return exitWith(result.ok ? 0 : 1);
   }

@@ -1,9 +1,7 @@
-import { type Context, type Span, SpanStatusCode, trace } from "@opentelemetry/api";
+import { type Context, context, type Span, SpanStatusCode, trace } from "@opentelemetry/api";
 import type { JobSpec } from "../../machines/shared.ts";
+import { openTelemetryRegistered } from "../observability/tracing/registered.ts";
 import { ATTR, contextFrom, endWithOutcome, SPAN, tracer } from "../observability/tracing/spans.ts";
-
-/** Where `@opentelemetry/api` keeps what was registered with it (its API version 1 key). */
-const OTEL_GLOBALS = Symbol.for("opentelemetry.js.api.1");
 
 /**
  * The job process's spans: `troupe.entrypoint` while the agent's entrypoint runs (the context the
@@ -26,7 +24,7 @@ export class JobTrace {
    * start path does no tracing work at all.
    */
   static forJob(job: JobSpec): JobTrace | undefined {
-    return OTEL_GLOBALS in globalThis ? new JobTrace(job) : undefined;
+    return openTelemetryRegistered() ? new JobTrace(job) : undefined;
   }
 
   /** Starts the entrypoint span. Synchronous: it is on the job's start path. */
@@ -34,6 +32,11 @@ export class JobTrace {
     this.#parent = contextFrom(job);
     this.#entrypoint = tracer.startSpan(SPAN.entrypoint, { attributes: attributesOf(job) }, this.#parent);
     this.context = trace.setSpan(this.#parent, this.#entrypoint);
+  }
+
+  /** Calls the entrypoint in the job's trace context, so an agent's `startActiveSpan` joins it. */
+  runEntrypoint<T, A>(entrypoint: (this: T, arg: A) => unknown, thisArg: T, arg: A): unknown {
+    return context.with(this.context, entrypoint, thisArg, arg);
   }
 
   /** The entrypoint returned (or its promise settled); `error` when it threw or rejected. */
@@ -63,6 +66,11 @@ export class JobTrace {
     );
     return { span, context: trace.setSpan(this.#parent, span) };
   }
+}
+
+/** Runs `work` with `active` as the active context (the shutdown span's, for the shutdown callbacks). */
+export function runIn<R>(active: Context, work: () => R): R {
+  return context.with(active, work);
 }
 
 /** Ends the shutdown span with the job's outcome. */
