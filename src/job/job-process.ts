@@ -1,8 +1,9 @@
+import { createRequire } from "node:module";
 import { pathToFileURL } from "node:url";
-import { type DestinationStream, pino } from "pino";
+import type { DestinationStream, Logger } from "pino";
 import * as v from "valibot";
 import type { JobSpec } from "../../machines/shared.ts";
-import { REDACTED_PATHS } from "../observability/logger.ts";
+import { REDACTED_PATHS } from "../observability/redacted-paths.ts";
 import { openTelemetryRegistered } from "../observability/tracing/registered.ts";
 import { type ChildConfig, parseChildConfig, type ToParent, toChild, toErrorInfo } from "../protocol/ipc.ts";
 import { killEscapedDescendants } from "./descendant-sweep.ts";
@@ -83,6 +84,46 @@ class IpcLogStream implements DestinationStream {
 type JobTracing = typeof import("./job-tracing.ts");
 let tracing: JobTracing | undefined;
 
+/**
+ * The job process's pino logger, made on first use. Loading pino takes about 35 ms of a core, which
+ * a cold start (a job waiting for this process) would wait for before its entrypoint: so the process
+ * reports ready without it, and loads it once it has been idle for LOGGER_IDLE_LOAD_MS, or when a
+ * job or the process first logs, whichever comes first.
+ */
+class LazyLogger {
+  #logger: Logger | undefined;
+
+  constructor(
+    private readonly config: ChildConfig,
+    private readonly stream: IpcLogStream,
+  ) {}
+
+  get loaded(): boolean {
+    return this.#logger !== undefined;
+  }
+
+  get(): Logger {
+    if (this.#logger) return this.#logger;
+    // Synchronous on purpose: a job's `ctx.logger` is a getter. pino is CommonJS.
+    const { pino } = createRequire(import.meta.url)("pino") as typeof import("pino");
+    const { logLevel } = this.config;
+    this.#logger = pino(
+      { level: logLevel.toLowerCase(), redact: { paths: REDACTED_PATHS, censor: "[redacted]" }, base: {} },
+      this.stream,
+    );
+    // The first child compiles pino's child path: done here, not on the job's first use.
+    this.#logger.child({ jobId: "warm-up" });
+    return this.#logger;
+  }
+}
+
+/**
+ * How long a ready process waits before loading its logger. A cold start's `start_job` follows
+ * `ready` within milliseconds and runs first; a process still idle after this loads it then, so a
+ * warm start finds it loaded.
+ */
+const LOGGER_IDLE_LOAD_MS = 50;
+
 /** How long an ending job process waits for its printed output to reach the worker. */
 const OUTPUT_FLUSH_CAP_MS = 1_000;
 
@@ -120,10 +161,7 @@ export async function runJobProcess(): Promise<void> {
     return exitWith(1);
   }
   const logStream = new IpcLogStream();
-  const logger = pino(
-    { level: config.logLevel.toLowerCase(), redact: { paths: REDACTED_PATHS, censor: "[redacted]" }, base: {} },
-    logStream,
-  );
+  const logger = new LazyLogger(config, logStream);
 
   let definition: WorkerJobDefinition | undefined;
   installJobProcessHook({
@@ -145,7 +183,7 @@ export async function runJobProcess(): Promise<void> {
   process.on("message", (raw) => {
     const parsed = v.safeParse(toChild, raw);
     if (!parsed.success) {
-      logger.warn({ issues: parsed.issues.length }, "ignored an invalid message from the worker");
+      logger.get().warn({ issues: parsed.issues.length }, "ignored an invalid message from the worker");
       return;
     }
     const message = parsed.output;
@@ -164,6 +202,7 @@ export async function runJobProcess(): Promise<void> {
   process.on("uncaughtException", (error) => runner.guard(runner.end({ ok: false, error: toErrorInfo(error) })));
   process.on("unhandledRejection", (error) => runner.guard(runner.end({ ok: false, error: toErrorInfo(error) })));
   await send({ type: "ready" });
+  runner.loadLoggerWhenIdle();
 }
 
 type Result = { ok: true; reason?: string } | { ok: false; error: ReturnType<typeof toErrorInfo> };
@@ -194,7 +233,7 @@ class JobRunner {
 
   constructor(
     private readonly agent: WorkerJobDefinition,
-    private readonly logger: pino.Logger,
+    private readonly logger: LazyLogger,
     private readonly logStream: IpcLogStream,
   ) {}
 
@@ -207,7 +246,6 @@ class JobRunner {
   async prepare(): Promise<void> {
     if (openTelemetryRegistered()) tracing = await import("./job-tracing.ts");
     for (const message of WARM_UP_MESSAGES) v.safeParse(toChild, message);
-    this.logger.child({ jobId: "warm-up" });
     try {
       const { jobctx } = this.agent;
       const ctx = typeof jobctx === "function" ? await jobctx() : (jobctx ?? new JobContext());
@@ -216,6 +254,13 @@ class JobRunner {
     } catch (error) {
       this.#ctxError = error;
     }
+  }
+
+  /** Loads the logger once the process has been idle a while (see LazyLogger), unless a job came first. */
+  loadLoggerWhenIdle(): void {
+    setTimeout(() => {
+      if (!this.#started && !this.#ending && !this.logger.loaded) this.logger.get();
+    }, LOGGER_IDLE_LOAD_MS).unref();
   }
 
   /**
@@ -234,7 +279,7 @@ class JobRunner {
       if (!ctx) throw this.#ctxError;
       ctx.attach({
         job,
-        logger: () => this.logger.child({ jobId: job.jobId }),
+        logger: () => this.logger.get().child({ jobId: job.jobId }),
         requestShutdown: (reason) => this.guard(this.end({ ok: true, reason })),
         ...(jobTrace ? { traceContext: jobTrace.context } : {}),
       });
@@ -256,7 +301,7 @@ class JobRunner {
       this.#trace?.entrypointEnded();
       // An agent in its room lives on after its entrypoint set it up: the session ends the job.
       if (ctx.inRoom) {
-        this.logger.debug({ jobId: ctx.jobId }, "entrypoint returned; the job stays in its room");
+        this.logger.get().debug({ jobId: ctx.jobId }, "entrypoint returned; the job stays in its room");
         return;
       }
       await this.end({ ok: true });
@@ -273,7 +318,7 @@ class JobRunner {
    */
   guard(work: Promise<void>): void {
     work.catch((error: unknown) => {
-      this.logger.error({ err: toErrorInfo(error) }, "ending the job failed");
+      this.logger.get().error({ err: toErrorInfo(error) }, "ending the job failed");
       process.exit(1);
     });
   }
@@ -292,7 +337,7 @@ class JobRunner {
       const runCallbacks = () => ctx.runShutdownCallbacks(reason);
       const report = await (shutdown && tracing ? tracing.runIn(shutdown.context, runCallbacks) : runCallbacks());
       if (report.failed.length > 0 || report.timedOut > 0) {
-        this.logger.warn({ jobId: ctx.job.jobId, ...report }, "shutdown callbacks did not all finish");
+        this.logger.get().warn({ jobId: ctx.job.jobId, ...report }, "shutdown callbacks did not all finish");
       }
       await ctx.leaveRoom().catch(() => {});
     }

@@ -2,24 +2,10 @@ import { createRequire } from "node:module";
 import { type DestinationStream, type Logger, pino } from "pino";
 import type PinoPretty from "pino-pretty";
 import type { LogLevel } from "../options.ts";
+import { REDACTED_PATHS } from "./redacted-paths.ts";
 
 export type { Logger } from "pino";
-
-/** Field paths pino blanks out wherever they appear, so a secret never reaches a log line. */
-export const REDACTED_PATHS = [
-  "authToken",
-  "apiKey",
-  "apiSecret",
-  "token",
-  "roomToken",
-  "*.authToken",
-  "*.apiKey",
-  "*.apiSecret",
-  "*.token",
-  "*.roomToken",
-  "headers.authorization",
-  "*.headers.authorization",
-];
+export { REDACTED_PATHS } from "./redacted-paths.ts";
 
 const PINO_LEVEL: Record<LogLevel, string> = { DEBUG: "debug", INFO: "info", WARN: "warn", ERROR: "error" };
 

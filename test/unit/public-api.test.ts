@@ -44,7 +44,7 @@ describe("the public API is the documented API (docs/api.md)", () => {
   // zod costs each idle job process ~8 MB of private memory and ~0.2 s of CPU to load: what a job
   // process parses (options, IPC messages, hub frames) uses valibot. `@opentelemetry/api` (about
   // 1 MB more) is loaded only once something in the process registered an OpenTelemetry global.
-  it("a job process (troupe and src/job/job-process.ts) loads neither zod nor @opentelemetry/api", async () => {
+  it("a job process (troupe and src/job/job-process.ts) loads no zod, @opentelemetry/api or pino on import", async () => {
     const jobProcess = new URL("../../src/job/job-process.ts", import.meta.url);
     const [index, child] = await Promise.all([loadedModules(SOURCES.troupe), loadedModules(jobProcess)]);
     expect(index).toContain(SOURCES.troupe.href);
@@ -53,6 +53,8 @@ describe("the public API is the documented API (docs/api.md)", () => {
     expect([...index, ...child].some((url) => url.includes("/node_modules/valibot/"))).toBe(true);
     expect([...index, ...child].filter((url) => url.includes("/node_modules/zod/"))).toEqual([]);
     expect([...index, ...child].filter((url) => url.includes("/node_modules/@opentelemetry/"))).toEqual([]);
+    // pino is loaded once the process is ready and idle, or on a job's first log line (job-process.ts).
+    expect([...index, ...child].filter((url) => url.includes("/node_modules/pino/"))).toEqual([]);
   }, 90_000);
 });
 
