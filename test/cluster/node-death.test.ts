@@ -1,3 +1,4 @@
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { ProcessGuard, readRunLog, spawnWorker, stopWorker, tempDir } from "../registry/helpers.ts";
@@ -60,7 +61,14 @@ describe.runIf(hasRedis)("a registry node that dies with its worker", () => {
 
     // Sent to B and C, both run on A's worker, so both become A's jobs; a third waits on A for room.
     const lostJob = await dispatchTo(nodeB, { agent_name: "death", metadata: { hang: true } });
-    const againJob = await dispatchTo(nodeC, { agent_name: "death", redispatch: true, metadata: { holdMs: 1_500 } });
+    // The job to run again holds until released, so it is still running on A's worker however long
+    // the other job's process takes to start; released once that worker is dead, it ends at once anywhere.
+    const againReleased = join(temp.dir, "again-released");
+    const againJob = await dispatchTo(nodeC, {
+      agent_name: "death",
+      redispatch: true,
+      metadata: { releaseFile: againReleased },
+    });
     await until(
       async () => {
         const jobs = await listJobs(nodeA, "death");
@@ -76,6 +84,7 @@ describe.runIf(hasRedis)("a registry node that dies with its worker", () => {
     doomedWorker.child.kill("SIGKILL");
     nodeA.child.kill("SIGKILL");
     await Promise.all([doomedWorker.exited, nodeA.exited]);
+    writeFileSync(againReleased, "");
     const survivors = [nodeB, nodeC];
 
     // The worker does not come back: after the liveness deadline its job without redispatch is lost.
