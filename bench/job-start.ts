@@ -10,14 +10,16 @@
  *
  * - warm start: an idle process takes the job (pool of 4, 2 kept warm, each job on a pool left
  *   alone for 200 ms after it settled);
- * - cold start: no idle process (maxProcesses 1, numIdleProcesses 0);
+ * - cold start: no idle process (maxProcesses 1, numIdleProcesses 0), split into the worker's steps
+ *   to its fork, fork → the process's `ready` in the worker, `ready` → `start_job` written, and
+ *   `start_job` → entrypoint;
  * - the idle job process: PSS, RSS and private memory (/proc/<pid>/smaps_rollup), CPU from fork to
  *   idle (utime + stime from /proc/<pid>/stat);
  * - sustained starts per second: short jobs kept 4 deep on a worker with maxProcesses 4;
  * - the worker's RSS per supervised idle slot.
  *
- * The floor, measured here first: IPC round trip (back to back, and to a child idle for 200 ms, as a
- * warm start's is), bare `fork()` → first IPC message, bare forks per second 4 at a time, and a bare
+ * The floor, measured here first: IPC round trip (back to back, to a child idle for 200 ms, as a
+ * warm start's is, and the first one a fresh child gets, after 200 ms idle), bare `fork()` → first IPC message, bare forks per second 4 at a time, and a bare
  * idle Node child's memory and CPU (bench/bare-child.mjs).
  *
  * BENCH_AGENTS=ts,js (default both), BENCH_JOBS (warm, default 150), BENCH_COLD_JOBS (20),
@@ -123,11 +125,19 @@ const exited = (child: ChildProcess) => new Promise((resolve) => child.once("exi
 
 async function floor() {
   const forkMs: number[] = [];
+  // A process's first IPC message from its parent costs Node's lazy set-up of the receiving path;
+  // the slot pings a process as soon as it is ready so that a start_job is not that message.
+  const firstWakeMs: number[] = [];
   for (let i = 0; i < 25; i++) {
     const started = now();
     const child = forkBare();
     await firstMessage(child);
     forkMs.push(msBetween(started, now()));
+    await sleep(200);
+    const pinged = now();
+    child.send({ t: "ping", i });
+    await firstMessage(child);
+    firstWakeMs.push(msBetween(pinged, now()));
     child.send({ t: "exit" });
     await exited(child);
   }
@@ -180,6 +190,7 @@ async function floor() {
   return {
     ipc_round_trip: summarize(rttMs),
     ipc_round_trip_to_idle_child: summarize(wakeMs),
+    ipc_first_round_trip_to_idle_child: summarize(firstWakeMs),
     fork_to_first_ipc: summarize(forkMs),
     bare_forks_per_second_4_at_a_time: round(forksPerSecond, 2),
     idle_bare_child: idleFigures,
@@ -219,6 +230,8 @@ function entryTimes(): Map<string, bigint> {
 
 /** When the worker wrote each job's `start_job` to its process (the end of the worker's part). */
 const startSentAt = new Map<string, bigint>();
+/** For each job, when the worker forked its process and when that process's `ready` reached the worker. */
+const processOf = new Map<string, { forkedAt: bigint; readyAt: bigint | undefined }>();
 
 async function startWorker(maxProcesses: number, numIdleProcesses: number): Promise<Harness> {
   let sendBack: ((event: unknown) => void) | undefined;
@@ -367,7 +380,33 @@ async function cold() {
   }
   await stop(handle);
   const { launch_decision_to_entrypoint, launch_decision_to_running_report_in_worker } = latencies(harness, jobIds);
-  return { launch_decision_to_entrypoint, launch_decision_to_running_report_in_worker };
+  return { launch_decision_to_entrypoint, launch_decision_to_running_report_in_worker, ...coldSplits(harness, jobIds) };
+}
+
+/** Where a cold start's time goes: to the fork, the process's boot to `ready`, the worker's answer, the child's start. */
+function coldSplits(harness: Harness, jobIds: string[]) {
+  const entered = entryTimes();
+  const toFork: number[] = [];
+  const boot: number[] = [];
+  const answer: number[] = [];
+  const start: number[] = [];
+  for (const jobId of jobIds) {
+    const decided = harness.decidedAt.get(jobId);
+    const forked = processOf.get(jobId);
+    const sent = startSentAt.get(jobId);
+    const entry = entered.get(jobId);
+    if (decided === undefined || forked?.readyAt === undefined || sent === undefined || entry === undefined) continue;
+    toFork.push(msBetween(decided, forked.forkedAt));
+    boot.push(msBetween(forked.forkedAt, forked.readyAt));
+    answer.push(msBetween(forked.readyAt, sent));
+    start.push(msBetween(sent, entry));
+  }
+  return {
+    split_decision_to_fork: summarize(toFork),
+    split_fork_to_ready_in_worker: summarize(boot),
+    split_ready_to_start_job_sent: summarize(answer),
+    split_start_job_sent_to_entrypoint: summarize(start),
+  };
 }
 
 /** Short jobs kept SUSTAINED_DEPTH deep on a worker with maxProcesses 4: how many start per second. */
@@ -436,11 +475,18 @@ function recordStartJobSends(): void {
   const childProcess = createRequire(here)("node:child_process") as typeof import("node:child_process");
   const originalFork = childProcess.fork;
   childProcess.fork = ((...args: Parameters<typeof fork>) => {
+    const forked = { forkedAt: now(), readyAt: undefined as bigint | undefined };
     const child = originalFork(...args);
+    child.once("message", () => {
+      forked.readyAt = now();
+    });
     const send = child.send.bind(child) as (...sendArgs: unknown[]) => boolean;
     child.send = ((...sendArgs: unknown[]) => {
       const message = sendArgs[0] as { type?: string; job?: { jobId?: string } } | undefined;
-      if (message?.type === "start_job" && message.job?.jobId) startSentAt.set(message.job.jobId, now());
+      if (message?.type === "start_job" && message.job?.jobId) {
+        startSentAt.set(message.job.jobId, now());
+        processOf.set(message.job.jobId, forked);
+      }
       return send(...sendArgs);
     }) as typeof child.send;
     return child;

@@ -54,7 +54,7 @@ describe("slot", () => {
     expect(t.value()).toEqual({ alive: "initializing" });
     expect(t.snapshot().context.pid).toBe(t.proc().pid);
     t.emit({ type: "proc.ready" });
-    expect(t.value()).toEqual(readyValue("idle"));
+    expect(t.value()).toEqual(readyValue("idle", "awaitingPong"));
     expect(t.ofType("slot.ready")).toEqual([{ type: "slot.ready", slotId: "slot.0" }]);
   });
 
@@ -186,13 +186,19 @@ describe("slot", () => {
     });
   });
 
-  it("pings on an interval and kills an unresponsive process", () => {
+  it("pings once ready, then on an interval, and kills an unresponsive process", () => {
     const t = ready();
-    t.clock.increment(100);
+    // The first ping at once: it also takes the child's first-message cost off a start_job.
     expect(t.value()).toEqual(readyValue("idle", "awaitingPong"));
     expect(t.proc().count("ping")).toBe(1);
     t.emit({ type: "proc.pong" });
     expect(t.value()).toEqual(readyValue("idle", "waiting"));
+    t.clock.increment(99);
+    expect(t.proc().count("ping")).toBe(1);
+    t.clock.increment(1);
+    expect(t.value()).toEqual(readyValue("idle", "awaitingPong"));
+    expect(t.proc().count("ping")).toBe(2);
+    t.emit({ type: "proc.pong" });
     t.send({ type: "slot.assign", job });
     t.clock.increment(100);
     t.clock.increment(300);
