@@ -10,6 +10,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
+import { bundleVendored } from "./bundle-vendored.ts";
 
 const REPO_ROOT = fileURLToPath(new URL("../", import.meta.url));
 
@@ -21,7 +22,8 @@ export interface TempBuild {
 
 /**
  * Compiles `machines/`, `src/` and the repository-relative `include` paths into a new temporary
- * directory, and copies what tsc does not emit: the job processes' boot guard and the `copied` files.
+ * directory, copies what tsc does not emit (the job processes' boot guard and the `copied` files) and
+ * bundles the valibot subset as `npm run build` does.
  */
 export async function compileToTemp(prefix: string, include: string[], copied: string[] = []): Promise<TempBuild> {
   const dir = mkdtempSync(join(tmpdir(), prefix));
@@ -48,5 +50,6 @@ export async function compileToTemp(prefix: string, include: string[], copied: s
   await promisify(execFile)(process.execPath, [tsc, "-p", join(dir, "tsconfig.json")]);
   cpSync(join(REPO_ROOT, "src/job"), join(dir, "src/job"), { recursive: true, filter: (p) => !p.endsWith(".ts") });
   for (const path of copied) cpSync(join(REPO_ROOT, path), join(dir, path));
+  await bundleVendored(dir);
   return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) };
 }

@@ -1,6 +1,6 @@
-import * as v from "valibot";
 import { INSPECT_OPTION_PROBLEM, type InspectOption, isInspectOption } from "./observability/inspect.ts";
 import { closestName } from "./util/closest-name.ts";
+import * as v from "./vendor/valibot.ts";
 
 /**
  * Options and RoomOptions: the public configuration of a worker and of a job's room. Both parse

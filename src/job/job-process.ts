@@ -1,11 +1,11 @@
 import { createRequire } from "node:module";
 import { pathToFileURL } from "node:url";
 import type { DestinationStream, Logger } from "pino";
-import * as v from "valibot";
 import type { JobSpec } from "../../machines/shared.ts";
 import { REDACTED_PATHS } from "../observability/redacted-paths.ts";
 import { openTelemetryRegistered } from "../observability/tracing/registered.ts";
 import { type ChildConfig, parseChildConfig, type ToParent, toChild, toErrorInfo } from "../protocol/ipc.ts";
+import * as v from "../vendor/valibot.ts";
 import { killEscapedDescendants } from "./descendant-sweep.ts";
 import { installJobProcessHook } from "./hook.ts";
 import { JobContext } from "./job-context.ts";

@@ -1,5 +1,5 @@
-import * as v from "valibot";
 import { traceparentField, tracestateField } from "../observability/tracing/traceparent.ts";
+import * as v from "../vendor/valibot.ts";
 
 /**
  * Worker ⇄ job process messages over Node's IPC channel (child_process.fork, JSON serialization).

@@ -1,4 +1,4 @@
-import * as v from "valibot";
+import * as v from "../vendor/valibot.ts";
 
 /**
  * The room protocol: JSON text frames over WebSocket at `/rooms/<id>?token=…`. A browser and a job's

@@ -1,7 +1,7 @@
 import { EventEmitter } from "node:events";
-import * as v from "valibot";
 import type WebSocket from "ws";
 import { type HubFrame, hubFrame, type ParticipantInfo, type RoomMessage } from "../protocol/room.ts";
+import * as v from "../vendor/valibot.ts";
 
 export class RoomError extends Error {
   override readonly name = "RoomError";

@@ -1,6 +1,5 @@
 import { type ChildProcess, fork } from "node:child_process";
 import { fileURLToPath } from "node:url";
-import * as v from "valibot";
 import { fromCallback } from "xstate";
 import type { ProcessCommand, ProcessEvent, ProcessInput } from "../../machines/slot.ts";
 import { LOG_LINE_MAX_BYTES } from "../job/log-limits.ts";
@@ -8,6 +7,7 @@ import type { Logger } from "../observability/logger.ts";
 import type { LogLevel } from "../options.ts";
 import { type ChildConfig, describeIssues, toErrorInfo, toParent } from "../protocol/ipc.ts";
 import { RUNNING_FROM_SOURCES } from "../util/tsx-loader.ts";
+import * as v from "../vendor/valibot.ts";
 import { onBoundedLines } from "./bounded-lines.ts";
 import { killLeftovers, RememberedDescendants } from "./descendants.ts";
 import { handOut } from "./handout-tracing.ts";

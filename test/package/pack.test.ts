@@ -160,6 +160,12 @@ describe("the packed and installed package", { timeout: 120_000 }, () => {
     for (const absent of ["src", "test", "bench", "scripts", "examples", ".ci"]) {
       expect(existsSync(join(installed, absent)), absent).toBe(false);
     }
+    // The valibot functions troupe uses, in one file of their own with valibot's licence: a job
+    // process does not load valibot's whole entry.
+    const vendored = readFileSync(join(installed, "dist/src/vendor/valibot.js"), "utf8");
+    expect(vendored).toContain("Copyright (c) Fabian Hiller");
+    expect(vendored).toMatch(/^export \{[^}]*\bsafeParse\b/m);
+    expect(vendored).not.toMatch(/\bfrom\s*["']|\bimport\s*\(|\brequire\s*\(/);
     // Optional peers: nothing below needs them.
     expect(existsSync(join(project, "node_modules", "tsx"))).toBe(false);
     expect(existsSync(join(project, "node_modules", "pino-pretty"))).toBe(false);

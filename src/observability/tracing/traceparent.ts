@@ -1,4 +1,4 @@
-import * as v from "valibot";
+import * as v from "../../vendor/valibot.ts";
 
 /**
  * W3C Trace Context (https://www.w3.org/TR/trace-context/) as plain strings, with no OpenTelemetry
