@@ -24,28 +24,34 @@ import { chromiumAvailable, launchChromium } from "./chromium.ts";
  * row on the registry's page says its events are on its worker's page.
  */
 
-/** What the page marked in its diagram: the titles of the current states and of the active clusters. */
-async function marks(page: Page): Promise<{ current: string[]; active: string[]; clipped: string[] }> {
-  const box = await page.locator("#diagram").boundingBox();
-  if (!box) throw new Error("the diagram is not shown");
-  const current = page.locator("#diagram g.node.current");
-  const clipped: string[] = [];
-  for (const node of await current.all()) {
-    // A marked state drawn (partly) outside the diagram's box would be cut off.
-    const at = await node.boundingBox();
-    const outside =
-      !at ||
-      at.x < box.x - 1 ||
-      at.y < box.y - 1 ||
-      at.x + at.width > box.x + box.width + 1 ||
-      at.y + at.height > box.y + box.height + 1;
-    if (outside) clipped.push((await node.locator("title").textContent()) ?? "");
-  }
-  return {
-    current: (await current.locator("title").allTextContents()).sort(),
-    active: (await page.locator("#diagram g.cluster.active > title").allTextContents()).sort(),
-    clipped,
-  };
+/**
+ * What the page marked in its diagram: the titles of the current states and of the active clusters,
+ * the marked states drawn (partly) outside the diagram's box, and the state shown above it. Read in
+ * one task of the page: the page re-renders as states change (a slot's heartbeat flips within
+ * milliseconds of its ready), and the box read apart from the states' boxes could be from before a
+ * re-render moved it.
+ */
+async function marks(page: Page): Promise<{ current: string[]; active: string[]; clipped: string[]; state: string }> {
+  // A string, run as it is in the page: this project's TypeScript has no DOM types.
+  return page.evaluate(`(() => {
+    const holder = document.querySelector("#diagram");
+    if (!holder) throw new Error("the diagram is not shown");
+    const box = holder.getBoundingClientRect();
+    const titleOf = (element) => element.querySelector(":scope > title")?.textContent ?? "";
+    const current = [...holder.querySelectorAll("g.node.current")];
+    const clipped = current
+      .filter((node) => {
+        const at = node.getBoundingClientRect();
+        return at.left < box.left - 1 || at.top < box.top - 1 || at.right > box.right + 1 || at.bottom > box.bottom + 1;
+      })
+      .map(titleOf);
+    return {
+      current: current.map(titleOf).sort(),
+      active: [...holder.querySelectorAll("g.cluster.active")].map(titleOf).sort(),
+      clipped,
+      state: document.querySelector("#machine-state")?.textContent ?? "",
+    };
+  })()`);
 }
 
 /** The machine choices on the page: value and label. */
@@ -69,8 +75,7 @@ async function choose(page: Page, label: RegExp): Promise<string> {
  * The diagram titles the state shown above the diagram names: one full path per active region,
  * `<machine>_<path with _>`.
  */
-async function expectedMarks(page: Page, machine: string): Promise<string[]> {
-  const state = (await page.locator("#machine-state").textContent()) ?? "";
+function expectedMarks(state: string, machine: string): string[] {
   return state
     .split(" | ")
     .map((path) => `${machine}_${path.trim().replaceAll(".", "_")}`)
@@ -88,9 +93,9 @@ async function expectMarked(page: Page, machine: string, regions: number) {
   await expect
     .poll(
       async () => {
-        // The state and the marks come from one snapshot; a region may move on between the two reads.
-        wanted = await expectedMarks(page, machine);
+        // The state shown and the marks are read together, so they are of one render.
         last = await marks(page);
+        wanted = expectedMarks(last.state, machine);
         return last.current.join(" ") === wanted.join(" ") && wanted.length >= regions;
       },
       { timeout: 15_000, message: `marks of ${machine}` },
