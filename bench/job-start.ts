@@ -19,8 +19,9 @@
  * - the worker's RSS per supervised idle slot.
  *
  * The floor, measured here first: IPC round trip (back to back, to a child idle for 200 ms, as a
- * warm start's is, and the first one a fresh child gets, after 200 ms idle), bare `fork()` → first IPC message, bare forks per second 4 at a time, and a bare
- * idle Node child's memory and CPU (bench/bare-child.mjs).
+ * warm start's is, and the first one a fresh child gets, after 200 ms idle), bare `fork()` → first
+ * IPC message, bare forks per second 4 at a time, and a bare idle Node child's memory and CPU
+ * (bench/bare-child.mjs).
  *
  * BENCH_AGENTS=ts,js (default both), BENCH_JOBS (warm, default 150), BENCH_COLD_JOBS (20),
  * BENCH_SUSTAINED_JOBS (60). The compiled agent is built with tsc into a temporary directory.
@@ -477,9 +478,12 @@ function recordStartJobSends(): void {
   childProcess.fork = ((...args: Parameters<typeof fork>) => {
     const forked = { forkedAt: now(), readyAt: undefined as bigint | undefined };
     const child = originalFork(...args);
-    child.once("message", () => {
+    const onReady = (message: { type?: string }) => {
+      if (message?.type !== "ready") return;
       forked.readyAt = now();
-    });
+      child.off("message", onReady);
+    };
+    child.on("message", onReady);
     const send = child.send.bind(child) as (...sendArgs: unknown[]) => boolean;
     child.send = ((...sendArgs: unknown[]) => {
       const message = sendArgs[0] as { type?: string; job?: { jobId?: string } } | undefined;

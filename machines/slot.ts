@@ -299,8 +299,9 @@ export const slotMachine = setup({
             },
             heartbeat: {
               // The first ping goes as soon as the process is ready: besides checking it answers, it
-              // takes the cost of a process's first IPC message (about 1 ms of Node's lazy set-up,
-              // docs/benchmarks.md) off the `start_job` that may follow.
+              // pays the cost of a process's first IPC message (about 1 ms of Node's lazy set-up,
+              // docs/benchmarks.md) while the process is idle, not on a warm start's `start_job`. A
+              // cold start's `start_job` follows the ping at once and still waits for it.
               initial: "awaitingPong",
               states: {
                 waiting: { after: { pingInterval: "awaitingPong" } },
