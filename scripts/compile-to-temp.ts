@@ -10,6 +10,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
+import { bundleJobProcess } from "./bundle-job-process.ts";
 import { bundleVendored } from "./bundle-vendored.ts";
 
 const REPO_ROOT = fileURLToPath(new URL("../", import.meta.url));
@@ -23,7 +24,7 @@ export interface TempBuild {
 /**
  * Compiles `machines/`, `src/` and the repository-relative `include` paths into a new temporary
  * directory, copies what tsc does not emit (the job processes' boot guard and the `copied` files) and
- * bundles the valibot subset as `npm run build` does.
+ * bundles the valibot subset and the job process's entry as `npm run build` does.
  */
 export async function compileToTemp(prefix: string, include: string[], copied: string[] = []): Promise<TempBuild> {
   const dir = mkdtempSync(join(tmpdir(), prefix));
@@ -51,5 +52,6 @@ export async function compileToTemp(prefix: string, include: string[], copied: s
   cpSync(join(REPO_ROOT, "src/job"), join(dir, "src/job"), { recursive: true, filter: (p) => !p.endsWith(".ts") });
   for (const path of copied) cpSync(join(REPO_ROOT, path), join(dir, path));
   await bundleVendored(dir);
+  await bundleJobProcess(dir);
   return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) };
 }

@@ -7,6 +7,10 @@ import { captureJobMarker, killEscapedDescendants } from "./descendant-sweep.ts"
  * group. That takes a free event loop; a job whose loop is blocked (`while (true) {}`) is killed from
  * outside, by its worker's orphan guardian (src/worker/orphan-guardian.ts), which reads end-of-file
  * from the worker the moment the worker is gone.
+ *
+ * The published build bundles this module with job-process.ts (scripts/bundle-job-process.ts); what
+ * that shares with the agent's `troupe` (JobContext, options, valibot) stays separate files, which
+ * load, in a few milliseconds, before these lines run. The boot guard covers that time.
  */
 
 const EXIT_ORPHANED = 70;

@@ -166,6 +166,17 @@ describe("the packed and installed package", { timeout: 120_000 }, () => {
     expect(vendored).toContain("Copyright (c) Fabian Hiller");
     expect(vendored).toMatch(/^export \{[^}]*\bsafeParse\b/m);
     expect(vendored).not.toMatch(/\bfrom\s*["']|\bimport\s*\(|\brequire\s*\(/);
+    // A job process's own modules, bundled into its entry; what the agent shares with it through
+    // `troupe` (JobContext, the hook, valibot) and its lazy tracing stay files it imports.
+    const jobEntry = readFileSync(join(installed, "dist/src/job/child-main.js"), "utf8");
+    const relativeImports = [...jobEntry.matchAll(/(?:\bfrom\s*|\bimport\s*\(\s*)"(\.\.?\/[^"]+)"/g)].map((m) => m[1]);
+    expect(relativeImports).toEqual(expect.arrayContaining(["./job-context.js", "./hook.js", "./job-tracing.js"]));
+    for (const specifier of relativeImports) {
+      expect(existsSync(join(installed, "dist/src/job", specifier ?? "")), specifier).toBe(true);
+    }
+    for (const own of ["./job-process.js", "../protocol/ipc.js", "./descendant-sweep.js", "./log-limits.js"]) {
+      expect(relativeImports).not.toContain(own);
+    }
     // Optional peers: nothing below needs them.
     expect(existsSync(join(project, "node_modules", "tsx"))).toBe(false);
     expect(existsSync(join(project, "node_modules", "pino-pretty"))).toBe(false);
