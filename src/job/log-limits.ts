@@ -1,3 +1,4 @@
+import { monotonicMs } from "../util/monotonic.ts";
 import { TokenBucket } from "../util/token-bucket.ts";
 /**
  * How much a job may log. The worker enforces these per job process on everything the job sends it
@@ -45,7 +46,7 @@ export class LogRateLimiter {
   readonly #bytes: TokenBucket;
   #dropped = 0;
 
-  constructor(limits: LogLimits = DEFAULT_LOG_LIMITS, now: () => number = () => performance.now()) {
+  constructor(limits: LogLimits = DEFAULT_LOG_LIMITS, now: () => number = monotonicMs) {
     this.#lines = new TokenBucket(limits.linesPerSecond, limits.lineBurst, now);
     // A line longer than the byte burst could never pass; lines are truncated before they get here.
     this.#bytes = new TokenBucket(limits.bytesPerSecond, Math.max(limits.byteBurst, LOG_LINE_MAX_BYTES), now);

@@ -1,3 +1,5 @@
+import { monotonicMs } from "./monotonic.ts";
+
 /**
  * A token bucket: `burst` tokens at most, refilled at `perSecond`. Used for a room member's frames
  * and a job's log lines and bytes. Time is read from `now` (ms) so tests can drive it.
@@ -9,7 +11,7 @@ export class TokenBucket {
   constructor(
     private readonly perSecond: number,
     private readonly burst: number,
-    private readonly now: () => number = performance.now.bind(performance),
+    private readonly now: () => number = monotonicMs,
   ) {
     this.#tokens = burst;
     this.#refilledAt = now();
