@@ -19,9 +19,12 @@
  * - the worker's RSS per supervised idle slot.
  *
  * The floor, measured here first: IPC round trip (back to back, to a child idle for 200 ms, as a
- * warm start's is, and the first one a fresh child gets, after 200 ms idle), bare `fork()` → first
- * IPC message, bare forks per second 4 at a time, and a bare idle Node child's memory and CPU
- * (bench/bare-child.mjs).
+ * warm start's is, and the first one a fresh child gets, after 200 ms idle), the one way to an idle
+ * child's handler, bare `fork()` → first IPC message, bare forks per second 4 at a time, and a bare
+ * idle Node child's memory and CPU (bench/bare-child.mjs). On a shared machine the speed drifts by
+ * tens of percent from one minute to the next, so the warm and cold starts also get a paired floor,
+ * measured in the worker's own process between their samples: before each warm start, a bare child
+ * pinged after the same idle; before each cold start, a bare child forked.
  *
  * BENCH_AGENTS=ts,js (default both), BENCH_JOBS (warm, default 150), BENCH_COLD_JOBS (20),
  * BENCH_SUSTAINED_JOBS (60). The compiled agent is built with tsc into a temporary directory.
@@ -124,6 +127,26 @@ function forkBare(): ChildProcess {
 const firstMessage = (child: ChildProcess) => new Promise<void>((resolve) => child.once("message", () => resolve()));
 const exited = (child: ChildProcess) => new Promise((resolve) => child.once("exit", resolve));
 
+/** Pings a bare child: the round trip, and the one way to its handler (it says when that ran). */
+async function pingBare(child: ChildProcess, i: number): Promise<{ roundTripMs: number; oneWayMs: number }> {
+  const pong = new Promise<{ at: string }>((resolve) => child.once("message", (m) => resolve(m as { at: string })));
+  const started = now();
+  child.send({ t: "ping", i });
+  const { at } = await pong;
+  return { roundTripMs: msBetween(started, now()), oneWayMs: msBetween(started, BigInt(at)) };
+}
+
+/** A bare child forked from this process: fork → its first IPC message, then it is told to exit. */
+async function bareForkMs(): Promise<number> {
+  const started = now();
+  const child = forkBare();
+  await firstMessage(child);
+  const ms = msBetween(started, now());
+  child.send({ t: "exit" });
+  await exited(child);
+  return ms;
+}
+
 async function floor() {
   const forkMs: number[] = [];
   // A process's first IPC message from its parent costs Node's lazy set-up of the receiving path;
@@ -154,12 +177,12 @@ async function floor() {
   // A warm start wakes an idle process: the same round trip to a child idle for 200 ms (on a busy
   // machine, mostly the time the scheduler takes to give the woken processes a core).
   const wakeMs: number[] = [];
+  const wakeOneWayMs: number[] = [];
   for (let i = 0; i < 40; i++) {
     await sleep(200);
-    const started = now();
-    child.send({ t: "ping", i });
-    await firstMessage(child);
-    wakeMs.push(msBetween(started, now()));
+    const { roundTripMs, oneWayMs } = await pingBare(child, i);
+    wakeMs.push(roundTripMs);
+    wakeOneWayMs.push(oneWayMs);
   }
   child.send({ t: "exit" });
   await exited(child);
@@ -191,6 +214,7 @@ async function floor() {
   return {
     ipc_round_trip: summarize(rttMs),
     ipc_round_trip_to_idle_child: summarize(wakeMs),
+    ipc_one_way_to_idle_child: summarize(wakeOneWayMs),
     ipc_first_round_trip_to_idle_child: summarize(firstWakeMs),
     fork_to_first_ipc: summarize(forkMs),
     bare_forks_per_second_4_at_a_time: round(forksPerSecond, 2),
@@ -341,8 +365,17 @@ async function warm() {
   await sleep(1_000);
   const idle = idleChildFigures(slotsIn(handle, "idle").map((id) => pidOf(handle, id) as number));
   const guardian = guardianPid();
+  // The floor beside each warm start: a bare child of this process, pinged after the same idle.
+  const bare = forkBare();
+  await firstMessage(bare);
+  const bareOneWayMs: number[] = [];
+  const bareRoundTripMs: number[] = [];
   const jobIds: string[] = [];
   for (let i = 0; i < JOBS; i++) {
+    const { roundTripMs, oneWayMs } = await pingBare(bare, i);
+    bareOneWayMs.push(oneWayMs);
+    bareRoundTripMs.push(roundTripMs);
+    await sleep(SETTLE_MS);
     const jobId = `warm-${i}`;
     jobIds.push(jobId);
     const finished = new Promise<void>((resolve) => {
@@ -355,9 +388,15 @@ async function warm() {
     await until(() => slotsIn(handle, "idle").length >= 2 && slotsIn(handle, "warming").length === 0);
     await sleep(SETTLE_MS);
   }
+  bare.send({ t: "exit" });
+  await exited(bare);
   await stop(handle);
   return {
     idle_job_process: idle,
+    paired_floor: {
+      ipc_one_way_to_idle_bare_child: summarize(bareOneWayMs),
+      ipc_round_trip_to_idle_bare_child: summarize(bareRoundTripMs),
+    },
     // one per worker, not per process (see docs/process-model.md, "Orphans"); absent before it existed
     orphan_guardian:
       guardian === undefined ? null : { pss_mb: memoryMb(guardian).pss, private_mb: memoryMb(guardian).private },
@@ -369,7 +408,10 @@ async function cold() {
   const harness = await startWorker(1, 0);
   const { handle } = harness;
   const jobIds: string[] = [];
+  // The floor beside each cold start: a bare child forked by this process (the worker's), just before.
+  const bareMs: number[] = [];
   for (let i = 0; i < COLD_JOBS; i++) {
+    bareMs.push(await bareForkMs());
     const jobId = `cold-${i}`;
     jobIds.push(jobId);
     const finished = new Promise<void>((resolve) => {
@@ -381,7 +423,14 @@ async function cold() {
   }
   await stop(handle);
   const { launch_decision_to_entrypoint, launch_decision_to_running_report_in_worker } = latencies(harness, jobIds);
-  return { launch_decision_to_entrypoint, launch_decision_to_running_report_in_worker, ...coldSplits(harness, jobIds) };
+  const bare = summarize(bareMs);
+  return {
+    launch_decision_to_entrypoint,
+    launch_decision_to_running_report_in_worker,
+    ...coldSplits(harness, jobIds),
+    paired_floor: { bare_fork_to_first_ipc: bare },
+    p50_vs_paired_bare_fork_p50: round(launch_decision_to_entrypoint.p50_ms / bare.p50_ms, 2),
+  };
 }
 
 /** Where a cold start's time goes: to the fork, the process's boot to `ready`, the worker's answer, the child's start. */
