@@ -24,7 +24,8 @@
  * idle Node child's memory and CPU (bench/bare-child.mjs). On a shared machine the speed drifts by
  * tens of percent from one minute to the next, so the warm and cold starts also get a paired floor,
  * measured in the worker's own process between their samples: before each warm start, a bare child
- * pinged after the same idle; before each cold start, a bare child forked.
+ * pinged after the same idle; before each cold start, a bare child forked; bare forks per second
+ * just before and just after the sustained starts.
  *
  * BENCH_AGENTS=ts,js (default both), BENCH_JOBS (warm, default 150), BENCH_COLD_JOBS (20),
  * BENCH_SUSTAINED_JOBS (60). The compiled agent is built with tsc into a temporary directory.
@@ -136,6 +137,23 @@ async function pingBare(child: ChildProcess, i: number): Promise<{ roundTripMs: 
   return { roundTripMs: msBetween(started, now()), oneWayMs: msBetween(started, BigInt(at)) };
 }
 
+/** Forks per second, 4 at a time: each child says hello and is told to exit, and the next is forked. */
+async function bareForksPerSecond(forks = 60): Promise<number> {
+  let forked = 0;
+  const startedAt = now();
+  await Promise.all(
+    Array.from({ length: SUSTAINED_DEPTH }, async () => {
+      while (forked < forks) {
+        forked++;
+        const child = forkBare();
+        await firstMessage(child);
+        child.send({ t: "exit" });
+      }
+    }),
+  );
+  return forks / (msBetween(startedAt, now()) / 1000);
+}
+
 /** A bare child forked from this process: fork → its first IPC message, then it is told to exit. */
 async function bareForkMs(): Promise<number> {
   const started = now();
@@ -187,21 +205,7 @@ async function floor() {
   child.send({ t: "exit" });
   await exited(child);
 
-  // Forks per second, 4 at a time: each child says hello and is told to exit, and the next is forked.
-  const throughputForks = 60;
-  let forked = 0;
-  const startedAt = now();
-  await Promise.all(
-    Array.from({ length: SUSTAINED_DEPTH }, async () => {
-      while (forked < throughputForks) {
-        forked++;
-        const child = forkBare();
-        await firstMessage(child);
-        child.send({ t: "exit" });
-      }
-    }),
-  );
-  const forksPerSecond = throughputForks / (msBetween(startedAt, now()) / 1000);
+  const forksPerSecond = await bareForksPerSecond();
 
   // Two idle bare children, as the warm pool below keeps two idle job processes.
   const idle = [forkBare(), forkBare()];
@@ -461,6 +465,8 @@ function coldSplits(harness: Harness, jobIds: string[]) {
 
 /** Short jobs kept SUSTAINED_DEPTH deep on a worker with maxProcesses 4: how many start per second. */
 async function sustained() {
+  // The floor beside it: bare forks from this process, just before and just after.
+  const bareBefore = await bareForksPerSecond();
   const harness = await startWorker(SUSTAINED_DEPTH, SUSTAINED_DEPTH);
   const { handle } = harness;
   await until(() => slotsIn(handle, "idle").length >= SUSTAINED_DEPTH);
@@ -492,11 +498,15 @@ async function sustained() {
   const afterWarm = entries.slice(SUSTAINED_DEPTH - 1);
   const steady = (afterWarm.length - 1) / (msBetween(afterWarm[0] as bigint, afterWarm.at(-1) as bigint) / 1000);
   const failed = [...statuses.values()].filter((s) => s !== "completed").length;
+  const bareAfter = await bareForksPerSecond();
+  const bare = (bareBefore + bareAfter) / 2;
   return {
     jobs: SUSTAINED_JOBS,
     failed,
     starts_per_second_steady: round(steady, 2),
     starts_per_second_overall: round(entries.length / (msBetween(firstDecision, entries.at(-1) as bigint) / 1000), 2),
+    paired_floor: { bare_forks_per_second_4_at_a_time: [round(bareBefore, 2), round(bareAfter, 2)] },
+    steady_vs_paired_bare_forks: round(steady / bare, 2),
   };
 }
 
