@@ -24,8 +24,10 @@
  * idle Node child's memory and CPU (bench/bare-child.mjs). On a shared machine the speed drifts by
  * tens of percent from one minute to the next, so the warm and cold starts also get a paired floor,
  * measured in the worker's own process between their samples: before each warm start, a bare child
- * pinged after the same idle; before each cold start, a bare child forked; bare forks per second
- * just before and just after the sustained starts.
+ * pinged after the worker's process was left alone SETTLE_MS, as it is before the start itself (the
+ * pool's processes are then idle SETTLE_MS longer than without it); a bare child forked before or
+ * after each cold start, by turns; bare forks per second just before and just after the sustained
+ * starts.
  *
  * BENCH_AGENTS=ts,js (default both), BENCH_JOBS (warm, default 150), BENCH_COLD_JOBS (20),
  * BENCH_SUSTAINED_JOBS (60). The compiled agent is built with tsc into a temporary directory.
@@ -372,6 +374,9 @@ async function warm() {
   // The floor beside each warm start: a bare child of this process, pinged after the same idle.
   const bare = forkBare();
   await firstMessage(bare);
+  // Its first message pays Node's one-time set-up of the receiving path (see the floor): not a sample.
+  await pingBare(bare, -1);
+  await sleep(SETTLE_MS);
   const bareOneWayMs: number[] = [];
   const bareRoundTripMs: number[] = [];
   const jobIds: string[] = [];
@@ -415,7 +420,9 @@ async function cold() {
   // The floor beside each cold start: a bare child forked by this process (the worker's), just before.
   const bareMs: number[] = [];
   for (let i = 0; i < COLD_JOBS; i++) {
-    bareMs.push(await bareForkMs());
+    // Before the job, then after it, by turns: what follows a job's end (its exit, the worker's sweep
+    // for its leftovers) overlaps as many bare forks as cold starts.
+    if (i % 2 === 0) bareMs.push(await bareForkMs());
     const jobId = `cold-${i}`;
     jobIds.push(jobId);
     const finished = new Promise<void>((resolve) => {
@@ -424,6 +431,7 @@ async function cold() {
     harness.assign(jobId);
     await finished;
     await until(() => slotCount(handle) === 0);
+    if (i % 2 === 1) bareMs.push(await bareForkMs());
   }
   await stop(handle);
   const { launch_decision_to_entrypoint, launch_decision_to_running_report_in_worker } = latencies(harness, jobIds);
