@@ -289,14 +289,12 @@ export class Dispatcher {
       case "release": {
         const link = this.directory.get(event.workerId);
         link?.session.send({ type: "offer_released" });
-        // Decided after the step that released it: on a yes the same step binds the job to the
-        // worker, so the reservation became a job and nothing was freed (a dispatch woken in between
-        // would see a free process for a moment).
-        if (link) {
-          queueMicrotask(() => {
-            if (live.actor.getSnapshot().context.workerId !== link.workerId) this.onCapacity(link.workerId);
-          });
-        }
+        // After the step that released it, which on a yes also binds the job to the worker (woken in
+        // between, a dispatch would see a free process for a moment). A yes frees room too: a worker
+        // reports a process busy as soon as it reserves it for an offer, so while the offer was out
+        // that process counted twice (the job count and the offer), and a dispatch may wait on it
+        // with nothing else to wake it (no status, no epoch change).
+        if (link) queueMicrotask(() => this.onCapacity(link.workerId));
         break;
       }
       case "offer": {
