@@ -248,87 +248,25 @@ describe("registry dispatch, with an in-process worker or a scripted one", () =>
   });
 
   it("a dispatch that waited only on another job's unanswered offer is offered once that offer is answered", async () => {
-    const r = await startRegistry({ offerTimeoutMs: 2_000, dispatchTimeoutMs: 4_000, pingIntervalMs: 30_000 });
-    const c = await RawConnection.open(r);
-    let from = c.frames.length;
-    c.send(registerMessage("inflight", 1));
-    const workerId = (await c.next(from, (f) => f.type === "register", "the register answer")).worker_id as string;
-    c.send(JSON.stringify({ type: "status_update", worker_id: workerId, status: "available", load: 0, job_count: 0 }));
-    const link = registryInternals(r.registry).core.directory.get(workerId);
-    await until(() => link?.available, { label: "the scripted worker to be available" });
-
-    from = c.frames.length;
-    const first = await dispatch(r, { agent_name: "inflight" });
-    await c.next(from, (f) => f.type === "availability_request" && f.job_id === first.id, "the first offer");
-    // Its one process is promised to the unanswered offer: the second job waits.
-    const second = await dispatch(r, { agent_name: "inflight" });
-    await until(
-      () =>
-        registryInternals(r.registry)
-          .core.dispatcher.get(second.id)
-          ?.actor.getSnapshot()
-          .matches({ unassigned: "waiting" }),
-      { label: "the second job to wait" },
-    );
-    // The worker declines the first job: its process is free, and the second job was never asked.
-    from = c.frames.length;
-    c.send(JSON.stringify({ type: "availability_response", job_id: first.id, available: false, error: "declined" }));
-    await c
-      .next(from, (f) => f.type === "availability_request" && f.job_id === second.id, "the second job's offer", 2_500)
-      .catch(async (error: Error) => {
-        const state = registryInternals(r.registry).core.dispatcher.get(second.id)?.actor.getSnapshot().value;
-        throw new Error(
-          `${error.message}: it sits in ${JSON.stringify(state)} while its only worker is ${link?.state} with ` +
-            `${link?.context.inflight} offers out and ${link?.context.jobCount} of ${link?.context.maxProcesses} processes ` +
-            `busy; it ends ${(await r.store.untilFinal(second.id, 5_000)).status}`,
-        );
-      });
-    c.close();
+    // Its one process is promised to the unanswered offer: the second job waits. The worker declines
+    // the first job: its process is free, and the second job was never asked.
+    await secondJobOfferedOnceFirstIsAnswered("inflight", 1, {
+      answer: { available: false, error: "declined" },
+    });
   });
 
   it("a dispatch that waited while the worker counted an offer twice (its job count and the offer) is offered once the offer is taken", async () => {
-    const r = await startRegistry({ offerTimeoutMs: 2_000, dispatchTimeoutMs: 4_000, pingIntervalMs: 30_000 });
-    const c = await RawConnection.open(r);
-    let from = c.frames.length;
-    c.send(registerMessage("double", 2));
-    const workerId = (await c.next(from, (f) => f.type === "register", "the register answer")).worker_id as string;
-    const status = (jobs: number) =>
-      JSON.stringify({ type: "status_update", worker_id: workerId, status: "available", load: 0, job_count: jobs });
-    c.send(status(0));
-    const link = registryInternals(r.registry).core.directory.get(workerId);
-    await until(() => link?.available, { label: "the scripted worker to be available" });
-
-    from = c.frames.length;
-    const first = await dispatch(r, { agent_name: "double" });
-    await c.next(from, (f) => f.type === "availability_request" && f.job_id === first.id, "the first offer");
     // The worker reserves a process for the offer and reports it busy before it answers (as a real
-    // worker does): one job counted, and one offer out, for the same process.
-    c.send(status(1));
-    await c.sync("reported");
-    const second = await dispatch(r, { agent_name: "double" });
-    await until(
-      () =>
-        registryInternals(r.registry)
-          .core.dispatcher.get(second.id)
-          ?.actor.getSnapshot()
-          .matches({ unassigned: "waiting" }),
-      { label: "the second job to wait" },
-    );
-    // The yes turns the offer into the job already counted: one process of two is free, and nothing
-    // else will change (no status, no epoch): the waiting job must be offered now.
-    from = c.frames.length;
-    c.send(JSON.stringify({ type: "availability_response", job_id: first.id, available: true }));
-    await c
-      .next(from, (f) => f.type === "availability_request" && f.job_id === second.id, "the second job's offer", 2_500)
-      .catch(async (error: Error) => {
-        const state = registryInternals(r.registry).core.dispatcher.get(second.id)?.actor.getSnapshot().value;
-        throw new Error(
-          `${error.message}: it sits in ${JSON.stringify(state)} while its only worker is ${link?.state} with ` +
-            `${link?.context.inflight} offers out and ${link?.context.jobCount} of ${link?.context.maxProcesses} processes ` +
-            `busy; it ends ${(await r.store.untilFinal(second.id, 5_000)).status}`,
-        );
-      });
-    c.close();
+    // worker does): one job counted, and one offer out, for the same process. The yes turns the
+    // offer into the job already counted: one process of two is free, and nothing else will change
+    // (no status, no epoch).
+    await secondJobOfferedOnceFirstIsAnswered("double", 2, {
+      beforeSecond: async (c, status) => {
+        c.send(status(1));
+        await c.sync("reported");
+      },
+      answer: { available: true },
+    });
   });
 
   it("a job assigned to a worker counts against it before the worker reports it: the next job goes elsewhere", async () => {
@@ -387,6 +325,58 @@ interface Scripted {
 }
 
 /** A scripted worker on a raw connection: registered, and available with all its processes free. */
+/**
+ * Two jobs for one scripted worker with `processes` processes: the first is offered, `beforeSecond`
+ * runs, the second is dispatched and waits; then the worker answers the first offer, and the second
+ * job must be offered at once (else the error says where it sits and how it ended).
+ */
+async function secondJobOfferedOnceFirstIsAnswered(
+  agent: string,
+  processes: number,
+  scenario: {
+    beforeSecond?: (c: RawConnection, status: (jobs: number) => string) => Promise<void>;
+    answer: { available: boolean; error?: string };
+  },
+): Promise<void> {
+  const r = await startRegistry({ offerTimeoutMs: 2_000, dispatchTimeoutMs: 4_000, pingIntervalMs: 30_000 });
+  const c = await RawConnection.open(r);
+  let from = c.frames.length;
+  c.send(registerMessage(agent, processes));
+  const workerId = (await c.next(from, (f) => f.type === "register", "the register answer")).worker_id as string;
+  const status = (jobs: number) =>
+    JSON.stringify({ type: "status_update", worker_id: workerId, status: "available", load: 0, job_count: jobs });
+  c.send(status(0));
+  const link = registryInternals(r.registry).core.directory.get(workerId);
+  await until(() => link?.available, { label: "the scripted worker to be available" });
+
+  from = c.frames.length;
+  const first = await dispatch(r, { agent_name: agent });
+  await c.next(from, (f) => f.type === "availability_request" && f.job_id === first.id, "the first offer");
+  await scenario.beforeSecond?.(c, status);
+  const second = await dispatch(r, { agent_name: agent });
+  await until(
+    () =>
+      registryInternals(r.registry)
+        .core.dispatcher.get(second.id)
+        ?.actor.getSnapshot()
+        .matches({ unassigned: "waiting" }),
+    { label: "the second job to wait" },
+  );
+  from = c.frames.length;
+  c.send(JSON.stringify({ type: "availability_response", job_id: first.id, ...scenario.answer }));
+  await c
+    .next(from, (f) => f.type === "availability_request" && f.job_id === second.id, "the second job's offer", 2_500)
+    .catch(async (error: Error) => {
+      const state = registryInternals(r.registry).core.dispatcher.get(second.id)?.actor.getSnapshot().value;
+      throw new Error(
+        `${error.message}: it sits in ${JSON.stringify(state)} while its only worker is ${link?.state} with ` +
+          `${link?.context.inflight} offers out and ${link?.context.jobCount} of ${link?.context.maxProcesses} processes ` +
+          `busy; it ends ${(await r.store.untilFinal(second.id, 5_000)).status}`,
+      );
+    });
+  c.close();
+}
+
 async function openScripted(r: Awaited<ReturnType<typeof startRegistry>>, agent: string, processes: number) {
   const c = await RawConnection.open(r);
   const from = c.frames.length;
