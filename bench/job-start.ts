@@ -139,21 +139,28 @@ async function pingBare(child: ChildProcess, i: number): Promise<{ roundTripMs: 
   return { roundTripMs: msBetween(started, now()), oneWayMs: msBetween(started, BigInt(at)) };
 }
 
-/** Forks per second, 4 at a time: each child says hello and is told to exit, and the next is forked. */
+/**
+ * Forks per second, 4 at a time: each child says hello and is told to exit, and the next is forked.
+ * Resolves once every child has exited, so none is still going when what follows is measured.
+ */
 async function bareForksPerSecond(forks = 60): Promise<number> {
   let forked = 0;
+  const exits: Promise<unknown>[] = [];
   const startedAt = now();
   await Promise.all(
     Array.from({ length: SUSTAINED_DEPTH }, async () => {
       while (forked < forks) {
         forked++;
         const child = forkBare();
+        exits.push(exited(child));
         await firstMessage(child);
         child.send({ t: "exit" });
       }
     }),
   );
-  return forks / (msBetween(startedAt, now()) / 1000);
+  const perSecond = forks / (msBetween(startedAt, now()) / 1000);
+  await Promise.all(exits);
+  return perSecond;
 }
 
 /** A bare child forked from this process: fork → its first IPC message, then it is told to exit. */
@@ -417,7 +424,7 @@ async function cold() {
   const harness = await startWorker(1, 0);
   const { handle } = harness;
   const jobIds: string[] = [];
-  // The floor beside each cold start: a bare child forked by this process (the worker's), just before.
+  // The floor beside each cold start: a bare child forked by this process (the worker's).
   const bareMs: number[] = [];
   for (let i = 0; i < COLD_JOBS; i++) {
     // Before the job, then after it, by turns: what follows a job's end (its exit, the worker's sweep
